@@ -1,0 +1,117 @@
+//! NATS JetStream: the connection, the `VOTES` stream, and publishing that
+//! only counts once the broker's ack has arrived.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, stream};
+
+use crate::config::NatsSettings;
+
+/// Connects in the background: the client returns at once and keeps
+/// reconnecting for as long as the process runs, so a broker restart is
+/// ridden out without restarting us.
+pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("tally")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(Duration::from_millis(settings.publish_timeout_ms)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(settings.url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))
+}
+
+pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstream::Context {
+    jetstream::ContextBuilder::new().timeout(Duration::from_millis(settings.publish_timeout_ms)).build(client)
+}
+
+/// The stream's configuration. Work-queue retention deletes a ballot once a
+/// worker acks it, so no copy of a citizen's choice outlives processing;
+/// discard-new turns a full stream into fast publish errors (backpressure)
+/// instead of silent loss of old ballots.
+pub fn votes_stream_config(settings: &NatsSettings) -> stream::Config {
+    stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.*", settings.subject_prefix)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
+        max_bytes: settings.max_bytes,
+        max_messages: settings.max_messages,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or brings an existing one to the configured settings.
+pub async fn ensure_votes_stream(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+) -> anyhow::Result<stream::Stream> {
+    let config = votes_stream_config(settings);
+    if js.get_stream(&settings.stream).await.is_ok() {
+        js.update_stream(config).await.with_context(|| format!("updating stream {}", settings.stream))?;
+    } else {
+        js.create_stream(config).await.with_context(|| format!("creating stream {}", settings.stream))?;
+    }
+    js.get_stream(&settings.stream).await.with_context(|| format!("opening stream {}", settings.stream))
+}
+
+pub fn ballot_subject(settings: &NatsSettings, election_id: i64) -> String {
+    format!("{}.{election_id}", settings.subject_prefix)
+}
+
+/// The outcome of a publish the broker acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    /// The broker already held a message with this `Nats-Msg-Id` inside its
+    /// duplicate window and dropped this one.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("JetStream did not acknowledge in time")]
+    Timeout,
+    #[error("JetStream refused the message: {0}")]
+    Refused(String),
+}
+
+/// Publishes and waits for the broker's ack: only then is the message
+/// stored and safe to promise to a client.
+pub async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    payload: bytes::Bytes,
+    timeout: Duration,
+) -> Result<Stored, PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    let sent = async {
+        let ack_future = js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| PublishError::Refused(e.to_string()))?;
+        ack_future.await.map_err(|e| match e.kind() {
+            jetstream::context::PublishErrorKind::TimedOut => PublishError::Timeout,
+            _ => PublishError::Refused(e.to_string()),
+        })
+    };
+    match tokio::time::timeout(timeout, sent).await {
+        Err(_) => Err(PublishError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(ack)) if ack.duplicate => Ok(Stored::Duplicate),
+        Ok(Ok(_)) => Ok(Stored::New),
+    }
+}

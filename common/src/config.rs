@@ -1,0 +1,484 @@
+//! Settings: built-in defaults, then an optional TOML file, then `TALLY_`
+//! environment variables (`__` separates sections). Any setting can also be
+//! read from a file named by `TALLY_<SETTING>_FILE`, which is how secrets
+//! reach a container without sitting in its environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The signing key a development stack uses. Production refuses it.
+pub const DEV_SIGNING_KEY: &str = "tally-development-signing-key-never-use-in-production";
+const ENV_PREFIX: &str = "TALLY_";
+const FILE_SUFFIX: &str = "_FILE";
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub env: Environment,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub nats: NatsSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub workers: WorkerSettings,
+    pub broadcaster: BroadcasterSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when a process starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: Secret,
+    /// Namespace for every key and pub/sub channel, so several stacks (or
+    /// tests) can share one Redis.
+    pub key_prefix: String,
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: Secret,
+    pub stream: String,
+    /// Ballots go to `<subject_prefix>.<election_id>`.
+    pub subject_prefix: String,
+    pub consumer: String,
+    pub duplicate_window_secs: u64,
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    pub replicas: usize,
+    pub publish_timeout_ms: u64,
+    pub ack_wait_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub api_addr: SocketAddr,
+    pub broadcaster_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests and batches.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,tally_workers=debug`.
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    /// The `kid` new tokens are signed with; it must be one of `keys`.
+    pub signing_key_id: String,
+    /// Every key tokens may be verified with, by `kid`. Rotation: add the
+    /// new key, switch `signing_key_id`, drop the old key once the access
+    /// tokens it signed have expired.
+    pub keys: BTreeMap<String, Secret>,
+    pub clock_skew_secs: u64,
+    /// Argon2 work runs on at most this many blocking threads at once.
+    pub max_concurrent_hashes: usize,
+    pub login_attempts_per_citizen: u32,
+    pub login_attempts_per_ip: u32,
+    pub login_window_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub batch_size: usize,
+    pub batch_wait_ms: u64,
+    pub max_ack_pending: i64,
+    pub reconcile_interval_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcasterSettings {
+    pub max_updates_per_sec: u32,
+    pub max_viewers_per_ip: u32,
+    pub ping_interval_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            env: Environment::Development,
+            database: DatabaseSettings {
+                url: Secret::new("postgres://postgres@127.0.0.1:5432/tally"),
+                max_connections: 16,
+                acquire_timeout_ms: 3_000,
+                migrate_on_start: false,
+            },
+            redis: RedisSettings {
+                url: Secret::new("redis://127.0.0.1:6379"),
+                key_prefix: "tally".into(),
+                response_timeout_ms: 2_000,
+            },
+            nats: NatsSettings {
+                url: Secret::new("nats://127.0.0.1:4222"),
+                stream: "VOTES".into(),
+                subject_prefix: "votes".into(),
+                consumer: "tally-workers".into(),
+                duplicate_window_secs: 600,
+                max_bytes: 1 << 30,
+                max_messages: 10_000_000,
+                replicas: 1,
+                publish_timeout_ms: 2_000,
+                ack_wait_secs: 30,
+            },
+            http: HttpSettings {
+                api_addr: ([127, 0, 0, 1], 8080).into(),
+                broadcaster_addr: ([127, 0, 0, 1], 8081).into(),
+                admin_addr: ([127, 0, 0, 1], 9100).into(),
+                body_limit_bytes: 16 * 1024,
+                request_timeout_ms: 10_000,
+                shutdown_grace_secs: 20,
+            },
+            log: LogSettings { format: LogFormat::Human, filter: "info".into() },
+            auth: AuthSettings {
+                issuer: "tally".into(),
+                audience: "tally-api".into(),
+                access_ttl_secs: 15 * 60,
+                refresh_ttl_secs: 30 * 24 * 3600,
+                signing_key_id: "dev".into(),
+                keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
+                clock_skew_secs: 30,
+                max_concurrent_hashes: 2,
+                login_attempts_per_citizen: 10,
+                login_attempts_per_ip: 100,
+                login_window_secs: 300,
+            },
+            workers: WorkerSettings {
+                batch_size: 1_000,
+                batch_wait_ms: 5,
+                max_ack_pending: 20_000,
+                reconcile_interval_secs: 60,
+            },
+            broadcaster: BroadcasterSettings {
+                max_updates_per_sec: 10,
+                max_viewers_per_ip: 200,
+                ping_interval_secs: 15,
+            },
+        }
+    }
+}
+
+/// A setting that is missing or wrong, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}` (env {env_var}): {reason}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub env_var: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, reason: impl Into<String>) -> Self {
+        ConfigError { setting: setting.to_string(), env_var: env_var_for(setting), reason: reason.into() }
+    }
+}
+
+/// `auth.signing_key_id` → `TALLY_AUTH__SIGNING_KEY_ID`.
+pub fn env_var_for(setting: &str) -> String {
+    format!("{ENV_PREFIX}{}", setting.replace('.', "__").to_uppercase())
+}
+
+impl Settings {
+    /// Loads from the process environment and, when given, a TOML file.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads from an explicit set of variables (tests use this so they do
+    /// not share process-wide state).
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::new("config", format!("file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let plain: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.ends_with(FILE_SUFFIX) && k != "TALLY_CONFIG")
+            .cloned()
+            .collect();
+        figment = figment.merge(PrefixedVars(plain));
+        for (key, path) in vars.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.ends_with(FILE_SUFFIX))
+        {
+            let setting =
+                key[ENV_PREFIX.len()..key.len() - FILE_SUFFIX.len()].to_lowercase().replace("__", ".");
+            let value = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(&setting, format!("cannot read {key}={path}: {e}")))?;
+            figment = figment.merge(Serialized::global(&setting, value.trim_end_matches(['\n', '\r'])));
+        }
+        let settings: Settings = figment.extract().map_err(from_figment)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if !auth.keys.contains_key(&auth.signing_key_id) {
+            return Err(ConfigError::new(
+                "auth.signing_key_id",
+                format!(
+                    "no key `{}` in auth.keys; add TALLY_AUTH__KEYS__{}",
+                    auth.signing_key_id,
+                    auth.signing_key_id.to_uppercase()
+                ),
+            ));
+        }
+        for (kid, key) in &auth.keys {
+            let setting = format!("auth.keys.{kid}");
+            if key.expose().is_empty() {
+                return Err(ConfigError::new(&setting, "is empty"));
+            }
+            if self.env == Environment::Production {
+                if key.expose() == DEV_SIGNING_KEY {
+                    return Err(ConfigError::new(
+                        &setting,
+                        "is the development key; production needs its own secret",
+                    ));
+                }
+                if key.expose().len() < 32 {
+                    return Err(ConfigError::new(&setting, "is shorter than 32 bytes"));
+                }
+            }
+        }
+        if auth.access_ttl_secs == 0 || auth.access_ttl_secs > 15 * 60 {
+            return Err(ConfigError::new("auth.access_ttl_secs", "must be between 1 and 900 seconds"));
+        }
+        if self.workers.batch_size == 0 {
+            return Err(ConfigError::new("workers.batch_size", "must be at least 1"));
+        }
+        if self.broadcaster.max_updates_per_sec == 0 {
+            return Err(ConfigError::new("broadcaster.max_updates_per_sec", "must be at least 1"));
+        }
+        if auth.max_concurrent_hashes == 0 {
+            return Err(ConfigError::new("auth.max_concurrent_hashes", "must be at least 1"));
+        }
+        for (setting, url, schemes) in [
+            ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
+            ("redis.url", &self.redis.url, &["redis://", "rediss://"][..]),
+            ("nats.url", &self.nats.url, &["nats://", "tls://"][..]),
+        ] {
+            if !schemes.iter().any(|s| url.expose().starts_with(s)) {
+                return Err(ConfigError::new(setting, format!("must start with {}", schemes.join(" or "))));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn from_figment(error: figment::Error) -> ConfigError {
+    let setting = if error.path.is_empty() { "config".to_string() } else { error.path.join(".") };
+    let origin = error.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+    ConfigError::new(&setting, format!("{}{origin}", error.kind))
+}
+
+/// `TALLY_` variables from an explicit list rather than the process, so the
+/// `_FILE` and `TALLY_CONFIG` variables can be set aside first.
+struct PrefixedVars(Vec<(String, String)>);
+
+impl figment::Provider for PrefixedVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("TALLY_ environment variables")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in &self.0 {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path = name.to_lowercase().replace("__", ".");
+            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| value.as_str().into());
+            let nested = figment::util::nest(&path, parsed);
+            if let figment::value::Value::Dict(_, d) = nested {
+                dict = merge_dicts(dict, d);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dicts(mut base: figment::value::Dict, add: figment::value::Dict) -> figment::value::Dict {
+    use figment::value::Value;
+    for (k, v) in add {
+        match (base.remove(&k), v) {
+            (Some(Value::Dict(_, a)), Value::Dict(tag, b)) => {
+                base.insert(k, Value::Dict(tag, merge_dicts(a, b)));
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_point_at_loopback() {
+        let s = Settings::load_from(None, vars(&[])).expect("defaults load");
+        assert_eq!(s.database.url.expose(), "postgres://postgres@127.0.0.1:5432/tally");
+        assert_eq!(s.http.admin_addr.to_string(), "127.0.0.1:9100");
+        assert_eq!(s.http.api_addr.port(), 8080);
+        assert_eq!(s.http.broadcaster_addr.port(), 8081);
+    }
+
+    #[test]
+    fn env_overrides_nested_settings() {
+        let s = Settings::load_from(
+            None,
+            vars(&[("TALLY_WORKERS__BATCH_SIZE", "42"), ("TALLY_LOG__FORMAT", "json"), ("PATH", "/bin")]),
+        )
+        .expect("loads");
+        assert_eq!(s.workers.batch_size, 42);
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting_and_its_variable() {
+        let err = Settings::load_from(None, vars(&[("TALLY_WORKERS__BATCH_SIZE", "many")])).unwrap_err();
+        assert_eq!(err.setting, "workers.batch_size");
+        let line = err.to_string();
+        assert!(line.contains("TALLY_WORKERS__BATCH_SIZE"), "{line}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Settings::load_from(None, vars(&[("TALLY_DATABASE__URLL", "postgres://x")])).unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("tally-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("key");
+        std::fs::write(&file, "a-signing-key-that-is-long-enough-for-production\n").expect("write");
+        let s = Settings::load_from(
+            None,
+            vars(&[
+                ("TALLY_ENV", "production"),
+                ("TALLY_AUTH__SIGNING_KEY_ID", "k2"),
+                ("TALLY_AUTH__KEYS__K2_FILE", file.to_str().expect("utf-8 path")),
+                ("TALLY_AUTH__KEYS__DEV", "another-long-enough-secret-for-production-use"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.auth.keys["k2"].expose(), "a-signing-key-that-is-long-enough-for-production");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_named() {
+        let err = Settings::load_from(None, vars(&[("TALLY_DATABASE__URL_FILE", "/nonexistent/db-url")]))
+            .unwrap_err();
+        assert_eq!(err.setting, "database.url");
+    }
+
+    #[test]
+    fn production_refuses_the_development_key() {
+        let err = Settings::load_from(None, vars(&[("TALLY_ENV", "production")])).unwrap_err();
+        assert_eq!(err.setting, "auth.keys.dev");
+    }
+
+    #[test]
+    fn production_refuses_a_short_key() {
+        let err = Settings::load_from(
+            None,
+            vars(&[("TALLY_ENV", "production"), ("TALLY_AUTH__KEYS__DEV", "short")]),
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let s = Settings::load_from(None, vars(&[("TALLY_DATABASE__URL", "postgres://u:hunter2@db/tally")]))
+            .expect("loads");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains(DEV_SIGNING_KEY));
+    }
+
+    #[test]
+    fn toml_file_sits_between_defaults_and_env() {
+        let dir = std::env::temp_dir().join(format!("tally-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("tally.toml");
+        std::fs::write(&file, "[workers]\nbatch_size = 7\nbatch_wait_ms = 9\n").expect("write");
+        let s =
+            Settings::load_from(Some(&file), vars(&[("TALLY_WORKERS__BATCH_WAIT_MS", "3")])).expect("loads");
+        assert_eq!(s.workers.batch_size, 7);
+        assert_eq!(s.workers.batch_wait_ms, 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

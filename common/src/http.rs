@@ -1,0 +1,128 @@
+//! What every HTTP listener shares: request ids, a span per request named by
+//! its route template, request metrics, body limits, timeouts, problem+json
+//! for everything axum would answer in plain text, and graceful serving.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::config::HttpSettings;
+use crate::error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps a role's routes with the shared middleware.
+pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("not_found").with_detail("no such resource") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        })
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(Duration::from_millis(settings.request_timeout_ms), time_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(make_span)
+                        .on_request(())
+                        .on_response(on_response)
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+}
+
+fn make_span(request: &Request) -> Span {
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
+    let request_id =
+        request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    )
+}
+
+fn on_response(response: &Response, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+    if response.status().is_server_error() {
+        tracing::warn!("answered");
+    } else {
+        tracing::debug!("answered");
+    }
+}
+
+/// Counts by route template, never by raw path, so ids in URLs do not
+/// become label values.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("tally_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A request that takes longer than the limit is answered 503 so the client
+/// can retry, instead of hanging on a stuck dependency.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout").with_retry_after(1).into_response()
+        }
+    }
+}
+
+/// Binds a listener, naming the setting when the address is taken.
+pub async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} (setting `{setting}`, env {}): {e}",
+            crate::config::env_var_for(setting)
+        )
+    })
+}
+
+/// Serves until `shutdown` fires, then stops accepting and lets in-flight
+/// requests finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+/// A JSON body for small handler answers such as `/healthz`.
+pub fn json_status(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,22 @@
+//! What the roles share: configuration, the HTTP error shape, telemetry,
+//! and the clients for Postgres, Redis and NATS.
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod deps;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod json;
+pub mod process;
+pub mod retry;
+pub mod secret;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use deps::Deps;
+pub use error::ApiError;
+pub use json::Json;

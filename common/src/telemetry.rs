@@ -1,0 +1,80 @@
+//! Logs through `tracing` (human or JSON lines) and metrics through the
+//! `metrics` facade, exported in Prometheus' text format.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global subscriber. A second call (several apps in one test
+/// process) keeps the first.
+pub fn init_tracing(settings: &LogSettings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.filter)
+        .map_err(|e| anyhow::anyhow!("invalid setting `log.filter` (env TALLY_LOG__FILTER): {e}"))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match settings.format {
+        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init(),
+    };
+    if result.is_err() {
+        tracing::debug!("tracing subscriber already installed");
+    }
+    Ok(())
+}
+
+/// Buckets in seconds, from sub-millisecond HTTP calls to slow batches.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+                .expect("bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "tally_http_requests_total",
+        "HTTP requests answered, by route template, method and status"
+    );
+    metrics::describe_histogram!(
+        "tally_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency, by route template and method"
+    );
+    metrics::describe_gauge!(
+        "tally_build_info",
+        "Always 1; labels carry the version and the roles this process runs"
+    );
+    metrics::describe_gauge!(
+        "tally_dependency_up",
+        "1 when the last readiness probe of a dependency succeeded"
+    );
+}

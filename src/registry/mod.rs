@@ -1,0 +1,18 @@
+//! The mock national registry: a deterministic synthetic population, and
+//! loading citizens into Postgres in batches.
+
+pub mod generate;
+pub mod load;
+
+use time::Date;
+
+/// One registry record, as the `citizens` table holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Citizen {
+    pub citizen_id: i64,
+    pub full_name: String,
+    pub dob: Date,
+    pub pob: String,
+    pub permanent_address: String,
+    pub province: String,
+}

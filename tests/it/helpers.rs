@@ -1,0 +1,236 @@
+//! Test harness: every test gets its own database, Redis key prefix and
+//! NATS stream, runs the real app on port 0, and cleans up when dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tally::app::{App, Roles};
+use tally_common::Settings;
+use tally_common::secret::Secret;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Names that keep one test's data apart from every other's.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub id: String,
+}
+
+impl Namespace {
+    pub fn new() -> Self {
+        let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Namespace { id }
+    }
+
+    pub fn database(&self) -> String {
+        format!("tally_{}", self.id)
+    }
+
+    /// Settings for this namespace, every listener on an ephemeral port.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        s.database.url = Secret::new(format!("{PG_SERVER}/{}", self.database()));
+        s.database.max_connections = 8;
+        s.redis.key_prefix = self.id.clone();
+        s.nats.stream = format!("VOTES_{}", self.id.to_uppercase());
+        s.nats.subject_prefix = format!("{}.votes", self.id);
+        s.nats.consumer = format!("workers_{}", self.id);
+        s.nats.max_bytes = 64 << 20;
+        s.http.api_addr = ([127, 0, 0, 1], 0).into();
+        s.http.broadcaster_addr = ([127, 0, 0, 1], 0).into();
+        s.http.admin_addr = ([127, 0, 0, 1], 0).into();
+        s.http.shutdown_grace_secs = 5;
+        s.log.filter = "warn".into();
+        s
+    }
+
+    pub async fn create_database(&self) -> PgPool {
+        let mut admin =
+            PgConnection::connect(&format!("{PG_SERVER}/postgres")).await.expect("reach Postgres");
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", self.database()))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let pool =
+            PgPool::connect(&format!("{PG_SERVER}/{}", self.database())).await.expect("connect test db");
+        tally_common::db::migrate(&pool).await.expect("migrations apply to a fresh database");
+        pool
+    }
+
+    /// Removes the database, Redis keys and stream. Runs on its own thread
+    /// and runtime because it is called from `Drop`.
+    fn clean_up(&self) {
+        let ns = self.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", ns.database());
+                    let _ = sqlx::raw_sql(&drop).execute(&mut admin).await;
+                }
+                if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let pattern = format!("{}*", ns.id);
+                    let keys: Vec<String> =
+                        redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+                if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(format!("VOTES_{}", ns.id.to_uppercase())).await;
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// Deletes the namespace's data when the test ends, pass or fail.
+pub struct Cleanup(pub Namespace);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.0.clean_up();
+    }
+}
+
+pub struct TestApp {
+    pub api: String,
+    pub broadcaster: String,
+    pub admin: String,
+    pub db: PgPool,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    pub ns: Namespace,
+    app: Option<App>,
+    _cleanup: Arc<Cleanup>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Roles::ALL, |_| {}).await
+}
+
+pub async fn spawn_app_with(roles: Roles, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let ns = Namespace::new();
+    let cleanup = Arc::new(Cleanup(ns.clone()));
+    let db = ns.create_database().await;
+    let mut settings = ns.settings();
+    configure(&mut settings);
+    start(ns, settings, roles, db, cleanup).await
+}
+
+async fn start(
+    ns: Namespace,
+    settings: Settings,
+    roles: Roles,
+    db: PgPool,
+    cleanup: Arc<Cleanup>,
+) -> TestApp {
+    let mut app = App::start(settings.clone(), roles, CancellationToken::new()).await.expect("app starts");
+    app.ready().await.expect("app becomes ready");
+    let url = |addr: Option<SocketAddr>| addr.map(|a| format!("http://{a}")).unwrap_or_default();
+    TestApp {
+        api: url(app.api_addr),
+        broadcaster: url(app.broadcaster_addr),
+        admin: format!("http://{}", app.admin_addr),
+        db,
+        settings,
+        client: reqwest::Client::new(),
+        ns,
+        app: Some(app),
+        _cleanup: cleanup,
+    }
+}
+
+impl TestApp {
+    /// A second process of the same deployment (same database, stream and
+    /// Redis namespace), e.g. another API replica.
+    pub async fn another_instance(&self, roles: Roles) -> TestApp {
+        let settings = self.settings.clone();
+        start(self.ns.clone(), settings, roles, self.db.clone(), self._cleanup.clone()).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.expect("app stops cleanly");
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.api)).json(body).send().await.expect("request sent")
+    }
+}
+
+/// A TCP forwarder between the app and a dependency that a test can cut
+/// and restore, to watch the app lose and regain it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (open2, cut2) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown().await;
+                    continue;
+                }
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, open, cut }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Polls `probe` until it returns `Some` or the deadline passes. For
+/// conditions that only an outside observer can see change (no event to
+/// await); each poll is an ordinary request.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

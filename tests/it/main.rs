@@ -1,0 +1,4 @@
+//! Integration tests against the real Postgres, Redis and NATS.
+
+mod foundation;
+mod helpers;
