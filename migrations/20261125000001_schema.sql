@@ -150,7 +150,8 @@ CREATE TABLE dead_letters (
 -- Append-only record of every administrative action.
 CREATE TABLE audit_log (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    actor       BIGINT      NOT NULL,
+    -- `citizen:<id>` for an admin over the API, `cli:<os user>` for the CLI.
+    actor       TEXT        NOT NULL,
     action      TEXT        NOT NULL,
     election_id BIGINT,
     before      JSONB,

@@ -73,13 +73,10 @@ impl Command {
         match self {
             Command::Serve { roles } => {
                 let shutdown = tally_common::shutdown::on_signal();
-                let app = App::start(settings, roles, shutdown).await?;
-                tracing::info!(
-                    api = ?app.api_addr,
-                    broadcaster = ?app.broadcaster_addr,
-                    admin = %app.admin_addr,
-                    "listening"
-                );
+                let mut app = App::start(settings, roles, shutdown).await?;
+                if app.ready().await.is_ok() {
+                    print_urls(&app);
+                }
                 app.wait().await
             }
             Command::Migrate => {
@@ -97,4 +94,16 @@ impl Command {
             }
         }
     }
+}
+
+fn print_urls(app: &App) {
+    if let Some(api) = app.api_addr {
+        println!("API           http://{api}/v1");
+        println!("API docs      http://{api}/docs");
+    }
+    if let Some(live) = app.broadcaster_addr {
+        println!("Live results  http://{live}/");
+    }
+    println!("Metrics       http://{}/metrics", app.admin_addr);
+    println!("Readiness     http://{}/readyz", app.admin_addr);
 }

@@ -1,15 +1,18 @@
 //! What the roles share: configuration, the HTTP error shape, telemetry,
 //! and the clients for Postgres, Redis and NATS.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod db;
 pub mod deps;
+pub mod domain;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod json;
 pub mod process;
+pub mod rate_limit;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

@@ -67,7 +67,7 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
     assert_eq!(tally_common::db::violated_constraint(&bad_restriction), Some("elections_restriction_check"));
 
     let rewrite_audit =
-        sqlx::query("INSERT INTO audit_log (actor, action) VALUES (1, 'test')").execute(&db).await;
+        sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('cli:test', 'test')").execute(&db).await;
     assert!(rewrite_audit.is_ok());
     let tamper = sqlx::query("UPDATE audit_log SET action = 'changed'").execute(&db).await;
     assert!(tamper.is_err(), "the audit log is append-only");

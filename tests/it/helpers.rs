@@ -165,8 +165,8 @@ impl TestApp {
         }
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client.post(format!("{}{path}", self.api)).json(body).send().await.expect("request sent")
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.api)).json(&body).send().await.expect("request sent")
     }
 }
 
@@ -233,4 +233,101 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Adds a registry citizen.
+pub async fn add_citizen(db: &PgPool, citizen_id: i64, province: &str, dob: &str) {
+    sqlx::query(
+        "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
+         VALUES ($1, $2, $3::date, 'Capital', '1 Oak Street', $4)",
+    )
+    .bind(citizen_id)
+    .bind(format!("Citizen {citizen_id}"))
+    .bind(dob)
+    .bind(province)
+    .execute(db)
+    .await
+    .expect("insert citizen");
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn phone_of(citizen_id: i64) -> String {
+    format!("+1555{:07}", citizen_id % 10_000_000)
+}
+
+/// A citizen with an account, logged in.
+pub struct Voter {
+    pub citizen_id: i64,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub async fn signup(&self, citizen_id: i64) -> reqwest::Response {
+        self.post_json(
+            "/v1/auth/signup",
+            serde_json::json!({"citizen_id": citizen_id, "password": PASSWORD, "phone": phone_of(citizen_id)}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, citizen_id: i64, password: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/login", serde_json::json!({"citizen_id": citizen_id, "password": password}))
+            .await
+    }
+
+    /// Registers a citizen (born 1990, province Capital unless given),
+    /// signs them up and logs them in.
+    pub async fn voter(&self, citizen_id: i64) -> Voter {
+        self.voter_in(citizen_id, "Capital", "1990-01-01").await
+    }
+
+    pub async fn voter_in(&self, citizen_id: i64, province: &str, dob: &str) -> Voter {
+        add_citizen(&self.db, citizen_id, province, dob).await;
+        assert_eq!(self.signup(citizen_id).await.status(), 201);
+        let tokens: serde_json::Value =
+            self.login(citizen_id, PASSWORD).await.json().await.expect("token json");
+        Voter {
+            citizen_id,
+            access: tokens["access_token"].as_str().expect("access token").to_string(),
+            refresh: tokens["refresh_token"].as_str().expect("refresh token").to_string(),
+        }
+    }
+
+    pub async fn make_admin(&self, citizen_id: i64) -> Voter {
+        let voter = self.voter(citizen_id).await;
+        sqlx::query("UPDATE users SET role = 'admin' WHERE citizen_id = $1")
+            .bind(citizen_id)
+            .execute(&self.db)
+            .await
+            .expect("grant admin");
+        let tokens: serde_json::Value = self.login(citizen_id, PASSWORD).await.json().await.expect("json");
+        Voter {
+            access: tokens["access_token"].as_str().expect("token").to_string(),
+            refresh: tokens["refresh_token"].as_str().expect("token").to_string(),
+            ..voter
+        }
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    pub async fn post_as(&self, path: &str, token: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("sent")
+    }
+}
+
+/// The problem+json `code` of a response.
+pub async fn code_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["code"].as_str().unwrap_or_default().to_string())
 }

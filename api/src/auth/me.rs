@@ -1,0 +1,39 @@
+//! `GET /v1/me`: the caller's registry profile.
+
+use axum::extract::State;
+use serde::Serialize;
+use tally_common::auth::AuthUser;
+use tally_common::domain::age_on;
+use tally_common::{ApiError, Json};
+use time::OffsetDateTime;
+
+use crate::ApiState;
+
+#[derive(Serialize)]
+pub struct Profile {
+    pub citizen_id: i64,
+    pub full_name: String,
+    pub province: String,
+    pub age: i32,
+    pub role: String,
+}
+
+pub async fn me(State(state): State<ApiState>, user: AuthUser) -> Result<Json<Profile>, ApiError> {
+    let row: Option<(String, String, time::Date, String)> = sqlx::query_as(
+        "SELECT c.full_name, c.province, c.dob, u.role
+         FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
+    )
+    .bind(user.citizen_id)
+    .fetch_optional(&state.deps.db)
+    .await?;
+    let (full_name, province, dob, role) = row.ok_or_else(|| {
+        ApiError::unauthorized("invalid_token").with_detail("this account no longer exists")
+    })?;
+    Ok(Json(Profile {
+        citizen_id: user.citizen_id,
+        full_name,
+        province,
+        age: age_on(dob, OffsetDateTime::now_utc().date()),
+        role,
+    }))
+}

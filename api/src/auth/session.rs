@@ -1,0 +1,216 @@
+//! Login, refresh-token rotation with reuse detection, and logout.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use tally_common::auth::{AuthUser, refresh};
+use tally_common::domain::Role;
+use tally_common::rate_limit;
+use tally_common::{ApiError, Json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::ApiState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub citizen_id: i64,
+    pub password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// The registry facts a token carries.
+#[derive(sqlx::FromRow)]
+struct Account {
+    citizen_id: i64,
+    role: String,
+    province: String,
+    dob: time::Date,
+}
+
+pub async fn login(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<LoginRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let auth = &state.deps.settings.auth;
+    let keys = &state.deps.keys;
+    for (scope, subject, limit) in [
+        ("login-ip", peer.ip().to_string(), auth.login_attempts_per_ip),
+        ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
+    ] {
+        let key = keys.rate_limit(scope, &subject);
+        if let Err(exceeded) = rate_limit::hit(&state.deps.redis, &key, limit, auth.login_window_secs)
+            .await
+            .map_err(|e| ApiError::unavailable(e, 1))?
+        {
+            return Err(ApiError::rate_limited(exceeded.retry_after_secs)
+                .with_detail("too many login attempts; try again later"));
+        }
+    }
+
+    let found: Option<(String, Account)> = sqlx::query_as::<_, (String, i64, String, String, time::Date)>(
+        "SELECT u.password_hash, u.citizen_id, u.role, c.province, c.dob
+         FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
+    )
+    .bind(request.citizen_id)
+    .fetch_optional(&state.deps.db)
+    .await?
+    .map(|(hash, citizen_id, role, province, dob)| (hash, Account { citizen_id, role, province, dob }));
+    let (hash, account) = match found {
+        Some((hash, account)) => (Some(hash), Some(account)),
+        None => (None, None),
+    };
+    let matched = state.passwords.verify(request.password, hash).await?;
+    let account = match (matched, account) {
+        (true, Some(account)) => account,
+        _ => {
+            metrics::counter!("tally_auth_failures_total", "reason" => "invalid_credentials").increment(1);
+            return Err(
+                ApiError::unauthorized("invalid_credentials").with_detail("wrong citizen id or password")
+            );
+        }
+    };
+
+    let session = Uuid::new_v4();
+    let refresh_token = refresh::new_token()?;
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(auth.refresh_ttl_secs as i64);
+    let mut tx = state.deps.db.begin().await?;
+    sqlx::query("INSERT INTO sessions (session_id, citizen_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(session)
+        .bind(account.citizen_id)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+    store_refresh(&mut tx, session, &refresh_token).await?;
+    tx.commit().await?;
+    metrics::counter!("tally_logins_total").increment(1);
+    Ok(Json(issue(&state, &account, session, refresh_token)?))
+}
+
+pub async fn refresh(
+    State(state): State<ApiState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let presented = refresh::hash(&request.refresh_token);
+    let mut tx = state.deps.db.begin().await?;
+    // Row lock: two concurrent refreshes with one token cannot both rotate it.
+    let row: Option<(Uuid, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
+        "SELECT r.session_id, r.rotated_at, s.revoked_at, s.expires_at
+         FROM refresh_tokens r JOIN sessions s USING (session_id)
+         WHERE r.token_hash = $1 FOR UPDATE",
+    )
+    .bind(&presented)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((session, rotated_at, revoked_at, expires_at)) = row else {
+        return Err(refused("unknown"));
+    };
+    if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
+        return Err(refused("session_ended"));
+    }
+    if rotated_at.is_some() {
+        // A rotated token came back: whoever holds the chain, one of the two
+        // parties stole it. End the session for both.
+        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1")
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        state.verifier.revoke(&[session]).await.map_err(|e| ApiError::unavailable(e, 1))?;
+        tracing::warn!(session = %session, "refresh token reused; session revoked");
+        return Err(refused("reused"));
+    }
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
+        .bind(&presented)
+        .execute(&mut *tx)
+        .await?;
+    let next = refresh::new_token()?;
+    store_refresh(&mut tx, session, &next).await?;
+    let account: Account = sqlx::query_as(
+        "SELECT u.citizen_id, u.role, c.province, c.dob
+         FROM sessions s JOIN users u USING (citizen_id) JOIN citizens c USING (citizen_id)
+         WHERE s.session_id = $1",
+    )
+    .bind(session)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(issue(&state, &account, session, next)?))
+}
+
+pub async fn logout(State(state): State<ApiState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1 AND revoked_at IS NULL")
+        .bind(user.session_id)
+        .execute(&state.deps.db)
+        .await?;
+    state.verifier.revoke(&[user.session_id]).await.map_err(|e| ApiError::unavailable(e, 1))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn logout_all(State(state): State<ApiState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    let sessions: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE citizen_id = $1 AND (revoked_at IS NULL OR session_id = $2) RETURNING session_id",
+    )
+    .bind(user.citizen_id)
+    .bind(user.session_id)
+    .fetch_all(&state.deps.db)
+    .await?;
+    state.verifier.revoke(&sessions).await.map_err(|e| ApiError::unavailable(e, 1))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn store_refresh(tx: &mut Transaction<'_, Postgres>, session: Uuid, token: &str) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+        .bind(refresh::hash(token))
+        .bind(session)
+        .execute(&mut **tx)
+        .await
+        .context("storing a refresh token")?;
+    Ok(())
+}
+
+fn issue(
+    state: &ApiState,
+    account: &Account,
+    session: Uuid,
+    refresh_token: String,
+) -> Result<TokenPair, ApiError> {
+    let claims = state.tokens.claims(
+        account.citizen_id,
+        session,
+        Role::from_db(&account.role),
+        &account.province,
+        account.dob,
+    );
+    Ok(TokenPair {
+        access_token: state.tokens.sign(&claims)?,
+        token_type: "Bearer",
+        expires_in: state.tokens.access_ttl_secs,
+        refresh_token,
+    })
+}
+
+fn refused(reason: &'static str) -> ApiError {
+    metrics::counter!("tally_auth_failures_total", "reason" => reason).increment(1);
+    ApiError::unauthorized("invalid_refresh_token").with_detail("sign in again")
+}

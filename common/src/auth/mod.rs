@@ -1,0 +1,11 @@
+//! Who is calling: password hashing, access tokens, refresh tokens, and the
+//! extractors protected routes use.
+
+pub mod extract;
+pub mod password;
+pub mod refresh;
+pub mod tokens;
+
+pub use extract::{AdminUser, AuthUser, Verifier};
+pub use password::Passwords;
+pub use tokens::{Claims, TokenError, TokenKeys};
