@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_common::Settings;
+use tally_common::domain::Role;
+
+use crate::registry::commands::RegistryCommand;
 
 use crate::app::{App, Roles};
 
@@ -36,6 +39,48 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         citizens: u64,
     },
+    /// The national registry: import a CSV, or generate a synthetic one.
+    #[command(subcommand)]
+    Citizens(CitizensCommand),
+    /// Grant or revoke the admin role of an existing user.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CitizensCommand {
+    /// Load a CSV with a header row: citizen_id,full_name,dob,pob,permanent_address,province.
+    /// All or nothing unless --skip-bad-rows.
+    Import {
+        file: PathBuf,
+        /// Import the good rows and only report the bad ones.
+        #[arg(long)]
+        skip_bad_rows: bool,
+    },
+    /// Write a deterministic synthetic registry as CSV (or straight into the database).
+    Generate {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The first citizen id; ids are consecutive from it.
+        #[arg(long, default_value_t = 1)]
+        first_id: i64,
+        /// Write to this file instead of standard output.
+        #[arg(long, conflicts_with = "into_db")]
+        output: Option<PathBuf>,
+        /// Insert into the configured database instead of writing CSV.
+        #[arg(long)]
+        into_db: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Make a user an administrator.
+    Grant { citizen_id: i64 },
+    /// Make an administrator a voter again and end their sessions.
+    Revoke { citizen_id: i64 },
 }
 
 impl Cli {
@@ -92,6 +137,19 @@ impl Command {
                 println!("{report}");
                 Ok(())
             }
+            Command::Citizens(command) => {
+                crate::registry::commands::run(command_args(command), &settings).await
+            }
+            Command::Admin(AdminCommand::Grant { citizen_id }) => {
+                crate::admin::set_role(&settings, citizen_id, Role::Admin).await?;
+                println!("citizen {citizen_id} is now an admin");
+                Ok(())
+            }
+            Command::Admin(AdminCommand::Revoke { citizen_id }) => {
+                crate::admin::set_role(&settings, citizen_id, Role::Voter).await?;
+                println!("citizen {citizen_id} is now a voter; their sessions have ended");
+                Ok(())
+            }
         }
     }
 }
@@ -106,4 +164,13 @@ fn print_urls(app: &App) {
     }
     println!("Metrics       http://{}/metrics", app.admin_addr);
     println!("Readiness     http://{}/readyz", app.admin_addr);
+}
+
+fn command_args(command: CitizensCommand) -> RegistryCommand {
+    match command {
+        CitizensCommand::Import { file, skip_bad_rows } => RegistryCommand::Import { file, skip_bad_rows },
+        CitizensCommand::Generate { count, seed, first_id, output, into_db } => {
+            RegistryCommand::Generate { count, seed, first_id, output, into_db }
+        }
+    }
 }

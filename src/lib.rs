@@ -1,6 +1,7 @@
 //! The `tally` binary's library: the command line, and the assembly of
 //! roles into one process.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod registry;

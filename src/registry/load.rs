@@ -14,6 +14,14 @@ pub async fn insert_batch<'e, E>(executor: E, batch: &[Citizen]) -> anyhow::Resu
 where
     E: Executor<'e, Database = Postgres>,
 {
+    Ok(insert_returning(executor, batch).await?.len() as u64)
+}
+
+/// Like `insert_batch`, returning the ids that were new.
+pub async fn insert_returning<'e, E>(executor: E, batch: &[Citizen]) -> anyhow::Result<Vec<i64>>
+where
+    E: Executor<'e, Database = Postgres>,
+{
     let mut ids = Vec::with_capacity(batch.len());
     let mut names = Vec::with_capacity(batch.len());
     let mut dobs = Vec::with_capacity(batch.len());
@@ -28,10 +36,10 @@ where
         addresses.push(c.permanent_address.as_str());
         provinces.push(c.province.as_str());
     }
-    let done = sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::date[], $4::text[], $5::text[], $6::text[])
-         ON CONFLICT (citizen_id) DO NOTHING",
+         ON CONFLICT (citizen_id) DO NOTHING RETURNING citizen_id",
     )
     .bind(&ids)
     .bind(&names)
@@ -39,8 +47,7 @@ where
     .bind(&pobs)
     .bind(&addresses)
     .bind(&provinces)
-    .execute(executor)
+    .fetch_all(executor)
     .await
-    .context("inserting citizens")?;
-    Ok(done.rows_affected())
+    .context("inserting citizens")
 }

@@ -1,7 +1,9 @@
 //! The mock national registry: a deterministic synthetic population, and
 //! loading citizens into Postgres in batches.
 
+pub mod commands;
 pub mod generate;
+pub mod import;
 pub mod load;
 
 use time::Date;

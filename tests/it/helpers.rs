@@ -258,7 +258,6 @@ pub fn phone_of(citizen_id: i64) -> String {
 
 /// A citizen with an account, logged in.
 pub struct Voter {
-    pub citizen_id: i64,
     pub access: String,
     pub refresh: String,
 }
@@ -289,39 +288,13 @@ impl TestApp {
         let tokens: serde_json::Value =
             self.login(citizen_id, PASSWORD).await.json().await.expect("token json");
         Voter {
-            citizen_id,
             access: tokens["access_token"].as_str().expect("access token").to_string(),
             refresh: tokens["refresh_token"].as_str().expect("refresh token").to_string(),
         }
     }
 
-    pub async fn make_admin(&self, citizen_id: i64) -> Voter {
-        let voter = self.voter(citizen_id).await;
-        sqlx::query("UPDATE users SET role = 'admin' WHERE citizen_id = $1")
-            .bind(citizen_id)
-            .execute(&self.db)
-            .await
-            .expect("grant admin");
-        let tokens: serde_json::Value = self.login(citizen_id, PASSWORD).await.json().await.expect("json");
-        Voter {
-            access: tokens["access_token"].as_str().expect("token").to_string(),
-            refresh: tokens["refresh_token"].as_str().expect("token").to_string(),
-            ..voter
-        }
-    }
-
     pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.api)).bearer_auth(token).send().await.expect("request sent")
-    }
-
-    pub async fn post_as(&self, path: &str, token: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("sent")
     }
 }
 

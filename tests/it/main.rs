@@ -3,3 +3,5 @@
 mod foundation;
 mod helpers;
 mod identity;
+mod logs;
+mod registry;

@@ -1,0 +1,63 @@
+//! `tally admin grant|revoke`: set a user's role. There are no built-in
+//! admin accounts; an operator with database access makes the first one.
+
+use anyhow::Context;
+use tally_common::Settings;
+use tally_common::domain::Role;
+use uuid::Uuid;
+
+/// Who ran the command, for the audit log.
+pub fn operator() -> String {
+    let user =
+        std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyhow::Result<()> {
+    let pool = tally_common::db::pool(&settings.database)?;
+    let actor = operator();
+    let mut tx = pool.begin().await.context("connecting to Postgres")?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT role FROM users WHERE citizen_id = $1 FOR UPDATE")
+            .bind(citizen_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(before) = before else {
+        anyhow::bail!("citizen {citizen_id} has no account; they must sign up first");
+    };
+    sqlx::query("UPDATE users SET role = $2, updated_at = now() WHERE citizen_id = $1")
+        .bind(citizen_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO audit_log (actor, action, before, after) VALUES ($1, $2, $3, $4)")
+        .bind(&actor)
+        .bind(if role == Role::Admin { "admin.grant" } else { "admin.revoke" })
+        .bind(serde_json::json!({"citizen_id": citizen_id, "role": before}))
+        .bind(serde_json::json!({"citizen_id": citizen_id, "role": role.as_str()}))
+        .execute(&mut *tx)
+        .await?;
+    // Tokens carry the role; ending the sessions makes a revocation take
+    // effect now rather than when the tokens expire.
+    let ended: Vec<Uuid> = if role == Role::Voter {
+        sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = now() WHERE citizen_id = $1 AND revoked_at IS NULL RETURNING session_id",
+        )
+        .bind(citizen_id)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    tx.commit().await.context("saving the role")?;
+    if !ended.is_empty() {
+        let verifier = tally_common::auth::Verifier {
+            tokens: std::sync::Arc::new(tally_common::auth::TokenKeys::from_settings(&settings.auth)),
+            redis: tally_common::store::connect(&settings.redis).await?,
+            keys: tally_common::store::Keys::new(&settings.redis.key_prefix),
+        };
+        verifier.revoke(&ended).await?;
+    }
+    tracing::info!(operator = %actor, citizen_id, role = role.as_str(), sessions_ended = ended.len(), "role changed");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The `tally citizens` commands' work: file in, file out, progress and
+//! the summary line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use tally_common::Settings;
+
+use super::generate::citizens;
+use super::import::{COLUMNS, import};
+use super::load::{BATCH, insert_batch};
+
+pub enum RegistryCommand {
+    Import { file: PathBuf, skip_bad_rows: bool },
+    Generate { count: u64, seed: u64, first_id: i64, output: Option<PathBuf>, into_db: bool },
+}
+
+/// Bad rows printed in full; past this only their count.
+const BAD_ROWS_SHOWN: usize = 1_000;
+
+pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        RegistryCommand::Import { file, skip_bad_rows } => {
+            let pool = tally_common::db::pool(&settings.database)?;
+            let input = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let started = Instant::now();
+            let report = import(&pool, std::io::BufReader::new(input), skip_bad_rows, |rows| {
+                eprintln!("… {rows} rows read");
+            })
+            .await?;
+            for bad in report.bad.iter().take(BAD_ROWS_SHOWN) {
+                eprintln!("{}:{}: {}", file.display(), bad.line, bad.reason);
+            }
+            if report.bad.len() > BAD_ROWS_SHOWN {
+                eprintln!("… and {} more bad rows", report.bad.len() - BAD_ROWS_SHOWN);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            if report.committed {
+                println!(
+                    "imported {} citizens from {} rows in {secs:.1}s; {} bad rows skipped",
+                    report.imported,
+                    report.rows,
+                    report.bad.len()
+                );
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "nothing imported: {} of {} rows are bad (fix them, or pass --skip-bad-rows to import the rest)",
+                    report.bad.len(),
+                    report.rows
+                )
+            }
+        }
+        RegistryCommand::Generate { count, seed, first_id, output, into_db } => {
+            let started = Instant::now();
+            if into_db {
+                let pool = tally_common::db::pool(&settings.database)?;
+                let mut added = 0;
+                let mut next = first_id;
+                let mut left = count;
+                while left > 0 {
+                    let n = left.min(BATCH as u64);
+                    let chunk: Vec<_> = citizens(seed, next, n).collect();
+                    added += insert_batch(&pool, &chunk).await?;
+                    next += n as i64;
+                    left -= n;
+                }
+                println!("{added} new citizens in {:.1}s", started.elapsed().as_secs_f64());
+            } else {
+                let sink: Box<dyn Write> = match &output {
+                    Some(path) => Box::new(
+                        std::fs::File::create(path)
+                            .with_context(|| format!("creating {}", path.display()))?,
+                    ),
+                    None => Box::new(std::io::stdout().lock()),
+                };
+                write_csv(sink, seed, first_id, count)?;
+                if let Some(path) = output {
+                    eprintln!(
+                        "{count} citizens written to {} in {:.1}s",
+                        path.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_csv(sink: impl Write, seed: u64, first_id: i64, count: u64) -> anyhow::Result<()> {
+    let mut writer = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 20, sink));
+    writer.write_record(COLUMNS)?;
+    let mut id = itoa_buf();
+    for c in citizens(seed, first_id, count) {
+        let dob = c.dob.to_string();
+        writer.write_record([
+            id.format(c.citizen_id),
+            &c.full_name,
+            &dob,
+            &c.pob,
+            &c.permanent_address,
+            &c.province,
+        ])?;
+    }
+    writer.flush().context("writing CSV")?;
+    Ok(())
+}
+
+/// A reusable integer formatter, to avoid an allocation per row.
+struct IdBuf(String);
+
+fn itoa_buf() -> IdBuf {
+    IdBuf(String::with_capacity(20))
+}
+
+impl IdBuf {
+    fn format(&mut self, id: i64) -> &str {
+        use std::fmt::Write;
+        self.0.clear();
+        let _ = write!(self.0, "{id}");
+        &self.0
+    }
+}

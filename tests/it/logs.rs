@@ -1,0 +1,143 @@
+//! Runs the real binary with every log level on and checks that an auth
+//! flow leaves no secret or personal datum in its output.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::{Cleanup, Namespace, PASSWORD, add_citizen, phone_of};
+
+#[tokio::test]
+async fn an_auth_flow_logs_no_secrets_at_any_level() {
+    let ns = Namespace::new();
+    let _cleanup = Cleanup(ns.clone());
+    let db = ns.create_database().await;
+    add_citizen(&db, 4242, "Capital", "1990-01-01").await;
+    let settings = ns.settings();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--roles", "api"])
+        .env("TALLY_DATABASE__URL", settings.database.url.expose())
+        .env("TALLY_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env("TALLY_NATS__STREAM", &settings.nats.stream)
+        .env("TALLY_NATS__SUBJECT_PREFIX", &settings.nats.subject_prefix)
+        .env("TALLY_HTTP__API_ADDR", "127.0.0.1:0")
+        .env("TALLY_HTTP__BROADCASTER_ADDR", "127.0.0.1:0")
+        .env("TALLY_HTTP__ADMIN_ADDR", "127.0.0.1:0")
+        .env("TALLY_LOG__FILTER", "trace")
+        .env("TALLY_LOG__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tally");
+
+    let output = Arc::new(Mutex::new(String::new()));
+    let (api_tx, api_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut errors = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let sink = output.clone();
+    let readers = tokio::spawn(async move {
+        let mut api_tx = Some(api_tx);
+        loop {
+            let line = tokio::select! {
+                Ok(Some(line)) = lines.next_line() => line,
+                Ok(Some(line)) = errors.next_line() => line,
+                else => break,
+            };
+            if let Some(url) =
+                line.strip_prefix("API").map(|rest| rest.trim().trim_end_matches("/v1").to_string())
+                && let Some(tx) = api_tx.take()
+            {
+                let _ = tx.send(url);
+            }
+            let mut all = sink.lock().expect("log buffer");
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    let api = api_rx.await.expect("the binary prints its API address when ready");
+
+    let client = reqwest::Client::new();
+    let phone = phone_of(4242);
+    let signup = client
+        .post(format!("{api}/v1/auth/signup"))
+        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD, "phone": phone}))
+        .send()
+        .await
+        .expect("signup");
+    assert_eq!(signup.status(), 201);
+    let bad_login = client
+        .post(format!("{api}/v1/auth/login"))
+        .json(&serde_json::json!({"citizen_id": 4242, "password": "a wrong password given"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(bad_login.status(), 401);
+    let tokens: serde_json::Value = client
+        .post(format!("{api}/v1/auth/login"))
+        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
+    let rotated: serde_json::Value = client
+        .post(format!("{api}/v1/auth/refresh"))
+        .json(&serde_json::json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .expect("refresh")
+        .json()
+        .await
+        .expect("json");
+    let access2 = rotated["access_token"].as_str().expect("access").to_string();
+    let refresh2 = rotated["refresh_token"].as_str().expect("refresh").to_string();
+    // Reuse of the first refresh token is logged as a warning; the token must not be.
+    client
+        .post(format!("{api}/v1/auth/refresh"))
+        .json(&serde_json::json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .ok();
+    client.get(format!("{api}/v1/me")).bearer_auth(&access2).send().await.expect("me");
+    client.post(format!("{api}/v1/auth/logout")).bearer_auth(&access).send().await.expect("logout");
+
+    // SIGTERM: the process drains and exits cleanly.
+    let pid = child.id().expect("pid").to_string();
+    let term = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(term.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    readers.await.expect("readers");
+
+    let logs = output.lock().expect("log buffer").clone();
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE citizen_id = 4242")
+        .fetch_one(&db)
+        .await
+        .expect("hash");
+    assert!(logs.contains("/v1/auth/login"), "requests were logged with their route:\n{logs}");
+    assert!(logs.contains("refresh token reused"), "the reuse warning was logged");
+    for (what, secret) in [
+        ("password", PASSWORD),
+        ("wrong password", "a wrong password given"),
+        ("password hash", hash.as_str()),
+        ("argon2 salt", hash.split('$').nth(4).expect("salt")),
+        ("phone", phone.as_str()),
+        ("access token", access.as_str()),
+        ("rotated access token", access2.as_str()),
+        ("refresh token", refresh.as_str()),
+        ("rotated refresh token", refresh2.as_str()),
+        ("token signature", access.rsplit('.').next().expect("signature")),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+}
