@@ -1,6 +1,7 @@
 //! The api role: the public REST API. Thin by design: it checks who is
 //! calling and what they may do, and hands ballots to JetStream.
 
+pub mod audit;
 pub mod auth;
 pub mod state;
 
@@ -20,6 +21,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/auth/logout", post(auth::session::logout))
         .route("/v1/auth/logout-all", post(auth::session::logout_all))
         .route("/v1/me", get(auth::me::me))
+        .route("/v1/audit", get(audit::list))
         .with_state(state.clone());
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }

@@ -22,4 +22,4 @@ pub mod telemetry;
 pub use config::Settings;
 pub use deps::Deps;
 pub use error::ApiError;
-pub use json::Json;
+pub use json::{Json, Query};

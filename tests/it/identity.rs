@@ -275,3 +275,42 @@ async fn login_attempts_are_limited_per_client_address() {
     assert_eq!(code_of(app.login(71, "wrong password here").await).await.0, 401);
     assert_eq!(code_of(app.login(72, "wrong password here").await).await, (429, "rate_limited".into()));
 }
+
+#[tokio::test]
+async fn the_audit_log_is_for_admins_and_pages() {
+    let app = spawn_app().await;
+    let voter = app.voter(80).await;
+    assert_eq!(code_of(app.get_as("/v1/audit", &voter.access).await).await, (403, "forbidden".into()));
+    assert_eq!(code_of(app.client.get(format!("{}/v1/audit", app.api)).send().await.unwrap()).await.0, 401);
+
+    app.voter(81).await;
+    sqlx::query("UPDATE users SET role = 'admin' WHERE citizen_id = 81").execute(&app.db).await.unwrap();
+    let tokens: serde_json::Value = app.login(81, PASSWORD).await.json().await.unwrap();
+    let admin = tokens["access_token"].as_str().unwrap();
+    for (n, election) in [(1, Some(7_i64)), (2, None), (3, Some(7))] {
+        sqlx::query("INSERT INTO audit_log (actor, action, election_id) VALUES ('citizen:81', $1, $2)")
+            .bind(format!("action.{n}"))
+            .bind(election)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let page: serde_json::Value = app.get_as("/v1/audit?limit=2", admin).await.json().await.unwrap();
+    let actions: Vec<&str> =
+        page["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["action.3", "action.2"]);
+    let next = page["next"].as_i64().unwrap();
+    let rest: serde_json::Value =
+        app.get_as(&format!("/v1/audit?limit=2&before={next}"), admin).await.json().await.unwrap();
+    assert_eq!(rest["entries"][0]["action"], "action.1");
+    assert!(rest["next"].is_null());
+
+    let for_election: serde_json::Value =
+        app.get_as("/v1/audit?election_id=7", admin).await.json().await.unwrap();
+    assert_eq!(for_election["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        code_of(app.get_as("/v1/audit?limit=0", admin).await).await,
+        (422, "validation_failed".into())
+    );
+    assert_eq!(code_of(app.get_as("/v1/audit?limit=many", admin).await).await, (400, "invalid_query".into()));
+}
