@@ -17,6 +17,8 @@ CREATE TABLE citizens (
     CONSTRAINT citizens_province_format CHECK (province ~ '^[A-Z][A-Za-z -]{0,63}$')
 );
 
+CREATE INDEX citizens_province_idx ON citizens (province);
+
 CREATE TABLE users (
     citizen_id    BIGINT      NOT NULL,
     password_hash TEXT        NOT NULL,

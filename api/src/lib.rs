@@ -3,10 +3,12 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catalog_sync;
+pub mod elections;
 pub mod state;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tally_common::Deps;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +24,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/auth/logout-all", post(auth::session::logout_all))
         .route("/v1/me", get(auth::me::me))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/elections", get(elections::public::list).post(elections::admin::create))
+        .route("/v1/elections/{id}", get(elections::public::get).patch(elections::admin::update))
+        .route("/v1/elections/{id}/runners", post(elections::admin::add_runner))
+        .route("/v1/elections/{id}/runners/{citizen_id}", delete(elections::admin::remove_runner))
+        .route("/v1/elections/{id}/close", post(elections::admin::close))
+        .route("/v1/elections/{id}/cancel", post(elections::admin::cancel))
+        .route("/v1/elections/{id}/eligibility", get(elections::public::check_eligibility))
+        .route("/v1/elections/{id}/results", get(elections::results::results))
         .with_state(state.clone());
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }

@@ -3,23 +3,26 @@
 
 pub mod auth;
 pub mod bus;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod deps;
 pub mod domain;
+pub mod election;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod http;
-pub mod json;
 pub mod process;
 pub mod rate_limit;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
+pub mod tally;
 pub mod telemetry;
 
 pub use config::Settings;
 pub use deps::Deps;
 pub use error::ApiError;
-pub use json::{Json, Query};
+pub use extract::{Json, Path, Query};

@@ -304,3 +304,95 @@ pub async fn code_of(response: reqwest::Response) -> (u16, String) {
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     (status, body["code"].as_str().unwrap_or_default().to_string())
 }
+
+impl TestApp {
+    /// A logged-in administrator.
+    pub async fn admin(&self, citizen_id: i64) -> String {
+        self.voter(citizen_id).await;
+        sqlx::query("UPDATE users SET role = 'admin' WHERE citizen_id = $1")
+            .bind(citizen_id)
+            .execute(&self.db)
+            .await
+            .expect("grant admin");
+        let tokens: serde_json::Value = self.login(citizen_id, PASSWORD).await.json().await.expect("json");
+        tokens["access_token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method, format!("{}{path}", self.api)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client.get(format!("{}{path}", self.api)).send().await.expect("sent").json().await.expect("json")
+    }
+}
+
+/// An election written straight to the database, its window relative to
+/// now, with runners 9001 and 9002 for President (citizens created here).
+pub struct ElectionSpec {
+    pub starts_in_secs: i64,
+    pub ends_in_secs: i64,
+    pub restriction: &'static str,
+    pub visibility: &'static str,
+    pub min_age: i16,
+}
+
+impl Default for ElectionSpec {
+    fn default() -> Self {
+        ElectionSpec {
+            starts_in_secs: -60,
+            ends_in_secs: 3600,
+            restriction: "@everyone",
+            visibility: "live",
+            min_age: 18,
+        }
+    }
+}
+
+pub const RUNNERS: [i64; 2] = [9001, 9002];
+
+pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
+    for runner in RUNNERS {
+        sqlx::query(
+            "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
+             VALUES ($1, $2, '1970-01-01', 'Capital', '1 Oak Street', 'Capital') ON CONFLICT DO NOTHING",
+        )
+        .bind(runner)
+        .bind(format!("Runner {runner}"))
+        .execute(db)
+        .await
+        .expect("runner citizen");
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
+         VALUES ('Test election', now() + make_interval(secs => $1), now() + make_interval(secs => $2), $3, $4, $5)
+         RETURNING election_id",
+    )
+    .bind(spec.starts_in_secs as f64)
+    .bind(spec.ends_in_secs as f64)
+    .bind(spec.restriction)
+    .bind(spec.min_age)
+    .bind(spec.visibility)
+    .fetch_one(db)
+    .await
+    .expect("insert election");
+    for runner in RUNNERS {
+        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'President')")
+            .bind(id)
+            .bind(runner)
+            .execute(db)
+            .await
+            .expect("insert runner");
+    }
+    id
+}

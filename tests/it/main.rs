@@ -1,5 +1,6 @@
 //! Integration tests against the real Postgres, Redis and NATS.
 
+mod elections;
 mod foundation;
 mod helpers;
 mod identity;

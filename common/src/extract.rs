@@ -1,4 +1,4 @@
-//! A `Json` extractor whose rejections are problem+json, not axum's plain
+//! Extractors whose rejections are problem+json, not axum's plain
 //! text: bad syntax 400, wrong shape 422, wrong content type 415, too big 413.
 
 use axum::extract::rejection::JsonRejection;
@@ -66,6 +66,30 @@ where
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|rejection| {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_query").with_detail(rejection.body_text())
+            })
+    }
+}
+
+/// A `Path` extractor whose rejections are problem+json too: an id that is
+/// not a number is a 400, not a plain-text answer.
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_path").with_detail(rejection.body_text())
             })
     }
 }

@@ -1,0 +1,249 @@
+//! Administrators create and edit elections, manage runners, and close or
+//! cancel. Every action is written to the audit log in the same transaction
+//! as the change itself, then announced so every replica refreshes.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use sqlx::{Postgres, Transaction};
+use tally_common::auth::AdminUser;
+use tally_common::catalog::{self, Election};
+use tally_common::db::violated_constraint;
+use tally_common::election::Status;
+use tally_common::error::FieldError;
+use tally_common::{ApiError, Json, Path};
+use time::OffsetDateTime;
+
+use super::draft::{Draft, ElectionInput, validate};
+use super::view::ElectionView;
+use super::{find, not_found};
+use crate::ApiState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerInput {
+    pub citizen_id: i64,
+    pub post: String,
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Json(input): Json<ElectionInput>,
+) -> Result<(StatusCode, Json<ElectionView>), ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let draft = validate(&state.deps.db, None, input, now).await?.map_err(ApiError::validation)?;
+    let mut tx = state.deps.db.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING election_id",
+    )
+    .bind(&draft.name)
+    .bind(draft.start_at)
+    .bind(draft.end_at)
+    .bind(draft.restriction.to_string())
+    .bind(draft.min_age)
+    .bind(draft.visibility.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let after = commit_audited(&state, tx, admin.citizen_id, "election.create", id, None).await?;
+    Ok((StatusCode::CREATED, Json(after)))
+}
+
+pub async fn update(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+    Json(input): Json<ElectionInput>,
+) -> Result<Json<ElectionView>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut tx = state.deps.db.begin().await?;
+    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let base = Draft {
+        name: before.name.clone(),
+        start_at: before.schedule.start_at,
+        end_at: before.schedule.end_at,
+        restriction: before.restriction.clone(),
+        min_age: before.min_age,
+        visibility: before.visibility,
+    };
+    let draft = validate(&state.deps.db, Some(&base), input, now).await?.map_err(ApiError::validation)?;
+    sqlx::query(
+        "UPDATE elections SET name = $2, start_at = $3, end_at = $4, vote_restriction = $5, min_age = $6,
+                results_visibility = $7, updated_at = now()
+         WHERE election_id = $1",
+    )
+    .bind(id)
+    .bind(&draft.name)
+    .bind(draft.start_at)
+    .bind(draft.end_at)
+    .bind(draft.restriction.to_string())
+    .bind(draft.min_age)
+    .bind(draft.visibility.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let before = ElectionView::of(&before, now);
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.update", id, Some(before)).await?))
+}
+
+pub async fn add_runner(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+    Json(input): Json<RunnerInput>,
+) -> Result<(StatusCode, Json<ElectionView>), ApiError> {
+    let post = input.post.trim().to_string();
+    if !(1..=100).contains(&post.chars().count()) {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "post".into(),
+            message: "must be 1 to 100 characters".into(),
+        }]));
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut tx = state.deps.db.begin().await?;
+    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let inserted = sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(input.citizen_id)
+        .bind(&post)
+        .execute(&mut *tx)
+        .await;
+    if let Err(e) = inserted {
+        return Err(match violated_constraint(&e) {
+            Some("runners_pkey") => {
+                ApiError::conflict("runner_exists").with_detail("this citizen already runs in this election")
+            }
+            Some("runners_citizen_fkey") => ApiError::not_found("citizen_not_found")
+                .with_detail("no citizen with this id in the national registry"),
+            _ => ApiError::internal(e),
+        });
+    }
+    let before = ElectionView::of(&before, now);
+    let after = commit_audited(&state, tx, admin.citizen_id, "runner.add", id, Some(before)).await?;
+    Ok((StatusCode::CREATED, Json(after)))
+}
+
+pub async fn remove_runner(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Path((id, citizen_id)): Path<(i64, i64)>,
+) -> Result<Json<ElectionView>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut tx = state.deps.db.begin().await?;
+    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let removed = sqlx::query("DELETE FROM runners WHERE election_id = $1 AND citizen_id = $2")
+        .bind(id)
+        .bind(citizen_id)
+        .execute(&mut *tx)
+        .await?;
+    if removed.rows_affected() == 0 {
+        return Err(
+            ApiError::not_found("runner_not_found").with_detail("this citizen does not run in this election")
+        );
+    }
+    let before = ElectionView::of(&before, now);
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "runner.remove", id, Some(before)).await?))
+}
+
+pub async fn close(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+) -> Result<Json<ElectionView>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut tx = state.deps.db.begin().await?;
+    let before = lock(&state, &mut tx, id).await?;
+    if before.status(now) != Status::Open {
+        return Err(ApiError::conflict("election_not_open").with_detail(format!(
+            "only an open election can be closed; this one is {}",
+            before.status(now).as_str()
+        )));
+    }
+    sqlx::query("UPDATE elections SET closed_at = $2, updated_at = now() WHERE election_id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let before = ElectionView::of(&before, now);
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.close", id, Some(before)).await?))
+}
+
+pub async fn cancel(
+    State(state): State<ApiState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+) -> Result<Json<ElectionView>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let mut tx = state.deps.db.begin().await?;
+    let before = lock(&state, &mut tx, id).await?;
+    let status = before.status(now);
+    if matches!(status, Status::Closed | Status::Cancelled) {
+        return Err(ApiError::conflict("election_ended")
+            .with_detail(format!("this election is already {}", status.as_str())));
+    }
+    sqlx::query("UPDATE elections SET cancelled_at = $2, updated_at = now() WHERE election_id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let before = ElectionView::of(&before, now);
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.cancel", id, Some(before)).await?))
+}
+
+/// Locks the election's row for this transaction and loads it.
+async fn lock(state: &ApiState, tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Election, ApiError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT election_id FROM elections WHERE election_id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    exists.ok_or_else(not_found)?;
+    find(state, id).await
+}
+
+/// Like `lock`, refusing an election that has already opened.
+async fn lock_scheduled(
+    state: &ApiState,
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    now: OffsetDateTime,
+) -> Result<Election, ApiError> {
+    let election = lock(state, tx, id).await?;
+    match election.status(now) {
+        Status::Scheduled => Ok(election),
+        status => Err(ApiError::conflict("election_started")
+            .with_detail(format!("only a scheduled election can change; this one is {}", status.as_str()))),
+    }
+}
+
+/// Records the action with the election as it now stands, commits, and
+/// tells every replica to refresh its copy.
+async fn commit_audited(
+    state: &ApiState,
+    mut tx: Transaction<'_, Postgres>,
+    actor: i64,
+    action: &str,
+    id: i64,
+    before: Option<ElectionView>,
+) -> Result<ElectionView, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let after = load_in(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, election_id, before, after) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(format!("citizen:{actor}"))
+    .bind(action)
+    .bind(id)
+    .bind(before.map(|b| b.to_json()))
+    .bind(after.to_json())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    crate::catalog_sync::announce(state, id).await;
+    Ok(after)
+}
+
+/// The election as this transaction sees it (uncommitted changes included).
+async fn load_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> anyhow::Result<Option<Election>> {
+    catalog::load_tx(tx, id).await
+}

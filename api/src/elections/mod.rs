@@ -1,0 +1,20 @@
+//! Elections: administration, public reads, eligibility and results.
+
+pub mod admin;
+pub mod draft;
+pub mod public;
+pub mod results;
+pub mod view;
+
+use tally_common::ApiError;
+use tally_common::catalog::{self, Election};
+
+use crate::ApiState;
+
+pub(crate) async fn find(state: &ApiState, election_id: i64) -> Result<Election, ApiError> {
+    catalog::load(&state.deps.db, election_id).await?.ok_or_else(not_found)
+}
+
+pub(crate) fn not_found() -> ApiError {
+    ApiError::not_found("election_not_found").with_detail("no election with this id")
+}

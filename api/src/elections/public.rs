@@ -1,0 +1,101 @@
+//! Reads anyone may make, and a voter's eligibility.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tally_common::auth::AuthUser;
+use tally_common::catalog;
+use tally_common::election::{Status, VoterFacts, eligibility};
+use tally_common::error::FieldError;
+use tally_common::{ApiError, Json, Path, Query};
+use time::OffsetDateTime;
+
+use super::find;
+use super::view::ElectionView;
+use crate::ApiState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub page: Option<u32>,
+    pub per_page: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct ElectionPage {
+    pub elections: Vec<ElectionView>,
+    pub page: u32,
+    pub per_page: u32,
+    pub total: usize,
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<ElectionPage>, ApiError> {
+    let mut errors = Vec::new();
+    let status = match query.status.as_deref().map(str::parse::<Status>) {
+        Some(Err(())) => {
+            errors.push(FieldError {
+                field: "status".into(),
+                message: "must be scheduled, open, closed or cancelled".into(),
+            });
+            None
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
+    let page = query.page.unwrap_or(1);
+    let per_page = query.per_page.unwrap_or(20);
+    if page == 0 {
+        errors.push(FieldError { field: "page".into(), message: "starts at 1".into() });
+    }
+    if !(1..=100).contains(&per_page) {
+        errors.push(FieldError { field: "per_page".into(), message: "must be between 1 and 100".into() });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let now = OffsetDateTime::now_utc();
+    // The status is computed, not stored, so filtering happens here, with
+    // the same rule every role uses.
+    let matching: Vec<ElectionView> = catalog::load_all(&state.deps.db)
+        .await?
+        .iter()
+        .filter(|e| status.is_none_or(|s| e.status(now) == s))
+        .rev()
+        .map(|e| ElectionView::of(e, now))
+        .collect();
+    let total = matching.len();
+    let elections =
+        matching.into_iter().skip(((page - 1) * per_page) as usize).take(per_page as usize).collect();
+    Ok(Json(ElectionPage { elections, page, per_page, total }))
+}
+
+pub async fn get(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Json<ElectionView>, ApiError> {
+    let election = find(&state, id).await?;
+    Ok(Json(ElectionView::of(&election, OffsetDateTime::now_utc())))
+}
+
+#[derive(Serialize)]
+pub struct Eligibility {
+    pub eligible: bool,
+    pub reason: Option<&'static str>,
+}
+
+pub async fn check_eligibility(
+    State(state): State<ApiState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Eligibility>, ApiError> {
+    let election = find(&state, id).await?;
+    let facts = VoterFacts { province: &user.province, dob: user.dob };
+    let verdict = eligibility(
+        &election.schedule,
+        &election.restriction,
+        election.min_age,
+        &facts,
+        OffsetDateTime::now_utc(),
+    );
+    Ok(Json(Eligibility { eligible: verdict.is_ok(), reason: verdict.err().map(|r| r.as_str()) }))
+}

@@ -1,0 +1,103 @@
+//! `GET /v1/elections/{id}/results`: live counts from Redis while voting
+//! is open (as the election's visibility allows), final counts from
+//! Postgres once it has closed and every accepted ballot is recorded.
+
+use axum::extract::State;
+use serde::Serialize;
+use tally_common::catalog::Election;
+use tally_common::election::{Status, Visibility};
+use tally_common::{ApiError, Json, Path, tally};
+use time::OffsetDateTime;
+
+use super::find;
+use crate::ApiState;
+
+#[derive(Serialize)]
+pub struct Results {
+    pub election_id: i64,
+    pub status: &'static str,
+    pub version: i64,
+    pub turnout: i64,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub posts: Vec<PostResult>,
+}
+
+#[derive(Serialize)]
+pub struct PostResult {
+    pub post: String,
+    pub runners: Vec<RunnerResult>,
+}
+
+#[derive(Serialize)]
+pub struct RunnerResult {
+    pub citizen_id: i64,
+    pub full_name: String,
+    /// Absent while the visibility hides counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub votes: Option<i64>,
+}
+
+pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Json<Results>, ApiError> {
+    let election = find(&state, id).await?;
+    let status = election.status(OffsetDateTime::now_utc());
+    let ended = matches!(status, Status::Closed | Status::Cancelled);
+    if !ended && election.visibility == Visibility::AfterClose {
+        return Err(ApiError::forbidden("results_hidden")
+            .with_detail("results are published when the election closes"));
+    }
+    let show_counts = ended || election.visibility == Visibility::Live;
+    let (version, turnout, counts, is_final) = if ended {
+        let pending = ballots_pending(&state, id).await?;
+        let votes = election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect();
+        (election.tally_version, election.turnout, votes, status == Status::Closed && !pending)
+    } else {
+        let snapshot = tally::read(&state.deps.redis, &state.deps.keys, id)
+            .await
+            .map_err(|e| ApiError::unavailable(e, 1))?;
+        (snapshot.version, snapshot.turnout, snapshot.votes, false)
+    };
+    Ok(Json(Results {
+        election_id: id,
+        status: status.as_str(),
+        version,
+        turnout,
+        is_final,
+        posts: posts(&election, |runner| show_counts.then(|| counts.get(&runner).copied().unwrap_or(0))),
+    }))
+}
+
+fn posts(election: &Election, votes: impl Fn(i64) -> Option<i64>) -> Vec<PostResult> {
+    election
+        .posts()
+        .into_iter()
+        .map(|(post, runners)| PostResult {
+            post: post.to_string(),
+            runners: runners
+                .into_iter()
+                .map(|r| RunnerResult {
+                    citizen_id: r.citizen_id,
+                    full_name: r.full_name.clone(),
+                    votes: votes(r.citizen_id),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Whether ballots of this election still wait in the stream. The stream
+/// is a work queue, so any message left on the election's subject is one
+/// no worker has recorded yet.
+async fn ballots_pending(state: &ApiState, election_id: i64) -> Result<bool, ApiError> {
+    let settings = &state.deps.settings.nats;
+    let stream =
+        state.deps.jetstream.get_stream(&settings.stream).await.map_err(|e| ApiError::unavailable(e, 1))?;
+    let subject = tally_common::bus::ballot_subject(settings, election_id);
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(false)
+        }
+        Err(e) => Err(ApiError::unavailable(e, 1)),
+    }
+}
