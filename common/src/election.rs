@@ -256,7 +256,9 @@ mod tests {
         let elsewhere = VoterFacts { province: "Northland", dob: date!(1990 - 01 - 01) };
         let capital = Restriction::Provincial("Capital".into());
         let s = schedule();
-        let cases: Vec<(&str, Schedule, &Restriction, &VoterFacts, OffsetDateTime, Result<(), Ineligible>)> = vec![
+        type Case<'a> =
+            (&'a str, Schedule, &'a Restriction, &'a VoterFacts<'a>, OffsetDateTime, Result<(), Ineligible>);
+        let cases: Vec<Case> = vec![
             ("adult, everyone, open", s, &Restriction::Everyone, &adult, noon, Ok(())),
             ("federal admits every province", s, &Restriction::Federal, &elsewhere, noon, Ok(())),
             ("own province", s, &capital, &adult, noon, Ok(())),
