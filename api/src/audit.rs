@@ -9,11 +9,14 @@ use tally_common::{ApiError, Json, Query};
 use time::OffsetDateTime;
 
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
 const MAX_PAGE: i64 = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub election_id: Option<i64>,
     /// Entries older than this id (the `next` of the previous page).
@@ -21,7 +24,7 @@ pub struct AuditQuery {
     pub limit: Option<i64>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub actor: String,
@@ -30,16 +33,19 @@ pub struct AuditEntry {
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass as `before` for the next page; absent on the last page.
     pub next: Option<i64>,
 }
 
+#[utoipa::path(get, operation_id = "list_audit", path = "/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, description = "Newest first", body = AuditPage), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 422, description = "validation_failed", content_type = "application/problem+json", body = Problem)))]
 pub async fn list(
     State(state): State<ApiState>,
     _admin: AdminUser,

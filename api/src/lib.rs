@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog_sync;
 pub mod elections;
+pub mod openapi;
 pub mod state;
 
 use axum::Router;
@@ -32,7 +33,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/elections/{id}/cancel", post(elections::admin::cancel))
         .route("/v1/elections/{id}/eligibility", get(elections::public::check_eligibility))
         .route("/v1/elections/{id}/results", get(elections::results::results))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(openapi::routes());
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }
 

@@ -5,4 +5,5 @@ mod foundation;
 mod helpers;
 mod identity;
 mod logs;
+mod openapi;
 mod registry;

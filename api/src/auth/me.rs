@@ -8,8 +8,10 @@ use tally_common::{ApiError, Json};
 use time::OffsetDateTime;
 
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Profile {
     pub citizen_id: i64,
     pub full_name: String,
@@ -18,6 +20,8 @@ pub struct Profile {
     pub role: String,
 }
 
+#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's registry profile", body = Profile), (status = 401, description = "missing_token, invalid_token, token_expired or session_revoked", content_type = "application/problem+json", body = Problem)))]
 pub async fn me(State(state): State<ApiState>, user: AuthUser) -> Result<Json<Profile>, ApiError> {
     let row: Option<(String, String, time::Date, String)> = sqlx::query_as(
         "SELECT c.full_name, c.province, c.dob, u.role

@@ -15,21 +15,23 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub citizen_id: i64,
     pub password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
     pub access_token: String,
     pub token_type: &'static str,
@@ -46,6 +48,12 @@ struct Account {
     dob: time::Date,
 }
 
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = TokenPair),
+        (status = 401, description = "invalid_credentials", content_type = "application/problem+json", body = Problem),
+        (status = 429, description = "rate_limited, with Retry-After", content_type = "application/problem+json", body = Problem),
+    ))]
 pub async fn login(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -106,6 +114,11 @@ pub async fn login(
     Ok(Json(issue(&state, &account, session, refresh_token)?))
 }
 
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
+        (status = 401, description = "invalid_refresh_token (unknown, ended, or reused: the session is revoked)", content_type = "application/problem+json", body = Problem),
+    ))]
 pub async fn refresh(
     State(state): State<ApiState>,
     Json(request): Json<RefreshRequest>,
@@ -157,6 +170,8 @@ pub async fn refresh(
     Ok(Json(issue(&state, &account, session, next)?))
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "The session has ended on every replica"), (status = 401, description = "missing_token, invalid_token, token_expired or session_revoked", content_type = "application/problem+json", body = Problem)))]
 pub async fn logout(State(state): State<ApiState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1 AND revoked_at IS NULL")
         .bind(user.session_id)
@@ -166,6 +181,8 @@ pub async fn logout(State(state): State<ApiState>, user: AuthUser) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "Every session of the user has ended"), (status = 401, description = "missing_token, invalid_token, token_expired or session_revoked", content_type = "application/problem+json", body = Problem)))]
 pub async fn logout_all(State(state): State<ApiState>, user: AuthUser) -> Result<StatusCode, ApiError> {
     let sessions: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE sessions SET revoked_at = now()

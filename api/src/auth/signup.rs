@@ -8,20 +8,30 @@ use tally_common::domain::{CitizenId, NewPassword, Phone};
 use tally_common::{ApiError, Json};
 
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"citizen_id": 42, "password": "correct horse battery staple", "phone": "+15550000042"}))]
 pub struct SignupRequest {
     pub citizen_id: i64,
     pub password: String,
     pub phone: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SignupResponse {
     pub citizen_id: i64,
 }
 
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
+    responses(
+        (status = 201, description = "The citizen now has an account", body = SignupResponse),
+        (status = 404, description = "citizen_not_found", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "user_exists or phone_taken", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "invalid_phone, weak_password or invalid_body", content_type = "application/problem+json", body = Problem),
+    ))]
 pub async fn signup(
     State(state): State<ApiState>,
     Json(request): Json<SignupRequest>,

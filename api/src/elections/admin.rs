@@ -18,14 +18,18 @@ use super::draft::{Draft, ElectionInput, validate};
 use super::view::ElectionView;
 use super::{find, not_found};
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerInput {
     pub citizen_id: i64,
     pub post: String,
 }
 
+#[utoipa::path(post, operation_id = "create_election", path = "/v1/elections", tag = "admin", security(("bearer" = [])), request_body = ElectionInput,
+    responses((status = 201, description = "Created", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 422, description = "validation_failed, with a list of fields", content_type = "application/problem+json", body = Problem)))]
 pub async fn create(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,
@@ -50,6 +54,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(after)))
 }
 
+#[utoipa::path(patch, operation_id = "update_election", path = "/v1/elections/{id}", tag = "admin", security(("bearer" = [])), request_body = ElectionInput,
+    params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "Updated", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem), (status = 409, description = "election_started", content_type = "application/problem+json", body = Problem), (status = 422, description = "validation_failed", content_type = "application/problem+json", body = Problem)))]
 pub async fn update(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,
@@ -86,6 +93,9 @@ pub async fn update(
     Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.update", id, Some(before)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/elections/{id}/runners", tag = "admin", security(("bearer" = [])), request_body = RunnerInput,
+    params(("id" = i64, Path, description = "Election id")),
+    responses((status = 201, description = "Added", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found or citizen_not_found", content_type = "application/problem+json", body = Problem), (status = 409, description = "runner_exists or election_started", content_type = "application/problem+json", body = Problem)))]
 pub async fn add_runner(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,
@@ -123,6 +133,9 @@ pub async fn add_runner(
     Ok((StatusCode::CREATED, Json(after)))
 }
 
+#[utoipa::path(delete, path = "/v1/elections/{id}/runners/{citizen_id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Election id"), ("citizen_id" = i64, Path, description = "The runner's citizen id")),
+    responses((status = 200, description = "Removed", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found or runner_not_found", content_type = "application/problem+json", body = Problem), (status = 409, description = "election_started", content_type = "application/problem+json", body = Problem)))]
 pub async fn remove_runner(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,
@@ -145,6 +158,9 @@ pub async fn remove_runner(
     Ok(Json(commit_audited(&state, tx, admin.citizen_id, "runner.remove", id, Some(before)).await?))
 }
 
+#[utoipa::path(post, operation_id = "close_election", path = "/v1/elections/{id}/close", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "Voting has ended", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem), (status = 409, description = "election_not_open", content_type = "application/problem+json", body = Problem)))]
 pub async fn close(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,
@@ -168,6 +184,9 @@ pub async fn close(
     Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.close", id, Some(before)).await?))
 }
 
+#[utoipa::path(post, operation_id = "cancel_election", path = "/v1/elections/{id}/cancel", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "Cancelled", body = ElectionView), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 403, description = "forbidden: not an administrator", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem), (status = 409, description = "election_ended", content_type = "application/problem+json", body = Problem)))]
 pub async fn cancel(
     State(state): State<ApiState>,
     AdminUser(admin): AdminUser,

@@ -8,8 +8,9 @@ use tally_common::error::FieldError;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "General election", "start_at": "2027-05-02T07:00:00Z", "end_at": "2027-05-02T19:00:00Z", "vote_restriction": "@everyone", "min_age": 18, "results_visibility": "live"}))]
 pub struct ElectionInput {
     pub name: Option<String>,
     pub start_at: Option<String>,

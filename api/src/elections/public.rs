@@ -12,16 +12,19 @@ use time::OffsetDateTime;
 use super::find;
 use super::view::ElectionView;
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub status: Option<String>,
     pub page: Option<u32>,
     pub per_page: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ElectionPage {
     pub elections: Vec<ElectionView>,
     pub page: u32,
@@ -29,6 +32,8 @@ pub struct ElectionPage {
     pub total: usize,
 }
 
+#[utoipa::path(get, operation_id = "list_elections", path = "/v1/elections", tag = "elections", params(ListQuery),
+    responses((status = 200, description = "Newest first", body = ElectionPage), (status = 422, description = "validation_failed", content_type = "application/problem+json", body = Problem)))]
 pub async fn list(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
@@ -72,17 +77,22 @@ pub async fn list(
     Ok(Json(ElectionPage { elections, page, per_page, total }))
 }
 
+#[utoipa::path(get, operation_id = "get_election", path = "/v1/elections/{id}", tag = "elections", params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "The election with its posts and runners", body = ElectionView), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem)))]
 pub async fn get(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Json<ElectionView>, ApiError> {
     let election = find(&state, id).await?;
     Ok(Json(ElectionView::of(&election, OffsetDateTime::now_utc())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Eligibility {
     pub eligible: bool,
     pub reason: Option<&'static str>,
 }
 
+#[utoipa::path(get, path = "/v1/elections/{id}/eligibility", tag = "elections", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "Whether the caller may vote, and if not why: too_young, wrong_province, not_open or cancelled", body = Eligibility), (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem)))]
 pub async fn check_eligibility(
     State(state): State<ApiState>,
     user: AuthUser,

@@ -11,8 +11,10 @@ use time::OffsetDateTime;
 
 use super::find;
 use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Results {
     pub election_id: i64,
     pub status: &'static str,
@@ -23,13 +25,13 @@ pub struct Results {
     pub posts: Vec<PostResult>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PostResult {
     pub post: String,
     pub runners: Vec<RunnerResult>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RunnerResult {
     pub citizen_id: i64,
     pub full_name: String,
@@ -38,6 +40,8 @@ pub struct RunnerResult {
     pub votes: Option<i64>,
 }
 
+#[utoipa::path(get, operation_id = "get_results", path = "/v1/elections/{id}/results", tag = "elections", params(("id" = i64, Path, description = "Election id")),
+    responses((status = 200, description = "Live counts while open, final counts once closed and recorded", body = Results), (status = 403, description = "results_hidden", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem)))]
 pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Json<Results>, ApiError> {
     let election = find(&state, id).await?;
     let status = election.status(OffsetDateTime::now_utc());

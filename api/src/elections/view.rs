@@ -4,32 +4,38 @@ use serde::Serialize;
 use tally_common::catalog::Election;
 use time::OffsetDateTime;
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
 pub struct ElectionView {
     pub election_id: i64,
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub start_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub end_at: OffsetDateTime,
     pub vote_restriction: String,
     pub min_age: i16,
+    #[schema(example = "live")]
     pub results_visibility: &'static str,
+    #[schema(example = "open")]
     pub status: &'static str,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub closed_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub cancelled_at: Option<OffsetDateTime>,
     pub posts: Vec<PostView>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
 pub struct PostView {
     pub post: String,
     pub runners: Vec<RunnerView>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
 pub struct RunnerView {
     pub citizen_id: i64,
     pub full_name: String,

@@ -1,0 +1,87 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and
+//! the interactive documentation that renders it.
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{audit, auth, elections};
+
+/// Every error response: RFC 9457 problem details with a stable `code`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// `/problems/<code>`
+    #[schema(rename = "type", example = "/problems/user_exists")]
+    kind: String,
+    #[schema(example = "Conflict")]
+    title: String,
+    #[schema(example = 409)]
+    status: u16,
+    #[schema(example = "this citizen already has an account")]
+    detail: Option<String>,
+    /// Stable and machine-readable, e.g. `already_voted`.
+    #[schema(example = "user_exists")]
+    code: String,
+    /// Per-field problems, for `validation_failed`.
+    errors: Option<Vec<FieldProblem>>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FieldProblem {
+    field: String,
+    message: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tally API", description = "Sign up, sign in, elections and results. Errors are application/problem+json."),
+    paths(
+        auth::signup::signup,
+        auth::session::login,
+        auth::session::refresh,
+        auth::session::logout,
+        auth::session::logout_all,
+        auth::me::me,
+        audit::list,
+        elections::public::list,
+        elections::public::get,
+        elections::public::check_eligibility,
+        elections::results::results,
+        elections::admin::create,
+        elections::admin::update,
+        elections::admin::add_runner,
+        elections::admin::remove_runner,
+        elections::admin::close,
+        elections::admin::cancel,
+    ),
+    components(schemas(Problem, FieldProblem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts and sessions"),
+        (name = "elections", description = "Elections, eligibility and results"),
+        (name = "admin", description = "Administration; needs an administrator's token"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
+        );
+    }
+}
+
+/// `/openapi.json` and the interactive UI at `/docs`.
+pub fn routes() -> Router {
+    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+}

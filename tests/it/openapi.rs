@@ -1,0 +1,79 @@
+//! The OpenAPI document: complete, valid 3.1, and rendered at /docs.
+
+use crate::helpers::spawn_app;
+
+/// Every `.route("path", method(...))` in the api role's router, as
+/// (method, path) pairs.
+fn routes_in_source() -> Vec<(String, String)> {
+    let source = include_str!("../../api/src/lib.rs");
+    let mut routes = Vec::new();
+    for chunk in source.split(".route(\"").skip(1) {
+        let Some((path, rest)) = chunk.split_once('"') else { continue };
+        let call = rest.split(".route(").next().unwrap_or(rest);
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if call.contains(&format!("{method}(")) {
+                routes.push((method.to_string(), path.to_string()));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn every_route_is_documented() {
+    let app = spawn_app().await;
+    let doc = app.get_json("/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let routes = routes_in_source();
+    assert!(routes.len() >= 17, "found the router's routes: {routes:?}");
+    for (method, path) in routes {
+        assert!(
+            doc["paths"][&path][&method].is_object(),
+            "{} {path} is served but not documented",
+            method.to_uppercase()
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
+
+#[tokio::test]
+async fn the_document_validates_as_openapi_3_1() {
+    let app = spawn_app().await;
+    let text =
+        app.client.get(format!("{}/openapi.json", app.api)).send().await.unwrap().text().await.unwrap();
+    let file = std::env::temp_dir().join(format!("{}-openapi.json", app.ns.id));
+    std::fs::write(&file, text).unwrap();
+    let validator = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/openapi-spec-validator");
+    let output = std::process::Command::new(validator)
+        .args(["--schema", "3.1"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{validator}: {e}; `make tools` installs it"));
+    std::fs::remove_file(&file).ok();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_the_document() {
+    let app = spawn_app().await;
+    let page = app.client.get(format!("{}/docs/", app.api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("swagger-ui"));
+    let init = app
+        .client
+        .get(format!("{}/docs/swagger-initializer.js", app.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("/openapi.json"), "{init}");
+}
