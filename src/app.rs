@@ -121,6 +121,12 @@ impl App {
         self.task.await.context("app task panicked")?
     }
 
+    /// Ends the process's work at once, as a crash would: nothing drains,
+    /// nothing is acked. For fault-injection tests.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.wait().await

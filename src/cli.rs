@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         citizens: u64,
     },
+    /// Rewrite Redis tallies from Postgres and report the drift found.
+    Reconcile {
+        /// Only this election (default: all).
+        #[arg(long)]
+        election: Option<i64>,
+    },
     /// The national registry: import a CSV, or generate a synthetic one.
     #[command(subcommand)]
     Citizens(CitizensCommand),
@@ -135,6 +141,21 @@ impl Command {
                 let pool = tally_common::db::pool(&settings.database)?;
                 let report = crate::seed::seed_demo(&pool, citizens).await.context("seeding the demo")?;
                 println!("{report}");
+                Ok(())
+            }
+            Command::Reconcile { election } => {
+                let shutdown = tally_common::shutdown::on_signal();
+                let readiness = tally_common::health::Readiness::default();
+                let Some(deps) =
+                    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await?
+                else {
+                    return Ok(());
+                };
+                let report = tally_workers::reconcile::reconcile(&deps, election).await?;
+                println!(
+                    "reconciled {} elections: drift {}, {} tallies rewritten",
+                    report.elections, report.drift, report.repaired
+                );
                 Ok(())
             }
             Command::Citizens(command) => {

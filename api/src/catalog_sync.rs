@@ -6,6 +6,9 @@ use crate::ApiState;
 /// delays other replicas until their periodic refresh, so it is logged and
 /// not returned.
 pub async fn announce(state: &ApiState, election_id: i64) {
+    if let Err(e) = state.elections.reload(election_id).await {
+        tracing::warn!(election_id, error = format!("{e:#}"), "reloading a changed election failed");
+    }
     let mut redis = state.deps.redis.clone();
     let published = redis::cmd("PUBLISH")
         .arg(state.deps.keys.elections_channel())

@@ -3,7 +3,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod ballots;
 pub mod catalog_sync;
+pub mod election_cache;
 pub mod elections;
 pub mod openapi;
 pub mod state;
@@ -33,6 +35,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/elections/{id}/cancel", post(elections::admin::cancel))
         .route("/v1/elections/{id}/eligibility", get(elections::public::check_eligibility))
         .route("/v1/elections/{id}/results", get(elections::results::results))
+        .route("/v1/elections/{id}/ballots", post(ballots::cast))
+        .route("/v1/elections/{id}/ballot", get(ballots::mine))
+        .route("/v1/receipts/{receipt}", get(ballots::receipt))
         .with_state(state.clone())
         .merge(openapi::routes());
     tally_common::http::public_stack(routes, &state.deps.settings.http)
@@ -40,5 +45,13 @@ pub fn router(state: ApiState) -> Router {
 
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = ApiState::new(deps)?;
-    tally_common::http::serve(listener, router(state), shutdown).await
+    let redis = tally_common::store::client(&state.deps.settings.redis)?;
+    let follower = tokio::spawn(state.elections.clone().follow(
+        redis,
+        state.deps.keys.elections_channel(),
+        shutdown.clone(),
+    ));
+    let served = tally_common::http::serve(listener, router(state), shutdown).await;
+    follower.abort();
+    served
 }

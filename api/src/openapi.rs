@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{audit, auth, elections};
+use crate::{audit, auth, ballots, elections};
 
 /// Every error response: RFC 9457 problem details with a stable `code`.
 #[derive(ToSchema)]
@@ -26,6 +26,8 @@ pub struct Problem {
     code: String,
     /// Per-field problems, for `validation_failed`.
     errors: Option<Vec<FieldProblem>>,
+    /// A further reason, e.g. `too_young` for `not_eligible`.
+    reason: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -56,12 +58,16 @@ pub struct FieldProblem {
         elections::admin::remove_runner,
         elections::admin::close,
         elections::admin::cancel,
+        ballots::cast,
+        ballots::mine,
+        ballots::receipt,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "elections", description = "Elections, eligibility and results"),
+        (name = "ballots", description = "Casting a ballot and following its receipt"),
         (name = "admin", description = "Administration; needs an administrator's token"),
     )
 )]

@@ -4,12 +4,15 @@ use axum::extract::FromRef;
 use tally_common::Deps;
 use tally_common::auth::{Passwords, TokenKeys, Verifier};
 
+use crate::election_cache::ElectionCache;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub deps: Deps,
     pub tokens: Arc<TokenKeys>,
     pub passwords: Passwords,
     pub verifier: Verifier,
+    pub elections: ElectionCache,
 }
 
 impl ApiState {
@@ -19,7 +22,8 @@ impl ApiState {
         let passwords = Passwords::new(auth.max_concurrent_hashes)?;
         let verifier =
             Verifier { tokens: tokens.clone(), redis: deps.redis.clone(), keys: deps.keys.clone() };
-        Ok(ApiState { deps, tokens, passwords, verifier })
+        let elections = ElectionCache::new(deps.db.clone());
+        Ok(ApiState { deps, tokens, passwords, verifier, elections })
     }
 }
 

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// Per-field problems for `validation_failed`.
     pub errors: Vec<FieldError>,
+    /// A further machine-readable reason, e.g. `too_young` for `not_eligible`.
+    pub reason: Option<&'static str>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
 }
@@ -39,15 +41,30 @@ pub struct Problem<'a> {
     pub code: &'a str,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     pub errors: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str) -> Self {
-        ApiError { status, code, detail: None, errors: Vec::new(), headers: Vec::new(), source: None }
+        ApiError {
+            status,
+            code,
+            detail: None,
+            errors: Vec::new(),
+            reason: None,
+            headers: Vec::new(),
+            source: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
         self
     }
 
@@ -139,6 +156,7 @@ impl IntoResponse for ApiError {
             detail: if self.status.is_server_error() { None } else { self.detail.as_deref() },
             code: self.code,
             errors: &self.errors,
+            reason: self.reason,
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], json).into_response();

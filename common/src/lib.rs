@@ -2,6 +2,7 @@
 //! and the clients for Postgres, Redis and NATS.
 
 pub mod auth;
+pub mod ballot;
 pub mod bus;
 pub mod catalog;
 pub mod config;

@@ -396,3 +396,97 @@ pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
     }
     id
 }
+
+impl TestApp {
+    pub async fn cast(&self, token: &str, election: i64, selections: &[i64]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/elections/{election}/ballots", self.api))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "selections": selections }))
+            .send()
+            .await
+            .expect("ballot sent")
+    }
+
+    /// Waits until the receipt is no longer pending; returns its status.
+    pub async fn settled(&self, receipt: &str) -> serde_json::Value {
+        eventually("the ballot to be processed", || async {
+            let status = self.get_json(&format!("/v1/receipts/{receipt}")).await;
+            (status["status"] != "pending").then_some(status)
+        })
+        .await
+    }
+
+    /// Waits until Postgres holds `turnout` recorded ballots for the election.
+    pub async fn recorded(&self, election: i64, turnout: i64) {
+        eventually("ballots to be recorded", || async {
+            let n: i64 = sqlx::query_scalar("SELECT turnout FROM elections WHERE election_id = $1")
+                .bind(election)
+                .fetch_one(&self.db)
+                .await
+                .expect("turnout");
+            (n == turnout).then_some(())
+        })
+        .await
+    }
+
+    /// (runner, votes) in Postgres, and in Redis.
+    pub async fn totals(&self, election: i64) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+        let pg: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT citizen_id, total_votes FROM runners WHERE election_id = $1 ORDER BY citizen_id",
+        )
+        .bind(election)
+        .fetch_all(&self.db)
+        .await
+        .expect("runner totals");
+        let snapshot =
+            tally_common::tally::read(&self.deps().await.redis, &self.keys(), election).await.expect("tally");
+        let mut cached: Vec<(i64, i64)> =
+            pg.iter().map(|(r, _)| (*r, snapshot.votes.get(r).copied().unwrap_or(0))).collect();
+        cached.sort();
+        (pg, cached)
+    }
+
+    pub fn keys(&self) -> tally_common::store::Keys {
+        tally_common::store::Keys::new(&self.settings.redis.key_prefix)
+    }
+
+    /// The shared clients, as a role would have them.
+    pub async fn deps(&self) -> tally_common::Deps {
+        tally_common::Deps::connect(
+            Arc::new(self.settings.clone()),
+            &tally_common::health::Readiness::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("dependencies reachable")
+        .expect("not shut down")
+    }
+}
+
+pub const API_ONLY: Roles = Roles { api: true, workers: false, broadcaster: false };
+pub const WORKERS_ONLY: Roles = Roles { api: false, workers: true, broadcaster: false };
+
+/// Another process of `app`'s deployment with its own settings (e.g. a
+/// dependency reached through a proxy).
+pub async fn start_with(app: &TestApp, settings: Settings, roles: Roles) -> TestApp {
+    start(app.ns.clone(), settings, roles, app.db.clone(), app._cleanup.clone()).await
+}
+
+impl TestApp {
+    /// Kills the process's work mid-flight, as `kill -9` would.
+    pub fn abort(mut self) {
+        if let Some(app) = self.app.take() {
+            app.abort();
+        }
+    }
+}
+
+impl TestApp {
+    /// Ballots still in the stream (the stream is a work queue, so these
+    /// are the ones no worker has acked).
+    pub async fn queued(&self, deps: &tally_common::Deps) -> u64 {
+        let stream = deps.jetstream.get_stream(&self.settings.nats.stream).await.expect("stream");
+        stream.cached_info().state.messages
+    }
+}

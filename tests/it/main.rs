@@ -6,4 +6,5 @@ mod helpers;
 mod identity;
 mod logs;
 mod openapi;
+mod pipeline;
 mod registry;

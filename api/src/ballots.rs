@@ -1,0 +1,244 @@
+//! Casting a ballot, and what a voter may learn of it afterwards.
+//!
+//! The hot path reads no database: the election comes from memory,
+//! eligibility from the token's claims, and "already voted" from a Redis
+//! set. The ballot is acknowledged (202) only once JetStream has stored it.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tally_common::auth::AuthUser;
+use tally_common::ballot::{VoteCommand, check_selections};
+use tally_common::bus::{self, PublishError, Stored};
+use tally_common::election::{Status, VoterFacts, eligibility};
+use tally_common::{ApiError, Json, Path};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::ApiState;
+#[allow(unused_imports)]
+use crate::openapi::Problem;
+
+/// How long a pending receipt is remembered in Redis; far beyond any
+/// realistic processing delay.
+const PENDING_RECEIPT_TTL_SECS: u64 = 7 * 24 * 3600;
+const MAX_SELECTIONS: usize = 64;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"selections": [9001, 9003]}))]
+pub struct BallotRequest {
+    /// Runner citizen ids: at least one, at most one per post.
+    pub selections: Vec<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BallotAccepted {
+    /// A random 128-bit id to look the ballot up by; it says nothing of the voter.
+    pub receipt: Uuid,
+    #[schema(example = "pending")]
+    pub status: &'static str,
+}
+
+#[utoipa::path(post, path = "/v1/elections/{id}/ballots", tag = "ballots", security(("bearer" = [])),
+    request_body = BallotRequest, params(("id" = i64, Path, description = "Election id")),
+    responses(
+        (status = 202, description = "Stored in the queue; it will be recorded exactly once", body = BallotAccepted),
+        (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "not_eligible, with a reason", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "election_not_open or already_voted", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "invalid_selection", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "unavailable: the queue did not confirm; retry after Retry-After", content_type = "application/problem+json", body = Problem),
+    ))]
+pub async fn cast(
+    State(state): State<ApiState>,
+    voter: AuthUser,
+    Path(election_id): Path<i64>,
+    Json(request): Json<BallotRequest>,
+) -> Result<(StatusCode, Json<BallotAccepted>), ApiError> {
+    let election =
+        state.elections.get(election_id).await?.ok_or_else(|| {
+            ApiError::not_found("election_not_found").with_detail("no election with this id")
+        })?;
+    let now = OffsetDateTime::now_utc();
+    let status = election.status(now);
+    if status != Status::Open {
+        return Err(refused("election_not_open")
+            .with_detail(format!("this election is {}, not open", status.as_str())));
+    }
+    let facts = VoterFacts { province: &voter.province, dob: voter.dob };
+    if let Err(reason) = eligibility(&election.schedule, &election.restriction, election.min_age, &facts, now)
+    {
+        metrics::counter!("tally_votes_refused_total", "reason" => reason.as_str()).increment(1);
+        return Err(ApiError::forbidden("not_eligible")
+            .with_reason(reason.as_str())
+            .with_detail(reason.as_str()));
+    }
+    if request.selections.len() > MAX_SELECTIONS {
+        return Err(refused("invalid_selection").with_detail("too many selections"));
+    }
+    check_selections(&request.selections, &election.runners)
+        .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
+    if already_voted(&state, election_id, voter.citizen_id).await? {
+        return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
+    }
+
+    let command = VoteCommand {
+        receipt: Uuid::new_v4(),
+        election_id,
+        citizen_id: voter.citizen_id,
+        selections: request.selections,
+        accepted_at: now,
+    };
+    let settings = &state.deps.settings.nats;
+    let started = std::time::Instant::now();
+    let stored = bus::publish_acked(
+        &state.deps.jetstream,
+        bus::ballot_subject(settings, election_id),
+        &command.msg_id(),
+        command.encode(),
+        Duration::from_millis(settings.publish_timeout_ms),
+    )
+    .await;
+    metrics::histogram!("tally_publish_duration_seconds").record(started.elapsed().as_secs_f64());
+    match stored {
+        Ok(Stored::New) => {}
+        Ok(Stored::Duplicate) => {
+            return Err(
+                refused("already_voted").with_detail("a ballot of yours for this election is already queued")
+            );
+        }
+        Err(e) => {
+            let kind = if matches!(e, PublishError::Timeout) { "timeout" } else { "refused" };
+            metrics::counter!("tally_publish_failures_total", "kind" => kind).increment(1);
+            return Err(
+                ApiError::unavailable(e, 1).with_detail("the ballot was not stored; it is safe to retry")
+            );
+        }
+    }
+    remember_pending(&state, &command).await;
+    metrics::counter!("tally_votes_accepted_total").increment(1);
+    Ok((StatusCode::ACCEPTED, Json(BallotAccepted { receipt: command.receipt, status: "pending" })))
+}
+
+fn refused(code: &'static str) -> ApiError {
+    metrics::counter!("tally_votes_refused_total", "reason" => code).increment(1);
+    match code {
+        "invalid_selection" => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code),
+        _ => ApiError::conflict(code),
+    }
+}
+
+async fn already_voted(state: &ApiState, election_id: i64, citizen_id: i64) -> Result<bool, ApiError> {
+    let mut redis = state.deps.redis.clone();
+    redis::cmd("SISMEMBER")
+        .arg(state.deps.keys.voters(election_id))
+        .arg(citizen_id)
+        .query_async::<bool>(&mut redis)
+        .await
+        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking the voter set: {e}"), 1))
+}
+
+/// Marks the voter as having voted (so a second ballot is refused at once)
+/// and remembers which election the receipt belongs to until a worker has
+/// recorded it. The ballot is already safe in the stream, so a failure
+/// here is only logged.
+async fn remember_pending(state: &ApiState, command: &VoteCommand) {
+    let keys = &state.deps.keys;
+    let mut redis = state.deps.redis.clone();
+    let written = redis::pipe()
+        .cmd("SADD")
+        .arg(keys.voters(command.election_id))
+        .arg(command.citizen_id)
+        .ignore()
+        .cmd("SET")
+        .arg(keys.pending_receipt(&command.receipt.to_string()))
+        .arg(command.election_id)
+        .arg("EX")
+        .arg(PENDING_RECEIPT_TTL_SECS)
+        .ignore()
+        .query_async::<()>(&mut redis)
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "could not note a pending ballot in Redis");
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReceiptStatus {
+    pub receipt: Uuid,
+    pub election_id: i64,
+    /// pending, recorded or rejected
+    #[schema(example = "recorded")]
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/receipts/{receipt}", tag = "ballots", params(("receipt" = Uuid, Path, description = "The receipt from casting")),
+    responses(
+        (status = 200, description = "What became of the ballot; never what it chose", body = ReceiptStatus),
+        (status = 404, description = "receipt_not_found", content_type = "application/problem+json", body = Problem),
+    ))]
+pub async fn receipt(
+    State(state): State<ApiState>,
+    Path(receipt): Path<Uuid>,
+) -> Result<Json<ReceiptStatus>, ApiError> {
+    let recorded: Option<i64> = sqlx::query_scalar("SELECT election_id FROM ballot_box WHERE receipt = $1")
+        .bind(receipt)
+        .fetch_optional(&state.deps.db)
+        .await?;
+    if let Some(election_id) = recorded {
+        return Ok(Json(ReceiptStatus { receipt, election_id, status: "recorded", reason: None }));
+    }
+    let rejected: Option<(i64, String)> =
+        sqlx::query_as("SELECT election_id, reason FROM rejected_ballots WHERE receipt = $1")
+            .bind(receipt)
+            .fetch_optional(&state.deps.db)
+            .await?;
+    if let Some((election_id, reason)) = rejected {
+        return Ok(Json(ReceiptStatus { receipt, election_id, status: "rejected", reason: Some(reason) }));
+    }
+    let mut redis = state.deps.redis.clone();
+    let pending: Option<i64> = redis::cmd("GET")
+        .arg(state.deps.keys.pending_receipt(&receipt.to_string()))
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("reading a pending receipt: {e}"), 1))?;
+    match pending {
+        Some(election_id) => {
+            Ok(Json(ReceiptStatus { receipt, election_id, status: "pending", reason: None }))
+        }
+        None => Err(ApiError::not_found("receipt_not_found").with_detail("no ballot with this receipt")),
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MyBallot {
+    pub voted: bool,
+}
+
+#[utoipa::path(get, path = "/v1/elections/{id}/ballot", tag = "ballots", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Election id")),
+    responses(
+        (status = 200, description = "Whether the caller has a ballot in this election, recorded or pending", body = MyBallot),
+        (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem),
+    ))]
+pub async fn mine(
+    State(state): State<ApiState>,
+    voter: AuthUser,
+    Path(election_id): Path<i64>,
+) -> Result<Json<MyBallot>, ApiError> {
+    let recorded: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM voter_roll WHERE election_id = $1 AND citizen_id = $2)",
+    )
+    .bind(election_id)
+    .bind(voter.citizen_id)
+    .fetch_one(&state.deps.db)
+    .await?;
+    let voted = recorded || already_voted(&state, election_id, voter.citizen_id).await?;
+    Ok(Json(MyBallot { voted }))
+}

@@ -1,0 +1,108 @@
+//! Elections held in memory so casting a ballot needs no database read.
+//!
+//! The status is computed from the cached times at each request, so an
+//! election opens and closes on time without any refresh. Admin changes
+//! are announced on Redis and reloaded here; a periodic full reload covers
+//! any announcement missed while Redis was away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sqlx::PgPool;
+use tally_common::catalog::{self, Election};
+use tally_common::retry::Backoff;
+use tokio_util::sync::CancellationToken;
+
+const FULL_RELOAD: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct ElectionCache {
+    elections: Arc<RwLock<HashMap<i64, Arc<Election>>>>,
+    db: PgPool,
+}
+
+impl ElectionCache {
+    pub fn new(db: PgPool) -> Self {
+        ElectionCache { elections: Arc::default(), db }
+    }
+
+    /// The election, from memory; on a miss (created on another replica a
+    /// moment ago) from Postgres.
+    pub async fn get(&self, id: i64) -> anyhow::Result<Option<Arc<Election>>> {
+        if let Some(found) = self.read().get(&id) {
+            return Ok(Some(found.clone()));
+        }
+        self.reload(id).await
+    }
+
+    pub async fn reload(&self, id: i64) -> anyhow::Result<Option<Arc<Election>>> {
+        let loaded = catalog::load(&self.db, id).await?.map(Arc::new);
+        let mut elections = self.elections.write().unwrap_or_else(|e| e.into_inner());
+        match &loaded {
+            Some(e) => elections.insert(id, e.clone()),
+            None => elections.remove(&id),
+        };
+        Ok(loaded)
+    }
+
+    pub async fn reload_all(&self) -> anyhow::Result<()> {
+        let all: HashMap<i64, Arc<Election>> =
+            catalog::load_all(&self.db).await?.into_iter().map(|e| (e.id, Arc::new(e))).collect();
+        *self.elections.write().unwrap_or_else(|e| e.into_inner()) = all;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<i64, Arc<Election>>> {
+        self.elections.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the cache current until shutdown: reloads an election when it
+    /// is announced, and everything every 30 s and after a reconnect.
+    pub async fn follow(self, client: redis::Client, channel: String, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        loop {
+            if let Err(e) = self.reload_all().await {
+                tracing::warn!(error = format!("{e:#}"), "reloading elections failed");
+            }
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let mut pubsub = match subscribed.await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to election changes; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            backoff = Backoff::default();
+            let mut changes = pubsub.on_message();
+            let mut full = tokio::time::interval(FULL_RELOAD);
+            full.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = full.tick() => {
+                        if let Err(e) = self.reload_all().await {
+                            tracing::warn!(error = format!("{e:#}"), "reloading elections failed");
+                        }
+                    }
+                    message = changes.next() => {
+                        let Some(message) = message else { break };
+                        if let Ok(id) = message.get_payload::<i64>()
+                            && let Err(e) = self.reload(id).await
+                        {
+                            tracing::warn!(election_id = id, error = format!("{e:#}"), "reloading an election failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The vote pipeline end to end: API → JetStream → workers → Postgres and
+//! Redis, under duplicates, redeliveries, crashes and outages.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tally_common::ballot::VoteCommand;
+
+use crate::helpers::{
+    API_ONLY, ElectionSpec, Proxy, RUNNERS, WORKERS_ONLY, code_of, eventually, insert_election, spawn_app,
+    spawn_app_with,
+};
+
+async fn receipt_of(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    body["receipt"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
+    let app = spawn_app().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let voter = app.voter(100).await;
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut events = client.get_async_pubsub().await.unwrap();
+    events.subscribe(app.keys().tally_channel(election)).await.unwrap();
+
+    let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
+    assert_eq!(receipt.len(), 36);
+    assert!(!receipt.contains("100"));
+
+    let event =
+        tokio::time::timeout(Duration::from_secs(10), events.on_message().next()).await.unwrap().unwrap();
+    let event: tally_common::tally::TallyEvent =
+        serde_json::from_str(&event.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!((event.election_id, event.version, event.turnout), (election, 1, 1));
+    assert_eq!(event.votes[&RUNNERS[0]], 1);
+    assert!(event.oldest_accepted_at.is_some());
+
+    let status = app.settled(&receipt).await;
+    assert_eq!(
+        status,
+        serde_json::json!({"receipt": receipt, "election_id": election, "status": "recorded"})
+    );
+    assert_eq!(
+        app.totals(election).await,
+        (vec![(RUNNERS[0], 1), (RUNNERS[1], 0)], vec![(RUNNERS[0], 1), (RUNNERS[1], 0)])
+    );
+    let results = app.get_json(&format!("/v1/elections/{election}/results")).await;
+    assert_eq!(
+        (results["turnout"].as_i64(), results["posts"][0]["runners"][0]["votes"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let mine: serde_json::Value =
+        app.get_as(&format!("/v1/elections/{election}/ballot"), &voter.access).await.json().await.unwrap();
+    assert_eq!(mine["voted"], true);
+
+    // Nothing stored links the voter to the choice.
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'ballot_box' ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["election_id", "receipt", "selections"]);
+    // The stream keeps nothing once the ballot is recorded.
+    let deps = app.deps().await;
+    eventually("the stream to empty", || async { (app.queued(&deps).await == 0).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn casting_refusals() {
+    let app = spawn_app().await;
+    let open =
+        insert_election(&app.db, ElectionSpec { restriction: "@provincial:Capital", ..Default::default() })
+            .await;
+    let later = insert_election(&app.db, ElectionSpec { starts_in_secs: 600, ..Default::default() }).await;
+    let adult = app.voter(110).await;
+    let minor = app.voter_in(111, "Capital", "2015-05-05").await;
+    let northerner = app.voter_in(112, "Northland", "1980-01-01").await;
+
+    assert_eq!(
+        code_of(app.cast(&adult.access, 999_999, &[RUNNERS[0]]).await).await,
+        (404, "election_not_found".into())
+    );
+    assert_eq!(
+        code_of(app.cast(&adult.access, later, &[RUNNERS[0]]).await).await,
+        (409, "election_not_open".into())
+    );
+    let young = app.cast(&minor.access, open, &[RUNNERS[0]]).await;
+    assert_eq!(young.status(), 403);
+    let problem: serde_json::Value = young.json().await.unwrap();
+    assert_eq!(
+        (problem["code"].as_str(), problem["reason"].as_str()),
+        (Some("not_eligible"), Some("too_young"))
+    );
+    let elsewhere: serde_json::Value =
+        app.cast(&northerner.access, open, &[RUNNERS[0]]).await.json().await.unwrap();
+    assert_eq!(elsewhere["reason"], "wrong_province");
+    for bad in [vec![], vec![RUNNERS[0], RUNNERS[1]], vec![4242], vec![RUNNERS[0], RUNNERS[0]]] {
+        assert_eq!(
+            code_of(app.cast(&adult.access, open, &bad).await).await,
+            (422, "invalid_selection".into()),
+            "{bad:?}"
+        );
+    }
+    let unauthenticated = app
+        .client
+        .post(format!("{}/v1/elections/{open}/ballots", app.api))
+        .json(&serde_json::json!({"selections": [RUNNERS[0]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(unauthenticated).await.0, 401);
+    assert_eq!(
+        code_of(
+            app.client.get(format!("{}/v1/receipts/{}", app.api, uuid::Uuid::new_v4())).send().await.unwrap()
+        )
+        .await,
+        (404, "receipt_not_found".into())
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM voter_roll").fetch_one(&app.db).await.unwrap();
+    assert_eq!(recorded, 0, "no refused ballot reached the voter roll");
+}
+
+#[tokio::test]
+async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
+    let app = spawn_app_with(tally::app::Roles::ALL, |s| s.nats.duplicate_window_secs = 1).await;
+    let second_api = app.another_instance(API_ONLY).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let voters = [app.voter(120).await, app.voter(121).await];
+
+    // Two ballots of one voter through two API instances at the same moment.
+    let (a, b) = tokio::join!(
+        app.cast(&voters[0].access, election, &[RUNNERS[0]]),
+        second_api.cast(&voters[0].access, election, &[RUNNERS[1]])
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [202, 409]);
+
+    // After the first is processed: refused at once, same or other choice.
+    let first = receipt_of(app.cast(&voters[1].access, election, &[RUNNERS[0]]).await).await;
+    app.settled(&first).await;
+    for choice in RUNNERS {
+        assert_eq!(
+            code_of(second_api.cast(&voters[1].access, election, &[choice]).await).await,
+            (409, "already_voted".into())
+        );
+    }
+
+    // If Redis forgot the voter and the broker's duplicate window has
+    // passed, the API accepts a second ballot; the workers reject it
+    // against the voter roll.
+    let _: () = redis::cmd("DEL")
+        .arg(app.keys().voters(election))
+        .query_async(&mut app.deps().await.redis)
+        .await
+        .unwrap();
+    let again = eventually("the duplicate window to pass", || async {
+        let response = app.cast(&voters[1].access, election, &[RUNNERS[1]]).await;
+        if response.status() == 202 { Some(receipt_of(response).await) } else { None }
+    })
+    .await;
+    let status = app.settled(&again).await;
+    assert_eq!(
+        (status["status"].as_str(), status["reason"].as_str()),
+        (Some("rejected"), Some("already_voted"))
+    );
+
+    app.recorded(election, 2).await;
+    let (pg, cached) = app.totals(election).await;
+    assert_eq!(pg.iter().map(|(_, n)| n).sum::<i64>(), 2);
+    assert_eq!(pg, cached);
+}
+
+#[tokio::test]
+async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
+    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 1).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut receipts = Vec::new();
+    for citizen in 130..140 {
+        let voter = app.voter(citizen).await;
+        receipts.push(
+            receipt_of(app.cast(&voter.access, election, &[RUNNERS[(citizen % 2) as usize]]).await).await,
+        );
+    }
+
+    // A worker that commits the batch and dies before acking.
+    let deps = app.deps().await;
+    let consumer = tally_workers::consume::consumer(&deps).await.unwrap();
+    let mut batch =
+        consumer.fetch().max_messages(100).expires(Duration::from_secs(1)).messages().await.unwrap();
+    let mut commands = Vec::new();
+    while let Some(Ok(message)) = batch.next().await {
+        commands.push(VoteCommand::decode(&message.payload).unwrap());
+    }
+    assert_eq!(commands.len(), 10);
+    let outcome = tally_workers::record::record(&deps.db, &commands).await.unwrap();
+    assert_eq!(outcome.voters.len(), 10);
+
+    // A healthy worker gets the same messages again after the ack wait.
+    let _workers = app.another_instance(WORKERS_ONLY).await;
+    eventually("the redelivered batch to be acked", || async {
+        (app.queued(&deps).await == 0).then_some(())
+    })
+    .await;
+    for receipt in &receipts {
+        assert_eq!(app.settled(receipt).await["status"], "recorded");
+    }
+    let (pg, cached) = app.totals(election).await;
+    assert_eq!(pg, vec![(RUNNERS[0], 5), (RUNNERS[1], 5)]);
+    assert_eq!(cached, pg, "Redis rewritten from Postgres on redelivery");
+    let ballots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ballot_box").fetch_one(&app.db).await.unwrap();
+    assert_eq!(ballots, 10);
+}
+
+#[tokio::test]
+async fn reconcile_restores_a_flushed_tally() {
+    let app = spawn_app().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    for citizen in 140..146 {
+        let voter = app.voter(citizen).await;
+        app.cast(&voter.access, election, &[RUNNERS[usize::from(citizen < 142)]]).await;
+    }
+    app.recorded(election, 6).await;
+    let (pg, _) = app.totals(election).await;
+    let mut redis = app.deps().await.redis;
+    let _: () = redis::cmd("DEL").arg(app.keys().tally(election)).query_async(&mut redis).await.unwrap();
+    assert_eq!(app.totals(election).await.1, vec![(RUNNERS[0], 0), (RUNNERS[1], 0)]);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["reconcile", "--election", &election.to_string()])
+        .env("TALLY_DATABASE__URL", app.settings.database.url.expose())
+        .env("TALLY_REDIS__KEY_PREFIX", &app.settings.redis.key_prefix)
+        .env("TALLY_NATS__STREAM", &app.settings.nats.stream)
+        .env("TALLY_NATS__SUBJECT_PREFIX", &app.settings.nats.subject_prefix)
+        .env("TALLY_LOG__FILTER", "error")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("drift 12"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(app.totals(election).await.1, pg);
+    let snapshot = tally_common::tally::read(&redis, &app.keys(), election).await.unwrap();
+    assert_eq!(snapshot.turnout, 6);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_loses_and_doubles_nothing() {
+    let app = spawn_app_with(API_ONLY, |s| {
+        s.nats.ack_wait_secs = 2;
+        s.workers.batch_size = 20;
+    })
+    .await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut voters = Vec::new();
+    for citizen in 200..260 {
+        voters.push(app.voter(citizen).await);
+    }
+    let doomed = app.another_instance(WORKERS_ONLY).await;
+    let survivor = app.another_instance(WORKERS_ONLY).await;
+    let casts = voters.iter().map(|v| app.cast(&v.access, election, &[RUNNERS[0]]));
+    let accepted = futures_util::future::join_all(casts).await.iter().filter(|r| r.status() == 202).count();
+    assert_eq!(accepted, 60);
+    doomed.abort();
+    app.recorded(election, 60).await;
+    let (pg, cached) = app.totals(election).await;
+    assert_eq!(pg, vec![(RUNNERS[0], 60), (RUNNERS[1], 0)]);
+    assert_eq!(cached, pg);
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn ballots_wait_in_the_stream_while_postgres_is_down() {
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut voters = Vec::new();
+    for citizen in 300..320 {
+        voters.push(app.voter(citizen).await);
+    }
+    let mut settings = app.settings.clone();
+    settings.database.url = tally_common::secret::Secret::new(format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr,
+        app.ns.database()
+    ));
+    settings.database.acquire_timeout_ms = 500;
+    let workers = crate::helpers::start_with(&app, settings, WORKERS_ONLY).await;
+
+    proxy.cut();
+    for voter in &voters {
+        assert_eq!(
+            app.cast(&voter.access, election, &[RUNNERS[1]]).await.status(),
+            202,
+            "the API keeps accepting"
+        );
+    }
+    proxy.restore();
+    app.recorded(election, 20).await;
+    assert_eq!(app.totals(election).await.0, vec![(RUNNERS[0], 0), (RUNNERS[1], 20)]);
+    workers.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_answers_503_quickly_while_nats_is_down() {
+    let proxy = Proxy::start("127.0.0.1:4222".parse().unwrap()).await;
+    let app = spawn_app_with(API_ONLY, |s| {
+        s.nats.url = tally_common::secret::Secret::new(format!("nats://{}", proxy.addr));
+        s.nats.publish_timeout_ms = 500;
+    })
+    .await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let voter = app.voter(400).await;
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let response = app.cast(&voter.access, election, &[RUNNERS[0]]).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "answered in {:?}", started.elapsed());
+    assert!(response.headers().get("retry-after").is_some());
+    assert_eq!(code_of(response).await, (503, "unavailable".into()));
+    let mine: serde_json::Value =
+        app.get_as(&format!("/v1/elections/{election}/ballot"), &voter.access).await.json().await.unwrap();
+    assert_eq!(mine["voted"], false, "a refused ballot leaves no trace");
+}

@@ -1,0 +1,342 @@
+//! Recording one batch of ballots in one Postgres transaction.
+//!
+//! The voter roll's primary key decides which ballot of a citizen counts:
+//! every ballot inserts its (election, citizen) row with ON CONFLICT DO
+//! NOTHING, and only the rows actually inserted get a ballot-box row and a
+//! count. So redeliveries, retries and concurrent workers add nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use anyhow::Context;
+use sqlx::{PgPool, Postgres, Transaction};
+use tally_common::ballot::{VoteCommand, check_selections};
+use tally_common::catalog::{Runner, contested};
+use tally_common::election::{Schedule, Status};
+use tally_common::tally::Totals;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// What became of one ballot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Recorded,
+    /// Recorded by an earlier delivery of the same message.
+    AlreadyRecorded,
+    Rejected(&'static str),
+}
+
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub fates: Vec<Fate>,
+    /// Every election the batch touched, with its totals after commit.
+    pub totals: Vec<Totals>,
+    /// (election, citizen) of each ballot recorded now.
+    pub voters: Vec<(i64, i64)>,
+}
+
+struct ElectionFacts {
+    schedule: Schedule,
+    runners: Vec<Runner>,
+}
+
+pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<BatchOutcome> {
+    let mut tx = db.begin().await.context("starting a batch")?;
+    let election_ids: Vec<i64> =
+        commands.iter().map(|c| c.election_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let elections = lock_elections(&mut tx, &election_ids).await?;
+
+    let mut fates: Vec<Option<Fate>> = vec![None; commands.len()];
+    let mut candidates: Vec<usize> = Vec::new();
+    let mut first_in_batch: HashMap<(i64, i64), Uuid> = HashMap::new();
+    for (i, command) in commands.iter().enumerate() {
+        let verdict = match elections.get(&command.election_id) {
+            None => Err("unknown_election"),
+            // Judged by when the API accepted it, so a backlog processed
+            // after closing still counts what arrived in time.
+            Some(e) if e.schedule.status(command.accepted_at) != Status::Open => Err("election_closed"),
+            Some(e) if check_selections(&command.selections, &e.runners).is_err() => Err("invalid_selection"),
+            Some(_) => Ok(()),
+        };
+        let key = (command.election_id, command.citizen_id);
+        match verdict {
+            Err(reason) => fates[i] = Some(Fate::Rejected(reason)),
+            Ok(()) => match first_in_batch.get(&key) {
+                None => {
+                    first_in_batch.insert(key, command.receipt);
+                    candidates.push(i);
+                }
+                Some(receipt) if *receipt == command.receipt => fates[i] = Some(Fate::AlreadyRecorded),
+                Some(_) => fates[i] = Some(Fate::Rejected("already_voted")),
+            },
+        }
+    }
+
+    let inserted = insert_voter_roll(&mut tx, candidates.iter().map(|&i| &commands[i])).await?;
+    let mut recorded: Vec<usize> = Vec::new();
+    let mut conflicting: Vec<usize> = Vec::new();
+    for &i in &candidates {
+        if inserted.contains(&(commands[i].election_id, commands[i].citizen_id)) {
+            recorded.push(i);
+        } else {
+            conflicting.push(i);
+        }
+    }
+    let known = receipts_in_ballot_box(&mut tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
+    for &i in &conflicting {
+        fates[i] = Some(if known.contains(&commands[i].receipt) {
+            Fate::AlreadyRecorded
+        } else {
+            Fate::Rejected("already_voted")
+        });
+    }
+    for &i in &recorded {
+        fates[i] = Some(Fate::Recorded);
+    }
+
+    insert_ballots(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
+    add_counts(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
+    let fates: Vec<Fate> =
+        fates.into_iter().map(|f| f.unwrap_or(Fate::Rejected("invalid_selection"))).collect();
+    insert_rejections(&mut tx, commands, &fates).await?;
+    let totals = read_totals(&mut tx, &election_ids, commands, &fates).await?;
+    tx.commit().await.context("committing a batch")?;
+
+    let voters = recorded.iter().map(|&i| (commands[i].election_id, commands[i].citizen_id)).collect();
+    Ok(BatchOutcome { fates, totals, voters })
+}
+
+/// Locks the batch's elections in id order: workers recording the same
+/// election take turns (each transaction is short), and cannot deadlock.
+async fn lock_elections(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> anyhow::Result<HashMap<i64, ElectionFacts>> {
+    type Row = (i64, OffsetDateTime, OffsetDateTime, Option<OffsetDateTime>, Option<OffsetDateTime>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT election_id, start_at, end_at, closed_at, cancelled_at FROM elections
+         WHERE election_id = ANY($1) ORDER BY election_id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .context("locking elections")?;
+    let runner_rows: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT election_id, citizen_id, post FROM runners WHERE election_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await
+            .context("loading runners")?;
+    let mut runners: HashMap<i64, Vec<Runner>> = HashMap::new();
+    for (election, citizen_id, post) in runner_rows {
+        runners.entry(election).or_default().push(Runner {
+            citizen_id,
+            full_name: String::new(),
+            post,
+            total_votes: 0,
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(id, start_at, end_at, closed_at, cancelled_at)| {
+            let runners = runners.remove(&id).unwrap_or_default();
+            let schedule =
+                Schedule { start_at, end_at, closed_at, cancelled_at, contested: contested(&runners) };
+            (id, ElectionFacts { schedule, runners })
+        })
+        .collect())
+}
+
+async fn insert_voter_roll<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    ballots: impl Iterator<Item = &'a VoteCommand>,
+) -> anyhow::Result<HashSet<(i64, i64)>> {
+    let (elections, citizens): (Vec<i64>, Vec<i64>) = ballots.map(|c| (c.election_id, c.citizen_id)).unzip();
+    if elections.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "INSERT INTO voter_roll (election_id, citizen_id)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[])
+         ON CONFLICT DO NOTHING RETURNING election_id, citizen_id",
+    )
+    .bind(&elections)
+    .bind(&citizens)
+    .fetch_all(&mut **tx)
+    .await
+    .context("writing the voter roll")?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn receipts_in_ballot_box(
+    tx: &mut Transaction<'_, Postgres>,
+    receipts: impl Iterator<Item = Uuid>,
+) -> anyhow::Result<HashSet<Uuid>> {
+    let receipts: Vec<Uuid> = receipts.collect();
+    if receipts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<Uuid> = sqlx::query_scalar("SELECT receipt FROM ballot_box WHERE receipt = ANY($1)")
+        .bind(&receipts)
+        .fetch_all(&mut **tx)
+        .await
+        .context("looking up receipts")?;
+    Ok(found.into_iter().collect())
+}
+
+/// Ballot-box rows go in ordered by receipt, which is random, so their
+/// physical order says nothing about the order of the voter roll.
+async fn insert_ballots<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    ballots: impl Iterator<Item = &'a VoteCommand>,
+) -> anyhow::Result<()> {
+    let mut rows: Vec<(Uuid, i64, String)> = ballots
+        .map(|c| {
+            let list: Vec<String> = c.selections.iter().map(i64::to_string).collect();
+            (c.receipt, c.election_id, format!("{{{}}}", list.join(",")))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by_key(|r| r.0);
+    let mut receipts = Vec::with_capacity(rows.len());
+    let mut elections = Vec::with_capacity(rows.len());
+    let mut selections = Vec::with_capacity(rows.len());
+    for (receipt, election, list) in rows {
+        receipts.push(receipt);
+        elections.push(election);
+        selections.push(list);
+    }
+    sqlx::query(
+        "INSERT INTO ballot_box (receipt, election_id, selections)
+         SELECT r, e, s::bigint[] FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS b(r, e, s)",
+    )
+    .bind(&receipts)
+    .bind(&elections)
+    .bind(&selections)
+    .execute(&mut **tx)
+    .await
+    .context("filling the ballot box")?;
+    Ok(())
+}
+
+/// One UPDATE for all runners (each row touched once, never once per
+/// vote), then each election's turnout and version.
+async fn add_counts<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    ballots: impl Iterator<Item = &'a VoteCommand>,
+) -> anyhow::Result<()> {
+    let mut per_runner: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    let mut per_election: BTreeMap<i64, i64> = BTreeMap::new();
+    for ballot in ballots {
+        *per_election.entry(ballot.election_id).or_default() += 1;
+        for runner in &ballot.selections {
+            *per_runner.entry((ballot.election_id, *runner)).or_default() += 1;
+        }
+    }
+    if per_election.is_empty() {
+        return Ok(());
+    }
+    let mut elections = Vec::new();
+    let mut runners = Vec::new();
+    let mut counts = Vec::new();
+    for ((election, runner), n) in per_runner {
+        elections.push(election);
+        runners.push(runner);
+        counts.push(n);
+    }
+    sqlx::query(
+        "UPDATE runners r SET total_votes = r.total_votes + d.n
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS d(e, c, n)
+         WHERE r.election_id = d.e AND r.citizen_id = d.c",
+    )
+    .bind(&elections)
+    .bind(&runners)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await
+    .context("adding runner counts")?;
+    let (ids, turnouts): (Vec<i64>, Vec<i64>) = per_election.into_iter().unzip();
+    sqlx::query(
+        "UPDATE elections e SET tally_version = e.tally_version + 1, turnout = e.turnout + d.n
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, n) WHERE e.election_id = d.id",
+    )
+    .bind(&ids)
+    .bind(&turnouts)
+    .execute(&mut **tx)
+    .await
+    .context("raising tally versions")?;
+    Ok(())
+}
+
+async fn insert_rejections(
+    tx: &mut Transaction<'_, Postgres>,
+    commands: &[VoteCommand],
+    fates: &[Fate],
+) -> anyhow::Result<()> {
+    let mut receipts = Vec::new();
+    let mut elections = Vec::new();
+    let mut reasons = Vec::new();
+    for (command, fate) in commands.iter().zip(fates) {
+        if let Fate::Rejected(reason) = fate {
+            receipts.push(command.receipt);
+            elections.push(command.election_id);
+            reasons.push(*reason);
+        }
+    }
+    if receipts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO rejected_ballots (receipt, election_id, reason)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&receipts)
+    .bind(&elections)
+    .bind(&reasons)
+    .execute(&mut **tx)
+    .await
+    .context("recording rejections")?;
+    Ok(())
+}
+
+/// Absolute totals after this batch, for Redis. Read inside the
+/// transaction, so they are exactly what it commits.
+async fn read_totals(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+    commands: &[VoteCommand],
+    fates: &[Fate],
+) -> anyhow::Result<Vec<Totals>> {
+    let heads: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT election_id, tally_version, turnout FROM elections WHERE election_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .context("reading versions")?;
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT election_id, citizen_id, total_votes FROM runners WHERE election_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .context("reading totals")?;
+    let mut oldest: HashMap<i64, OffsetDateTime> = HashMap::new();
+    for (command, fate) in commands.iter().zip(fates) {
+        if *fate == Fate::Recorded {
+            let entry = oldest.entry(command.election_id).or_insert(command.accepted_at);
+            *entry = (*entry).min(command.accepted_at);
+        }
+    }
+    Ok(heads
+        .into_iter()
+        .map(|(election_id, version, turnout)| Totals {
+            election_id,
+            version,
+            turnout,
+            votes: rows.iter().filter(|r| r.0 == election_id).map(|r| (r.1, r.2)).collect(),
+            oldest_accepted_at: oldest.get(&election_id).copied(),
+        })
+        .collect())
+}
