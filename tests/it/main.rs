@@ -1,5 +1,7 @@
 //! Integration tests against the real Postgres, Redis and NATS.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod elections;
 mod foundation;
 mod helpers;
