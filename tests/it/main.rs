@@ -7,6 +7,7 @@ mod foundation;
 mod helpers;
 mod identity;
 mod logs;
+mod model;
 mod openapi;
 mod pipeline;
 mod registry;
