@@ -1,14 +1,128 @@
-//! The broadcaster role: live tallies for viewers.
+//! The broadcaster role: live tallies for viewers over WebSocket and
+//! Server-Sent Events, and the live results page.
 
-use tally_common::Deps;
+pub mod frame;
+pub mod hub;
+pub mod limit;
+pub mod page;
+pub mod source;
+pub mod sse;
+pub mod viewer;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tally_common::{ApiError, Deps, Path};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub fn router(deps: Deps) -> axum::Router {
-    let settings = deps.settings.clone();
-    tally_common::http::public_stack(axum::Router::new(), &settings.http)
+use crate::hub::Hub;
+use crate::limit::PerAddress;
+use crate::viewer::Pace;
+
+#[derive(Clone)]
+pub struct BroadcasterState {
+    hub: Hub,
+    viewers: PerAddress,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl BroadcasterState {
+    fn pace(&self) -> Pace {
+        let settings = &self.hub.deps().settings.broadcaster;
+        Pace {
+            min_gap: Duration::from_secs(1) / settings.max_updates_per_sec,
+            ping_every: Duration::from_secs(settings.ping_interval_secs),
+        }
+    }
+}
+
+pub fn router(state: BroadcasterState) -> Router {
+    let settings = state.hub.deps().settings.clone();
+    let routes = Router::new()
+        .route("/v1/elections/{id}/live", get(live))
+        .route("/v1/elections/{id}/events", get(events))
+        .route("/v1/live/elections", get(page::elections))
+        .route("/", get(page::index))
+        .route("/elections/{id}", get(page::election))
+        .route("/assets/{file}", get(page::asset))
+        .with_state(state);
+    tally_common::http::public_stack(routes, &settings.http)
 }
 
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tally_common::http::serve(listener, router(deps), shutdown).await
+    let hub = Hub::new(deps.clone(), shutdown.clone());
+    let redis = tally_common::store::client(&deps.settings.redis)?;
+    let source = tokio::spawn(source::follow(hub.clone(), redis, shutdown.clone()));
+    let tracker = TaskTracker::new();
+    let viewers = PerAddress::new(deps.settings.broadcaster.max_viewers_per_ip);
+    let state = BroadcasterState { hub, viewers, tracker: tracker.clone(), shutdown: shutdown.clone() };
+    let served = tally_common::http::serve(listener, router(state), shutdown).await;
+    // Viewers got a close frame when shutdown fired; wait for them to go.
+    tracker.close();
+    tracker.wait().await;
+    source.abort();
+    served
+}
+
+/// Checks the election and the caller's address before any upgrade, so a
+/// refusal is an ordinary HTTP answer.
+async fn admit(
+    state: &BroadcasterState,
+    election_id: i64,
+    peer: SocketAddr,
+) -> Result<(std::sync::Arc<hub::Feed>, limit::Slot), ApiError> {
+    let slot = state.viewers.admit(peer.ip()).ok_or_else(|| {
+        metrics::counter!("tally_rate_limited_total", "scope" => "viewers_per_ip").increment(1);
+        ApiError::rate_limited(5).with_detail("too many live connections from this address")
+    })?;
+    let feed =
+        state.hub.feed(election_id).await.map_err(|e| ApiError::unavailable(e, 1))?.ok_or_else(|| {
+            ApiError::not_found("election_not_found").with_detail("no election with this id")
+        })?;
+    Ok((feed, slot))
+}
+
+async fn live(
+    State(state): State<BroadcasterState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(election_id): Path<i64>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let (feed, slot) = admit(&state, election_id, peer).await?;
+    let upgrade = upgrade.map_err(|_| {
+        ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required")
+            .with_detail("connect with a WebSocket client, or use /events for Server-Sent Events")
+    })?;
+    let frames = feed.subscribe();
+    let pace = state.pace();
+    let shutdown = state.shutdown.clone();
+    let tracker = state.tracker.clone();
+    Ok(upgrade.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let _viewer = limit::Gauge::viewer("websocket");
+            viewer::serve(socket, frames, pace, shutdown).await;
+            drop(slot);
+        })
+    }))
+}
+
+async fn events(
+    State(state): State<BroadcasterState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(election_id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let (feed, slot) = admit(&state, election_id, peer).await?;
+    // The slot and gauge live as long as the response body streams.
+    let held = Box::new((slot, limit::Gauge::viewer("sse")));
+    Ok(sse::events(feed.subscribe(), state.pace(), state.shutdown.clone(), held).into_response())
 }

@@ -115,3 +115,19 @@ pub async fn publish_acked(
         Ok(Ok(_)) => Ok(Stored::New),
     }
 }
+
+/// Whether ballots of this election still wait in the stream. The stream
+/// is a work queue, so any message left on the election's subject is one
+/// no worker has recorded yet.
+pub async fn ballots_pending(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+    election_id: i64,
+) -> anyhow::Result<bool> {
+    let stream = js.get_stream(&settings.stream).await.context("opening the votes stream")?;
+    match stream.get_last_raw_message_by_subject(&ballot_subject(settings, election_id)).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("looking for pending ballots: {e}")),
+    }
+}

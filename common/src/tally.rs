@@ -21,10 +21,18 @@ pub struct Snapshot {
 
 /// The election's tally as Redis holds it; all zero before the first vote.
 pub async fn read(redis: &Redis, keys: &Keys, election_id: i64) -> anyhow::Result<Snapshot> {
-    let mut conn = redis.clone();
+    read_with(&mut redis.clone(), keys, election_id).await
+}
+
+/// Like `read`, on a connection of the caller's choosing.
+pub async fn read_with(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    keys: &Keys,
+    election_id: i64,
+) -> anyhow::Result<Snapshot> {
     let fields: HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(keys.tally(election_id))
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .map_err(|e| anyhow::anyhow!("reading the tally of election {election_id}: {e}"))?;
     let mut snapshot = Snapshot::default();

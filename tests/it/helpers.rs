@@ -490,3 +490,5 @@ impl TestApp {
         stream.cached_info().state.messages
     }
 }
+pub const API_AND_WORKERS: Roles = Roles { api: true, workers: true, broadcaster: false };
+pub const BROADCASTER_ONLY: Roles = Roles { api: false, workers: false, broadcaster: true };

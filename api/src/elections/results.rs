@@ -89,19 +89,8 @@ fn posts(election: &Election, votes: impl Fn(i64) -> Option<i64>) -> Vec<PostRes
         .collect()
 }
 
-/// Whether ballots of this election still wait in the stream. The stream
-/// is a work queue, so any message left on the election's subject is one
-/// no worker has recorded yet.
 async fn ballots_pending(state: &ApiState, election_id: i64) -> Result<bool, ApiError> {
-    let settings = &state.deps.settings.nats;
-    let stream =
-        state.deps.jetstream.get_stream(&settings.stream).await.map_err(|e| ApiError::unavailable(e, 1))?;
-    let subject = tally_common::bus::ballot_subject(settings, election_id);
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-            Ok(false)
-        }
-        Err(e) => Err(ApiError::unavailable(e, 1)),
-    }
+    tally_common::bus::ballots_pending(&state.deps.jetstream, &state.deps.settings.nats, election_id)
+        .await
+        .map_err(|e| ApiError::unavailable(e, 1))
 }

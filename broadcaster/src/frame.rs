@@ -1,0 +1,101 @@
+//! The message viewers receive, serialised once per change and shared by
+//! every viewer of the election.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tally_common::catalog::Election;
+use tally_common::election::{Status, Visibility};
+use time::OffsetDateTime;
+
+/// One snapshot of an election as viewers see it.
+#[derive(Debug)]
+pub struct Frame {
+    pub version: i64,
+    pub status: Status,
+    pub is_final: bool,
+    /// When the oldest ballot in this version was accepted, for the
+    /// accepted-to-viewer delay.
+    pub oldest_accepted_at: Option<OffsetDateTime>,
+    pub json: Arc<str>,
+}
+
+/// The counts a frame is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    pub version: i64,
+    pub turnout: i64,
+    pub votes: HashMap<i64, i64>,
+    pub oldest_accepted_at: Option<OffsetDateTime>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    election_id: i64,
+    version: i64,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turnout: Option<i64>,
+    #[serde(rename = "final")]
+    is_final: bool,
+    posts: Vec<Post<'a>>,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+struct Post<'a> {
+    post: &'a str,
+    runners: Vec<Runner<'a>>,
+}
+
+#[derive(Serialize)]
+struct Runner<'a> {
+    citizen_id: i64,
+    full_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    votes: Option<i64>,
+}
+
+/// Builds the frame, hiding what the election's visibility hides until it
+/// has ended: `turnout_only` shows turnout but no counts, `after_close`
+/// shows only the status.
+pub fn build(election: &Election, counts: &Counts, status: Status, is_final: bool) -> Frame {
+    let ended = matches!(status, Status::Closed | Status::Cancelled);
+    let show_turnout = ended || election.visibility != Visibility::AfterClose;
+    let show_votes = ended || election.visibility == Visibility::Live;
+    let message = Message {
+        kind: "tally",
+        election_id: election.id,
+        version: counts.version,
+        status: status.as_str(),
+        turnout: show_turnout.then_some(counts.turnout),
+        is_final,
+        posts: election
+            .posts()
+            .into_iter()
+            .map(|(post, runners)| Post {
+                post,
+                runners: runners
+                    .into_iter()
+                    .map(|r| Runner {
+                        citizen_id: r.citizen_id,
+                        full_name: &r.full_name,
+                        votes: show_votes.then(|| counts.votes.get(&r.citizen_id).copied().unwrap_or(0)),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        at: OffsetDateTime::now_utc(),
+    };
+    Frame {
+        version: counts.version,
+        status,
+        is_final,
+        oldest_accepted_at: counts.oldest_accepted_at,
+        json: serde_json::to_string(&message).unwrap_or_default().into(),
+    }
+}

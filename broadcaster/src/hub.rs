@@ -1,0 +1,238 @@
+//! One latest-value feed per watched election. A `watch` channel holds only
+//! the newest frame, so a viewer that falls behind skips straight to it
+//! instead of queueing stale ones, and fan-out cost does not grow with the
+//! vote rate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_common::Deps;
+use tally_common::catalog::{self, Election};
+use tally_common::election::Status;
+use tally_common::tally::{self, TallyEvent};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{self, Counts, Frame};
+
+/// How often each feed re-evaluates the status (opening, closing, final).
+const STATUS_TICK: Duration = Duration::from_secs(1);
+
+pub struct Feed {
+    state: Mutex<FeedState>,
+    tx: watch::Sender<Arc<Frame>>,
+}
+
+struct FeedState {
+    election: Arc<Election>,
+    counts: Counts,
+    status: Status,
+    is_final: bool,
+}
+
+impl Feed {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Frame>> {
+        self.tx.subscribe()
+    }
+
+    /// Applies newer counts; older or equal versions are ignored, so what a
+    /// viewer receives never goes backwards.
+    fn apply(&self, counts: Counts) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.version <= state.counts.version {
+            return;
+        }
+        state.counts = counts;
+        self.publish(&state);
+    }
+
+    fn publish(&self, state: &FeedState) {
+        self.tx.send_replace(Arc::new(frame::build(
+            &state.election,
+            &state.counts,
+            state.status,
+            state.is_final,
+        )));
+    }
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    deps: Deps,
+    feeds: Arc<Mutex<HashMap<i64, Arc<Feed>>>>,
+    shutdown: CancellationToken,
+}
+
+impl Hub {
+    pub fn new(deps: Deps, shutdown: CancellationToken) -> Hub {
+        Hub { deps, feeds: Arc::default(), shutdown }
+    }
+
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// The election's feed, created (snapshot read from Redis) for its first
+    /// viewer. `None` when there is no such election.
+    pub async fn feed(&self, election_id: i64) -> anyhow::Result<Option<Arc<Feed>>> {
+        if let Some(feed) = self.feeds.lock().unwrap_or_else(|e| e.into_inner()).get(&election_id) {
+            return Ok(Some(feed.clone()));
+        }
+        let Some(election) = catalog::load(&self.deps.db, election_id).await? else { return Ok(None) };
+        let counts = self.read_counts(&election).await?;
+        let now = OffsetDateTime::now_utc();
+        let status = election.status(now);
+        let is_final = self.is_final(&election, status).await;
+        let state = FeedState { election: Arc::new(election), counts, status, is_final };
+        let first = frame::build(&state.election, &state.counts, state.status, state.is_final);
+        let created = Arc::new(Feed { state: Mutex::new(state), tx: watch::Sender::new(Arc::new(first)) });
+        let (feed, inserted) = {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            // Another viewer may have created it meanwhile; keep theirs.
+            match feeds.get(&election_id) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    feeds.insert(election_id, created.clone());
+                    (created, true)
+                }
+            }
+        };
+        if inserted {
+            tokio::spawn(self.clone().watch_status(election_id, feed.clone()));
+        }
+        Ok(Some(feed))
+    }
+
+    /// Counts as Redis holds them; once the election is over and fully
+    /// recorded, as Postgres holds them.
+    async fn read_counts(&self, election: &Election) -> anyhow::Result<Counts> {
+        let snapshot = tally::read(&self.deps.redis, &self.deps.keys, election.id).await?;
+        if snapshot.version >= election.tally_version {
+            return Ok(Counts {
+                version: snapshot.version,
+                turnout: snapshot.turnout,
+                votes: snapshot.votes,
+                oldest_accepted_at: None,
+            });
+        }
+        Ok(Counts {
+            version: election.tally_version,
+            turnout: election.turnout,
+            votes: election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect(),
+            oldest_accepted_at: None,
+        })
+    }
+
+    async fn is_final(&self, election: &Election, status: Status) -> bool {
+        status == Status::Closed
+            && matches!(
+                tally_common::bus::ballots_pending(
+                    &self.deps.jetstream,
+                    &self.deps.settings.nats,
+                    election.id
+                )
+                .await,
+                Ok(false)
+            )
+    }
+
+    /// A tally event from Redis.
+    pub fn on_event(&self, event: TallyEvent) {
+        let feed = self.feeds.lock().unwrap_or_else(|e| e.into_inner()).get(&event.election_id).cloned();
+        if let Some(feed) = feed {
+            feed.apply(Counts {
+                version: event.version,
+                turnout: event.turnout,
+                votes: event.votes,
+                oldest_accepted_at: event.oldest_accepted_at,
+            });
+        }
+    }
+
+    /// After (re)subscribing: messages may have been missed, so every
+    /// watched election's snapshot is read again, on a fresh connection
+    /// (the shared one may still be finding out that Redis went away).
+    pub async fn resync(&self, conn: &mut (impl redis::aio::ConnectionLike + Send)) {
+        let feeds: Vec<(i64, Arc<Feed>)> = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, feed) in feeds {
+            match tally::read_with(conn, &self.deps.keys, id).await {
+                Ok(s) => feed.apply(Counts {
+                    version: s.version,
+                    turnout: s.turnout,
+                    votes: s.votes,
+                    oldest_accepted_at: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(election_id = id, error = format!("{e:#}"), "re-reading a tally failed")
+                }
+            }
+        }
+    }
+
+    /// An admin changed the election (closed, cancelled, runners): reload it.
+    pub async fn reload(&self, election_id: i64) {
+        let feed = self.feeds.lock().unwrap_or_else(|e| e.into_inner()).get(&election_id).cloned();
+        let Some(feed) = feed else { return };
+        match catalog::load(&self.deps.db, election_id).await {
+            Ok(Some(election)) => {
+                let mut state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.status = election.status(OffsetDateTime::now_utc());
+                state.election = Arc::new(election);
+                feed.publish(&state);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(election_id, error = format!("{e:#}"), "reloading an election failed"),
+        }
+    }
+
+    /// Pushes status changes (opened, closed, final) as the clock moves,
+    /// and retires the feed once nobody watches.
+    async fn watch_status(self, election_id: i64, feed: Arc<Feed>) {
+        let mut ticks = tokio::time::interval(STATUS_TICK);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if feed.tx.receiver_count() == 0 {
+                self.feeds.lock().unwrap_or_else(|e| e.into_inner()).remove(&election_id);
+                return;
+            }
+            let (election, status, was_final) = {
+                let state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
+                (state.election.clone(), state.election.status(OffsetDateTime::now_utc()), state.is_final)
+            };
+            let is_final = if was_final { true } else { self.is_final(&election, status).await };
+            let final_counts = if is_final && !was_final {
+                // The recorded totals, straight from Postgres.
+                catalog::load(&self.deps.db, election_id).await.ok().flatten()
+            } else {
+                None
+            };
+            let mut state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(recorded) = final_counts
+                && recorded.tally_version >= state.counts.version
+            {
+                state.counts = Counts {
+                    version: recorded.tally_version,
+                    turnout: recorded.turnout,
+                    votes: recorded.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect(),
+                    oldest_accepted_at: None,
+                };
+            }
+            if status != state.status || is_final != state.is_final {
+                state.status = status;
+                state.is_final = is_final;
+                feed.publish(&state);
+            }
+        }
+    }
+}
