@@ -5,7 +5,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools
+.PHONY: up test services build fmt lint unit tools chromium
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -17,7 +17,15 @@ up: services build
 test: services tools fmt lint unit
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
-tools: $(VENV)/.installed
+tools: $(VENV)/.installed tests/browser/node_modules/.installed chromium
+
+chromium:
+	@command -v chromium >/dev/null || { sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm >/dev/null; }
+
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --silent
+	touch $@
 
 $(VENV)/.installed: tests/tools/requirements.txt
 	python3 -m venv $(VENV) || { sudo apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod broadcast;
+mod browser;
 mod elections;
 mod foundation;
 mod helpers;

@@ -1,0 +1,47 @@
+//! The live page in a real browser: headless Chromium (Debian's package)
+//! driven by playwright-core from `tests/browser/`.
+
+use crate::helpers::{ElectionSpec, RUNNERS, insert_election, spawn_app};
+
+#[tokio::test]
+async fn the_live_page_shows_new_votes_as_they_are_cast() {
+    let app = spawn_app().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    // A name that would run as script if the page inserted it as HTML.
+    let hostile = "<img src=x onerror=alert(1)>";
+    sqlx::query("UPDATE citizens SET full_name = $1 WHERE citizen_id = $2")
+        .bind(hostile)
+        .bind(RUNNERS[1])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for citizen in 800..803 {
+        tokens.push(app.voter(citizen).await.access);
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::create_dir_all(format!("{root}/artifacts")).unwrap();
+    let screenshot = format!("{root}/artifacts/live-page.png");
+    let script = format!("{root}/tests/browser/live_page.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("{}/elections/{election}", app.broadcaster))
+        .arg(&app.api)
+        .arg(election.to_string())
+        .arg(RUNNERS[0].to_string())
+        .arg(&screenshot)
+        .args(&tokens)
+        .output()
+        .await
+        .expect("node runs (make tools installs playwright-core and Chromium)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser check failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON report");
+    assert_eq!(report["before"], "0 (0.0%)");
+    assert_eq!(report["after"], "3 (100.0%)");
+    assert_eq!(report["width"], "100%");
+    assert_eq!(report["names"], serde_json::json!(["Runner 9001", hostile]), "names shown as text");
+    assert_eq!(report["injected"], 0);
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000, "a screenshot was saved");
+}
