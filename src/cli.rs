@@ -45,6 +45,9 @@ enum Command {
         #[arg(long)]
         election: Option<i64>,
     },
+    /// Measure this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The national registry: import a CSV, or generate a synthetic one.
     #[command(subcommand)]
     Citizens(CitizensCommand),
@@ -82,6 +85,20 @@ enum CitizensCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// K WebSocket viewers on one broadcaster process while tallies change.
+    Viewers {
+        #[arg(long, default_value_t = 10_000)]
+        viewers: usize,
+        /// New tally versions per second (each viewer gets at most the broadcaster's cap).
+        #[arg(long, default_value_t = 20)]
+        updates_per_sec: u32,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum AdminCommand {
     /// Make a user an administrator.
     Grant { citizen_id: i64 },
@@ -109,7 +126,7 @@ impl Cli {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(self.command.execute(settings)) {
+        match runtime.block_on(self.command.execute(settings, self.config.as_deref())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tally: {e:#}");
@@ -120,7 +137,7 @@ impl Cli {
 }
 
 impl Command {
-    async fn execute(self, settings: Settings) -> anyhow::Result<()> {
+    async fn execute(self, settings: Settings, config: Option<&std::path::Path>) -> anyhow::Result<()> {
         match self {
             Command::Serve { roles } => {
                 let shutdown = tally_common::shutdown::on_signal();
@@ -141,6 +158,16 @@ impl Command {
                 let pool = tally_common::db::pool(&settings.database)?;
                 let report = crate::seed::seed_demo(&pool, citizens).await.context("seeding the demo")?;
                 println!("{report}");
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {
+                let options = crate::bench::viewers::Options {
+                    viewers,
+                    updates_per_sec,
+                    duration: std::time::Duration::from_secs(seconds),
+                };
+                let report = crate::bench::viewers::run(&settings, config.as_deref(), options).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             }
             Command::Reconcile { election } => {

@@ -2,8 +2,7 @@
 //! every viewer of the election.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tally_common::catalog::Election;
 use tally_common::election::{Status, Visibility};
@@ -18,7 +17,8 @@ pub struct Frame {
     /// When the oldest ballot in this version was accepted, for the
     /// accepted-to-viewer delay.
     pub oldest_accepted_at: Option<OffsetDateTime>,
-    pub json: Arc<str>,
+    /// Shared by every viewer: cloning it copies no bytes.
+    pub json: Utf8Bytes,
 }
 
 /// The counts a frame is built from.
@@ -96,6 +96,6 @@ pub fn build(election: &Election, counts: &Counts, status: Status, is_final: boo
         status,
         is_final,
         oldest_accepted_at: counts.oldest_accepted_at,
-        json: serde_json::to_string(&message).unwrap_or_default().into(),
+        json: Utf8Bytes::from(serde_json::to_string(&message).unwrap_or_default()),
     }
 }

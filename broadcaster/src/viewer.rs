@@ -56,7 +56,7 @@ pub async fn serve(
         if pending && Instant::now() >= next_send {
             let frame = frames.borrow_and_update().clone();
             let sent =
-                tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(Utf8Bytes::from(&*frame.json))))
+                tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(frame.json.clone())))
                     .await;
             match sent {
                 Ok(Ok(())) => note_sent(&frame, &mut last_version, "websocket"),

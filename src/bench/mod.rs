@@ -1,0 +1,73 @@
+//! `tally bench`: measurements on this machine, printed as a table and
+//! as JSON.
+
+pub mod viewers;
+
+use std::time::Duration;
+
+/// Latencies in a fixed histogram of 1 ms buckets (up to 60 s), cheap to
+/// record from many tasks at once.
+pub struct Latencies {
+    buckets: Vec<std::sync::atomic::AtomicU64>,
+}
+
+const BUCKETS: usize = 60_000;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies { buckets: (0..BUCKETS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Latencies {
+    pub fn record(&self, latency: Duration) {
+        let bucket = (latency.as_millis() as usize).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// The latency below which `q` (0..1) of the samples fall, in ms.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(std::sync::atomic::Ordering::Relaxed);
+            if seen >= target {
+                return Some(ms as u64 + 1);
+            }
+        }
+        None
+    }
+}
+
+/// Resident memory of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_buckets() {
+        let l = Latencies::default();
+        for ms in 0..100 {
+            l.record(Duration::from_millis(ms));
+        }
+        assert_eq!(l.count(), 100);
+        assert_eq!(l.quantile_ms(0.5), Some(50));
+        assert_eq!(l.quantile_ms(0.99), Some(99));
+        assert_eq!(Latencies::default().quantile_ms(0.5), None);
+    }
+}

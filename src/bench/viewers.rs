@@ -1,0 +1,218 @@
+//! Fan-out: K WebSocket viewers on one broadcaster process (started as a
+//! child, so its memory is measured alone) while tallies change at a given
+//! rate. Reports the broadcaster's RSS, messages per second and the delay
+//! from a tally's publication in Redis to its arrival at a viewer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tally_common::Settings;
+use tally_common::tally::{self, Totals};
+use time::OffsetDateTime;
+
+use super::{Latencies, rss_bytes};
+
+pub struct Options {
+    pub viewers: usize,
+    pub updates_per_sec: u32,
+    pub duration: Duration,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub viewers_requested: usize,
+    pub viewers_connected: u64,
+    pub viewers_dropped: u64,
+    pub seconds: f64,
+    pub versions_published: i64,
+    pub messages_received: u64,
+    pub messages_per_sec: f64,
+    pub delay_p50_ms: Option<u64>,
+    pub delay_p99_ms: Option<u64>,
+    pub delay_max_ms: Option<u64>,
+    pub broadcaster_rss_mib: Option<f64>,
+}
+
+const RUNNERS: [i64; 2] = [990_000_001, 990_000_002];
+
+pub async fn run(settings: &Settings, config: Option<&std::path::Path>, options: Options) -> anyhow::Result<Report> {
+    let db = tally_common::db::pool(&settings.database)?;
+    let redis = tally_common::store::connect(&settings.redis).await?;
+    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let election = bench_election(&db).await?;
+
+    let port = free_port()?;
+    let admin = free_port()?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--roles", "broadcaster"])
+        .args(config.map(|c| vec!["--config".into(), c.as_os_str().to_owned()]).unwrap_or_default())
+        .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{port}"))
+        .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", (options.viewers + 100).to_string())
+        .env("TALLY_LOG__FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a broadcaster")?;
+    let pid = child.id().context("broadcaster pid")?;
+    wait_ready(admin).await?;
+
+    // Version → when it was published, to measure each arrival against.
+    let published: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let latencies = Arc::new(Latencies::default());
+    let connected = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let url = format!("ws://127.0.0.1:{port}/v1/elections/{election}/live");
+    let mut viewers = tokio::task::JoinSet::new();
+    let opening = Arc::new(tokio::sync::Semaphore::new(256));
+    for _ in 0..options.viewers {
+        let (url, published, latencies, connected, dropped, stop, opening) = (
+            url.clone(),
+            published.clone(),
+            latencies.clone(),
+            connected.clone(),
+            dropped.clone(),
+            stop.clone(),
+            opening.clone(),
+        );
+        viewers.spawn(async move {
+            let permit = opening.acquire_owned().await;
+            let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await else {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            drop(permit);
+            connected.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let message = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    message = socket.next() => message,
+                };
+                match message {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                        let arrived = Instant::now();
+                        if let Some(version) = version_of(&text)
+                            && let Some(at) = published.lock().unwrap_or_else(|e| e.into_inner()).get(&version)
+                        {
+                            latencies.record(arrived.saturating_duration_since(*at));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (connected.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < options.viewers as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = Instant::now();
+    let mut version = current_version(&redis, &keys, election).await?;
+    let first_version = version;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / options.updates_per_sec.max(1));
+    while started.elapsed() < options.duration {
+        ticks.tick().await;
+        version += 1;
+        published.lock().unwrap_or_else(|e| e.into_inner()).insert(version, Instant::now());
+        let totals = Totals {
+            election_id: election,
+            version,
+            turnout: version,
+            votes: vec![(RUNNERS[0], version), (RUNNERS[1], 0)],
+            oldest_accepted_at: Some(OffsetDateTime::now_utc()),
+        };
+        tally::apply(&redis, &keys, &[totals], &[], false).await?;
+    }
+    // Let the last versions arrive, then measure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = rss_bytes(pid);
+    stop.cancel();
+    while viewers.join_next().await.is_some() {}
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+
+    let messages = latencies.count();
+    Ok(Report {
+        viewers_requested: options.viewers,
+        viewers_connected: connected.load(Ordering::Relaxed),
+        viewers_dropped: dropped.load(Ordering::Relaxed),
+        seconds,
+        versions_published: version - first_version,
+        messages_received: messages,
+        messages_per_sec: messages as f64 / seconds,
+        delay_p50_ms: latencies.quantile_ms(0.5),
+        delay_p99_ms: latencies.quantile_ms(0.99),
+        delay_max_ms: latencies.quantile_ms(1.0),
+        broadcaster_rss_mib: rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+    })
+}
+
+fn version_of(frame: &str) -> Option<i64> {
+    let rest = &frame[frame.find("\"version\":")? + 10..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(admin: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok();
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the broadcaster did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn current_version(redis: &tally_common::store::Redis, keys: &tally_common::store::Keys, election: i64) -> anyhow::Result<i64> {
+    Ok(tally::read(redis, keys, election).await?.version)
+}
+
+/// An open election with two runners, made for the benchmark.
+async fn bench_election(db: &sqlx::PgPool) -> anyhow::Result<i64> {
+    for (id, name) in RUNNERS.iter().zip(["Bench Runner A", "Bench Runner B"]) {
+        sqlx::query(
+            "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
+             VALUES ($1, $2, '1970-01-01', 'Capital', '1 Bench Road', 'Capital') ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .execute(db)
+        .await?;
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO elections (name, start_at, end_at) VALUES ('Benchmark election', now(), now() + interval '1 hour')
+         RETURNING election_id",
+    )
+    .fetch_one(db)
+    .await?;
+    for runner in RUNNERS {
+        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'Chair')")
+            .bind(id)
+            .bind(runner)
+            .execute(db)
+            .await?;
+    }
+    Ok(id)
+}
