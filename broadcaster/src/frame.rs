@@ -1,9 +1,9 @@
 //! The message viewers receive, serialised once per change and shared by
 //! every viewer of the election.
 
-use std::collections::HashMap;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
+use std::collections::HashMap;
 use tally_common::catalog::Election;
 use tally_common::election::{Status, Visibility};
 use time::OffsetDateTime;

@@ -55,9 +55,7 @@ pub async fn serve(
     let reason = loop {
         if pending && Instant::now() >= next_send {
             let frame = frames.borrow_and_update().clone();
-            let sent =
-                tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(frame.json.clone())))
-                    .await;
+            let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(frame.json.clone()))).await;
             match sent {
                 Ok(Ok(())) => note_sent(&frame, &mut last_version, "websocket"),
                 Ok(Err(_)) => break None,

@@ -29,8 +29,16 @@ impl VoteCommand {
     }
 
     pub fn decode(raw: &[u8]) -> Result<VoteCommand, String> {
-        let command: VoteCommand =
-            serde_json::from_slice(raw).map_err(|e| format!("not a vote command: {e}"))?;
+        // serde's messages quote the offending value, which may be a choice;
+        // keep only the kind of error and where it is.
+        let command: VoteCommand = serde_json::from_slice(raw).map_err(|e| {
+            format!(
+                "not a vote command: {:?} error at line {}, column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
         if command.election_id <= 0 || command.citizen_id <= 0 {
             return Err("ids must be positive".into());
         }
@@ -110,6 +118,11 @@ mod tests {
         assert_eq!(VoteCommand::decode(&command.encode()), Ok(command.clone()));
         assert_eq!(command.msg_id(), "4:9");
         assert!(VoteCommand::decode(b"{}").is_err());
+        let leaky = br#"{"selections": "secret choice"}"#;
+        assert!(
+            !VoteCommand::decode(leaky).unwrap_err().contains("secret"),
+            "errors never quote the payload"
+        );
         assert!(VoteCommand::decode(b"\xff\xfe").is_err());
         let negative = String::from_utf8(command.encode().to_vec())
             .unwrap()

@@ -40,7 +40,11 @@ pub struct Report {
 
 const RUNNERS: [i64; 2] = [990_000_001, 990_000_002];
 
-pub async fn run(settings: &Settings, config: Option<&std::path::Path>, options: Options) -> anyhow::Result<Report> {
+pub async fn run(
+    settings: &Settings,
+    config: Option<&std::path::Path>,
+    options: Options,
+) -> anyhow::Result<Report> {
     let db = tally_common::db::pool(&settings.database)?;
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
@@ -98,7 +102,8 @@ pub async fn run(settings: &Settings, config: Option<&std::path::Path>, options:
                     Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
                         let arrived = Instant::now();
                         if let Some(version) = version_of(&text)
-                            && let Some(at) = published.lock().unwrap_or_else(|e| e.into_inner()).get(&version)
+                            && let Some(at) =
+                                published.lock().unwrap_or_else(|e| e.into_inner()).get(&version)
                         {
                             latencies.record(arrived.saturating_duration_since(*at));
                         }
@@ -113,7 +118,9 @@ pub async fn run(settings: &Settings, config: Option<&std::path::Path>, options:
         });
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while (connected.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < options.viewers as u64 && Instant::now() < deadline {
+    while (connected.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < options.viewers as u64
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -185,7 +192,11 @@ async fn wait_ready(admin: u16) -> anyhow::Result<()> {
     }
 }
 
-async fn current_version(redis: &tally_common::store::Redis, keys: &tally_common::store::Keys, election: i64) -> anyhow::Result<i64> {
+async fn current_version(
+    redis: &tally_common::store::Redis,
+    keys: &tally_common::store::Keys,
+    election: i64,
+) -> anyhow::Result<i64> {
     Ok(tally::read(redis, keys, election).await?.version)
 }
 

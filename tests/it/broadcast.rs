@@ -238,7 +238,7 @@ async fn until_close(socket: &mut Socket) -> u16 {
 }
 
 #[tokio::test]
-async fn viewers_converge_after_the_broadcasters_redis_goes_away() {
+async fn viewers_converge_after_redis_goes_away_and_comes_back_empty() {
     let app = spawn_app_with(crate::helpers::API_AND_WORKERS, |_| {}).await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
@@ -249,6 +249,12 @@ async fn viewers_converge_after_the_broadcasters_redis_goes_away() {
     next(&mut viewer).await.unwrap();
 
     proxy.cut();
+    // As if Redis restarted empty: the tally is gone.
+    let _: () = redis::cmd("DEL")
+        .arg(app.keys().tally(election))
+        .query_async(&mut app.deps().await.redis)
+        .await
+        .unwrap();
     for citizen in 700..703 {
         let voter = app.voter(citizen).await;
         app.cast(&voter.access, election, &[RUNNERS[1]]).await;

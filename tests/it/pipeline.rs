@@ -330,3 +330,41 @@ async fn the_api_answers_503_quickly_while_nats_is_down() {
         app.get_as(&format!("/v1/elections/{election}/ballot"), &voter.access).await.json().await.unwrap();
     assert_eq!(mine["voted"], false, "a refused ballot leaves no trace");
 }
+
+#[tokio::test]
+async fn undecodable_messages_become_dead_letters_without_their_bytes() {
+    let app = spawn_app().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let deps = app.deps().await;
+    let subject = tally_common::bus::ballot_subject(&app.settings.nats, election);
+    let junk = bytes::Bytes::from_static(b"{\"citizen_id\": 7, \"selections\": \"secret choice\"");
+    tally_common::bus::publish_acked(
+        &deps.jetstream,
+        subject.clone(),
+        "junk-1",
+        junk.clone(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    eventually("the dead letter", || async {
+        let rows: Vec<(String, i32, String)> =
+            sqlx::query_as("SELECT subject, payload_size, error FROM dead_letters")
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await
+    .into_iter()
+    .for_each(|(stored_subject, size, error)| {
+        assert_eq!((stored_subject.as_str(), size as usize), (subject.as_str(), junk.len()));
+        assert!(!error.contains("secret choice"), "the error keeps no payload: {error}");
+    });
+    eventually("the junk to leave the stream", || async { (app.queued(&deps).await == 0).then_some(()) })
+        .await;
+    // Good ballots still flow.
+    let voter = app.voter(450).await;
+    let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
+    assert_eq!(app.settled(&receipt).await["status"], "recorded");
+}
