@@ -166,7 +166,7 @@ impl Command {
                     updates_per_sec,
                     duration: std::time::Duration::from_secs(seconds),
                 };
-                let report = crate::bench::viewers::run(&settings, config.as_deref(), options).await?;
+                let report = crate::bench::viewers::run(&settings, config, options).await?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             }
