@@ -107,6 +107,9 @@ async fn live(
     let pace = state.pace();
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
+    // Viewers only ever send pongs and a close, and frames are small:
+    // small buffers keep a connection to a few KiB instead of ~256 KiB.
+    let upgrade = upgrade.read_buffer_size(4 * 1024).write_buffer_size(4 * 1024).max_message_size(16 * 1024);
     Ok(upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
             let _viewer = limit::Gauge::viewer("websocket");
