@@ -149,6 +149,11 @@ pub async fn run(
     while viewers.join_next().await.is_some() {}
     let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    // The benchmark's election should not linger in the live lists.
+    sqlx::query("UPDATE elections SET cancelled_at = now() WHERE election_id = $1")
+        .bind(election)
+        .execute(&db)
+        .await?;
 
     let messages = latencies.count();
     Ok(Report {

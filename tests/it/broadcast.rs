@@ -267,3 +267,23 @@ async fn viewers_converge_after_redis_goes_away_and_comes_back_empty() {
     viewer.close(None).await.ok();
     let _ = viewer.send(Message::Close(None)).await;
 }
+
+#[tokio::test]
+async fn a_viewer_that_stops_answering_pings_is_dropped() {
+    let app = spawn_app_with(::tally::app::Roles::ALL, |s| {
+        s.broadcaster.ping_interval_secs = 1;
+        s.broadcaster.max_viewers_per_ip = 1;
+    })
+    .await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    // Connected, then silent: it never reads, so it never answers a ping.
+    let _silent = watch(&app, election).await;
+    let url = format!("{}/v1/elections/{election}/live", app.broadcaster.replace("http://", "ws://"));
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err(), "the silent viewer holds the only place");
+    // Within a bounded time the server drops it and the place frees up.
+    let mut viewer = crate::helpers::eventually("the silent viewer to be dropped", || async {
+        tokio_tungstenite::connect_async(&url).await.ok().map(|(socket, _)| socket)
+    })
+    .await;
+    assert_eq!(next(&mut viewer).await.unwrap()["election_id"], election);
+}
