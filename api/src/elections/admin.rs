@@ -166,22 +166,7 @@ pub async fn close(
     AdminUser(admin): AdminUser,
     Path(id): Path<i64>,
 ) -> Result<Json<ElectionView>, ApiError> {
-    let now = OffsetDateTime::now_utc();
-    let mut tx = state.deps.db.begin().await?;
-    let before = lock(&state, &mut tx, id).await?;
-    if before.status(now) != Status::Open {
-        return Err(ApiError::conflict("election_not_open").with_detail(format!(
-            "only an open election can be closed; this one is {}",
-            before.status(now).as_str()
-        )));
-    }
-    sqlx::query("UPDATE elections SET closed_at = $2, updated_at = now() WHERE election_id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    let before = ElectionView::of(&before, now);
-    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.close", id, Some(before)).await?))
+    end(&state, admin.citizen_id, id, Ending::Close).await
 }
 
 #[utoipa::path(post, operation_id = "cancel_election", path = "/v1/elections/{id}/cancel", tag = "admin", security(("bearer" = [])),
@@ -192,21 +177,56 @@ pub async fn cancel(
     AdminUser(admin): AdminUser,
     Path(id): Path<i64>,
 ) -> Result<Json<ElectionView>, ApiError> {
+    end(&state, admin.citizen_id, id, Ending::Cancel).await
+}
+
+/// The two ways an admin ends an election early.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Voting stops now; what was accepted so far counts.
+    Close,
+    /// The election is void.
+    Cancel,
+}
+
+impl Ending {
+    fn check(self, status: Status) -> Result<(), ApiError> {
+        match (self, status) {
+            (Ending::Close, Status::Open) | (Ending::Cancel, Status::Scheduled | Status::Open) => Ok(()),
+            (Ending::Close, status) => Err(ApiError::conflict("election_not_open").with_detail(format!(
+                "only an open election can be closed; this one is {}",
+                status.as_str()
+            ))),
+            (Ending::Cancel, status) => Err(ApiError::conflict("election_ended")
+                .with_detail(format!("this election is already {}", status.as_str()))),
+        }
+    }
+
+    fn statement(self) -> &'static str {
+        match self {
+            Ending::Close => "UPDATE elections SET closed_at = $2, updated_at = now() WHERE election_id = $1",
+            Ending::Cancel => {
+                "UPDATE elections SET cancelled_at = $2, updated_at = now() WHERE election_id = $1"
+            }
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Ending::Close => "election.close",
+            Ending::Cancel => "election.cancel",
+        }
+    }
+}
+
+async fn end(state: &ApiState, actor: i64, id: i64, ending: Ending) -> Result<Json<ElectionView>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
-    let before = lock(&state, &mut tx, id).await?;
-    let status = before.status(now);
-    if matches!(status, Status::Closed | Status::Cancelled) {
-        return Err(ApiError::conflict("election_ended")
-            .with_detail(format!("this election is already {}", status.as_str())));
-    }
-    sqlx::query("UPDATE elections SET cancelled_at = $2, updated_at = now() WHERE election_id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    let before = lock(state, &mut tx, id).await?;
+    ending.check(before.status(now))?;
+    sqlx::query(ending.statement()).bind(id).bind(now).execute(&mut *tx).await?;
     let before = ElectionView::of(&before, now);
-    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.cancel", id, Some(before)).await?))
+    Ok(Json(commit_audited(state, tx, actor, ending.action(), id, Some(before)).await?))
 }
 
 /// Locks the election's row for this transaction and loads it.
