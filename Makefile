@@ -5,7 +5,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools chromium
+.PHONY: up test services build fmt lint unit tools packages monitoring
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -14,14 +14,30 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint unit
+test: services tools fmt lint monitoring unit
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
-tools: $(VENV)/.installed tests/browser/node_modules/.installed chromium
+tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
 
-chromium:
-	@command -v chromium >/dev/null || { sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm >/dev/null; }
+## packages: Debian's Chromium, Node, Prometheus (with promtool) and the Postgres/Redis exporters
+packages:
+	@missing=""; \
+	for pair in chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
+	            prometheus-postgres-exporter:prometheus-postgres-exporter \
+	            prometheus-redis-exporter:prometheus-redis-exporter; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  echo "==> installing$$missing"; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+## monitoring: Prometheus configuration and alert rules, with the rules' unit tests
+monitoring: packages
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts.test.yml
 
 tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund --silent

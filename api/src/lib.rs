@@ -43,7 +43,43 @@ pub fn router(state: ApiState) -> Router {
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }
 
+/// The api role's counters, at zero before the first event.
+fn register_metrics() {
+    use tally_common::telemetry::zero_counters;
+    metrics::counter!("tally_votes_accepted_total").increment(0);
+    zero_counters(
+        "tally_votes_refused_total",
+        "reason",
+        &[
+            "election_not_open",
+            "invalid_selection",
+            "already_voted",
+            "too_young",
+            "wrong_province",
+            "not_open",
+            "cancelled",
+        ],
+    );
+    zero_counters("tally_publish_failures_total", "kind", &["timeout", "refused"]);
+    zero_counters(
+        "tally_auth_failures_total",
+        "reason",
+        &[
+            "missing",
+            "malformed",
+            "expired",
+            "signature",
+            "revoked",
+            "invalid_credentials",
+            "reused",
+            "not_admin",
+        ],
+    );
+    zero_counters("tally_rate_limited_total", "scope", &["login-ip", "login-citizen"]);
+}
+
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    register_metrics();
     let state = ApiState::new(deps)?;
     let redis = tally_common::store::client(&state.deps.settings.redis)?;
     let follower = tokio::spawn(state.elections.clone().follow(

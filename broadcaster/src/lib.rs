@@ -59,7 +59,19 @@ pub fn router(state: BroadcasterState) -> Router {
     tally_common::http::public_stack(routes, &settings.http)
 }
 
+/// The broadcaster's series, at zero before the first viewer.
+fn register_metrics() {
+    use tally_common::telemetry::zero_counters;
+    for transport in ["websocket", "sse"] {
+        metrics::gauge!("tally_viewers", "transport" => transport).increment(0.0);
+    }
+    zero_counters("tally_broadcast_messages_total", "transport", &["websocket", "sse"]);
+    zero_counters("tally_broadcast_coalesced_total", "transport", &["websocket", "sse"]);
+    zero_counters("tally_broadcast_dropped_total", "reason", &["send_timeout", "no_pong"]);
+}
+
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    register_metrics();
     let hub = Hub::new(deps.clone(), shutdown.clone());
     let redis = tally_common::store::client(&deps.settings.redis)?;
     let source = tokio::spawn(source::follow(hub.clone(), redis, shutdown.clone()));

@@ -3,7 +3,7 @@
 
 pub fn record() {
     if let Some((cpu_seconds, rss_bytes)) = cpu_and_rss() {
-        metrics::gauge!("tally_process_cpu_seconds_total").set(cpu_seconds);
+        metrics::gauge!("tally_process_cpu_seconds").set(cpu_seconds);
         metrics::gauge!("tally_process_resident_memory_bytes").set(rss_bytes);
     }
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {

@@ -19,9 +19,10 @@ pub struct Exceeded {
 }
 
 /// Counts one attempt against `key`; `Err` once more than `limit` were made
-/// within the window.
+/// within the window. `scope` names the limit in metrics.
 pub async fn hit(
     redis: &Redis,
+    scope: &'static str,
     key: &str,
     limit: u32,
     window_secs: u64,
@@ -34,7 +35,7 @@ pub async fn hit(
         .await
         .map_err(|e| anyhow::anyhow!("rate limit check: {e}"))?;
     if count > u64::from(limit) {
-        metrics::counter!("tally_rate_limited_total").increment(1);
+        metrics::counter!("tally_rate_limited_total", "scope" => scope).increment(1);
         Ok(Err(Exceeded { retry_after_secs: ttl.max(1) as u64 }))
     } else {
         Ok(Ok(()))

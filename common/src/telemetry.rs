@@ -10,11 +10,19 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
 
+const PAYLOAD_LOGGING_TARGETS: &[&str] = &["async_nats=debug"];
+
 /// Installs the global subscriber. A second call (several apps in one test
 /// process) keeps the first.
 pub fn init_tracing(settings: &LogSettings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.filter)
+    let mut filter = EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("invalid setting `log.filter` (env TALLY_LOG__FILTER): {e}"))?;
+    // The NATS client logs whole messages at trace level, and a ballot
+    // pairs a citizen with a choice. Whatever the filter says, that target
+    // stops at debug.
+    for cap in PAYLOAD_LOGGING_TARGETS {
+        filter = filter.add_directive(cap.parse()?);
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
         LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init(),
@@ -57,6 +65,14 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Creates a counter at zero for each known label value, so rates and
+/// alerts see a series from the start rather than none.
+pub fn zero_counters(name: &'static str, label: &'static str, values: &[&'static str]) {
+    for value in values {
+        metrics::counter!(name, label => *value).increment(0);
+    }
 }
 
 fn describe() {

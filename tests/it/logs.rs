@@ -7,18 +7,21 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{Cleanup, Namespace, PASSWORD, add_citizen, phone_of};
+use crate::helpers::{
+    Cleanup, ElectionSpec, Namespace, PASSWORD, RUNNERS, add_citizen, insert_election, phone_of,
+};
 
 #[tokio::test]
-async fn an_auth_flow_logs_no_secrets_at_any_level() {
+async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     let ns = Namespace::new();
     let _cleanup = Cleanup(ns.clone());
     let db = ns.create_database().await;
     add_citizen(&db, 4242, "Capital", "1990-01-01").await;
+    let election = insert_election(&db, ElectionSpec::default()).await;
     let settings = ns.settings();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--roles", "api"])
+        .args(["serve"])
         .env("TALLY_DATABASE__URL", settings.database.url.expose())
         .env("TALLY_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env("TALLY_NATS__STREAM", &settings.nats.stream)
@@ -106,6 +109,35 @@ async fn an_auth_flow_logs_no_secrets_at_any_level() {
         .await
         .ok();
     client.get(format!("{api}/v1/me")).bearer_auth(&access2).send().await.expect("me");
+    // The reuse above ended that session; sign in again to vote.
+    let fresh: serde_json::Value = client
+        .post(format!("{api}/v1/auth/login"))
+        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let access3 = fresh["access_token"].as_str().expect("access").to_string();
+    let ballot = client
+        .post(format!("{api}/v1/elections/{election}/ballots"))
+        .bearer_auth(&access3)
+        .json(&serde_json::json!({"selections": [RUNNERS[1]]}))
+        .send()
+        .await
+        .expect("ballot");
+    assert_eq!(ballot.status(), 202);
+    let receipt = ballot.json::<serde_json::Value>().await.expect("json")["receipt"]
+        .as_str()
+        .expect("receipt")
+        .to_string();
+    crate::helpers::eventually("the ballot to be recorded", || async {
+        let status: serde_json::Value =
+            client.get(format!("{api}/v1/receipts/{receipt}")).send().await.ok()?.json().await.ok()?;
+        (status["status"] == "recorded").then_some(())
+    })
+    .await;
     client.post(format!("{api}/v1/auth/logout")).bearer_auth(&access).send().await.expect("logout");
 
     // SIGTERM: the process drains and exits cleanly.
@@ -125,6 +157,17 @@ async fn an_auth_flow_logs_no_secrets_at_any_level() {
         .await
         .expect("hash");
     assert!(logs.contains("/v1/auth/login"), "requests were logged with their route:\n{logs}");
+    let request_line = logs
+        .lines()
+        .find(|l| l.contains("\"route\":\"/v1/elections/{id}/ballots\"") && l.contains("\"status\":202"))
+        .expect("the ballot request has a JSON log line");
+    let fields: serde_json::Value = serde_json::from_str(request_line).expect("one JSON object per line");
+    for field in ["timestamp", "level", "target"] {
+        assert!(fields[field].is_string(), "{field} in {request_line}");
+    }
+    for field in ["request_id", "route", "method", "status", "latency_ms"] {
+        assert!(!fields["span"][field].is_null(), "span.{field} in {request_line}");
+    }
     assert!(logs.contains("refresh token reused"), "the reuse warning was logged");
     for (what, secret) in [
         ("password", PASSWORD),
@@ -134,10 +177,15 @@ async fn an_auth_flow_logs_no_secrets_at_any_level() {
         ("phone", phone.as_str()),
         ("access token", access.as_str()),
         ("rotated access token", access2.as_str()),
+        ("voting access token", access3.as_str()),
         ("refresh token", refresh.as_str()),
         ("rotated refresh token", refresh2.as_str()),
         ("token signature", access.rsplit('.').next().expect("signature")),
+        ("the ballot's selections", &format!("[{}]", RUNNERS[1])),
+        ("the ballot's runner", &RUNNERS[1].to_string()),
+        ("date of birth", "1990-01-01"),
     ] {
-        assert!(!logs.contains(secret), "the {what} appears in the logs");
+        let leak = logs.lines().find(|l| l.contains(secret)).unwrap_or_default();
+        assert!(leak.is_empty(), "the {what} appears in the logs: {leak}");
     }
 }

@@ -10,6 +10,7 @@ mod helpers;
 mod identity;
 mod logs;
 mod model;
+mod observability;
 mod openapi;
 mod pipeline;
 mod registry;

@@ -4,6 +4,7 @@
 //! redelivery and the same end state.
 
 pub mod consume;
+pub mod queue_stats;
 pub mod reconcile;
 pub mod record;
 
@@ -12,13 +13,37 @@ use std::time::Duration;
 use tally_common::Deps;
 use tokio_util::sync::CancellationToken;
 
+/// The workers' counters, at zero before the first event.
+fn register_metrics() {
+    use tally_common::telemetry::zero_counters;
+    for name in [
+        "tally_votes_recorded_total",
+        "tally_votes_duplicates_skipped_total",
+        "tally_worker_redeliveries_total",
+        "tally_dead_letters_total",
+        "tally_reconcile_drift_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    zero_counters(
+        "tally_votes_rejected_total",
+        "reason",
+        &["already_voted", "election_closed", "invalid_selection", "unknown_election"],
+    );
+    zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis"]);
+    metrics::gauge!("tally_reconcile_drift").set(0.0);
+}
+
 pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> {
+    register_metrics();
     let reconciler = tokio::spawn(reconcile::periodically(
         deps.clone(),
         Duration::from_secs(deps.settings.workers.reconcile_interval_secs),
         shutdown.clone(),
     ));
+    let stats = tokio::spawn(queue_stats::poll(deps.clone(), shutdown.clone()));
     let consumed = consume::run(&deps, &shutdown).await;
     reconciler.abort();
+    stats.abort();
     consumed
 }

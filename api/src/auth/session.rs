@@ -66,7 +66,7 @@ pub async fn login(
         ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
     ] {
         let key = keys.rate_limit(scope, &subject);
-        if let Err(exceeded) = rate_limit::hit(&state.deps.redis, &key, limit, auth.login_window_secs)
+        if let Err(exceeded) = rate_limit::hit(&state.deps.redis, scope, &key, limit, auth.login_window_secs)
             .await
             .map_err(|e| ApiError::unavailable(e, 1))?
         {
