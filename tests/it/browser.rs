@@ -45,3 +45,28 @@ async fn the_live_page_shows_new_votes_as_they_are_cast() {
     assert_eq!(report["errors"], serde_json::json!([]));
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000, "a screenshot was saved");
 }
+
+#[tokio::test]
+async fn the_api_documentation_renders_every_operation() {
+    let app = spawn_app().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::create_dir_all(format!("{root}/artifacts")).unwrap();
+    let screenshot = format!("{root}/artifacts/api-docs.png");
+    let output = tokio::process::Command::new("node")
+        .arg(format!("{root}/tests/browser/docs_page.mjs"))
+        .arg(format!("{}/docs/", app.api))
+        .arg(&screenshot)
+        .output()
+        .await
+        .expect("node runs (make tools installs playwright-core and Chromium)");
+    assert!(output.status.success(), "the docs check failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON report");
+    assert!(report["title"].as_str().unwrap().starts_with("Tally API"), "{report}");
+    let operations: Vec<&str> =
+        report["operations"].as_array().unwrap().iter().filter_map(|o| o.as_str()).collect();
+    let documented: serde_json::Value = app.get_json("/openapi.json").await;
+    let expected: usize =
+        documented["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(operations.len(), expected, "every documented operation is on the page: {operations:?}");
+    assert!(operations.iter().any(|o| o.contains("/v1/elections/{id}/ballots")));
+}
