@@ -180,8 +180,8 @@ impl Command {
                 };
                 let report = tally_workers::reconcile::reconcile(&deps, election).await?;
                 println!(
-                    "reconciled {} elections: drift {}, {} tallies rewritten",
-                    report.elections, report.drift, report.repaired
+                    "reconciled {} elections: drift {}, {} tallies rewritten, {} voters restored to voter sets",
+                    report.elections, report.drift, report.repaired, report.voters_restored
                 );
                 Ok(())
             }

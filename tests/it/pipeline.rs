@@ -220,17 +220,25 @@ async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
 }
 
 #[tokio::test]
-async fn reconcile_restores_a_flushed_tally() {
+async fn reconcile_restores_a_flushed_tally_and_voter_set() {
     let app = spawn_app().await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut voters = Vec::new();
     for citizen in 140..146 {
         let voter = app.voter(citizen).await;
         app.cast(&voter.access, election, &[RUNNERS[usize::from(citizen < 142)]]).await;
+        voters.push(voter);
     }
     app.recorded(election, 6).await;
     let (pg, _) = app.totals(election).await;
     let mut redis = app.deps().await.redis;
-    let _: () = redis::cmd("DEL").arg(app.keys().tally(election)).query_async(&mut redis).await.unwrap();
+    // As if Redis restarted without its data.
+    let _: () = redis::cmd("DEL")
+        .arg(app.keys().tally(election))
+        .arg(app.keys().voters(election))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert_eq!(app.totals(election).await.1, vec![(RUNNERS[0], 0), (RUNNERS[1], 0)]);
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
@@ -243,14 +251,22 @@ async fn reconcile_restores_a_flushed_tally() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("drift 12"),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("drift 12") && stdout.contains("6 voters restored"), "{stdout}");
     assert_eq!(app.totals(election).await.1, pg);
     let snapshot = tally_common::tally::read(&redis, &app.keys(), election).await.unwrap();
     assert_eq!(snapshot.turnout, 6);
+    // The API's fast path knows these voters again.
+    let known: i64 =
+        redis::cmd("SCARD").arg(app.keys().voters(election)).query_async(&mut redis).await.unwrap();
+    assert_eq!(known, 6);
+    let mine: serde_json::Value = app
+        .get_as(&format!("/v1/elections/{election}/ballot"), &voters[0].access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["voted"], true);
 }
 
 #[tokio::test]

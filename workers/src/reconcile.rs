@@ -13,7 +13,12 @@ pub struct Report {
     /// Sum over elections of |turnout difference| + Σ |runner difference|.
     pub drift: i64,
     pub repaired: usize,
+    /// Voters put back into elections' Redis voter sets.
+    pub voters_restored: u64,
 }
+
+/// Voter-roll rows copied to Redis per round trip when a voter set is rebuilt.
+const VOTER_CHUNK: i64 = 10_000;
 
 pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Report> {
     let heads: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -33,6 +38,7 @@ pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Rep
         .await?;
         let cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
         report.elections += 1;
+        report.voters_restored += restore_voters(deps, election_id, turnout).await?;
         if cached.version > version {
             // A worker committed and wrote Redis after we read Postgres.
             continue;
@@ -73,4 +79,38 @@ pub async fn periodically(deps: Deps, every: Duration, shutdown: CancellationTok
             tracing::warn!(error = format!("{e:#}"), "reconcile pass failed");
         }
     }
+}
+
+/// The voter set answers "already voted" on the API's fast path. If Redis
+/// lost it (a restart without persistence), it is rebuilt from the voter
+/// roll, so a second ballot is refused at once again rather than accepted
+/// and then rejected by a worker.
+async fn restore_voters(deps: &Deps, election_id: i64, turnout: i64) -> anyhow::Result<u64> {
+    let key = deps.keys.voters(election_id);
+    let mut redis = deps.redis.clone();
+    let cached: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut redis).await?;
+    if cached >= turnout {
+        return Ok(0);
+    }
+    let mut restored = 0;
+    let mut after = 0_i64;
+    loop {
+        let citizens: Vec<i64> = sqlx::query_scalar(
+            "SELECT citizen_id FROM voter_roll WHERE election_id = $1 AND citizen_id > $2
+             ORDER BY citizen_id LIMIT $3",
+        )
+        .bind(election_id)
+        .bind(after)
+        .bind(VOTER_CHUNK)
+        .fetch_all(&deps.db)
+        .await?;
+        let Some(last) = citizens.last().copied() else { break };
+        let added: u64 = redis::cmd("SADD").arg(&key).arg(&citizens).query_async(&mut redis).await?;
+        restored += added;
+        after = last;
+    }
+    if restored > 0 {
+        tracing::warn!(election_id, restored, "voter set rebuilt from the voter roll");
+    }
+    Ok(restored)
 }
