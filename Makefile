@@ -5,7 +5,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring
+.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -14,7 +14,7 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint monitoring unit
+test: services tools fmt lint monitoring unit load-smoke
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
@@ -22,7 +22,7 @@ tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
 ## packages: Debian's Chromium, Node, Prometheus (with promtool) and the Postgres/Redis exporters
 packages:
 	@missing=""; \
-	for pair in chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
+	for pair in curl:curl psql:postgresql-client redis-cli:redis-tools chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
 	            prometheus-postgres-exporter:prometheus-postgres-exporter \
 	            prometheus-redis-exporter:prometheus-redis-exporter; do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
@@ -62,3 +62,12 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
+
+## load-smoke: the k6 scripts for a few seconds against a fresh stack (debug build)
+load-smoke: tools
+	$(CARGO) build --bin tally
+	TALLY_BIN=target/debug/tally scripts/load.sh smoke
+
+## load: the k6 scripts at load against a fresh stack (release build)
+load: services tools build
+	TALLY_BIN=$(TALLY_RELEASE) scripts/load.sh full

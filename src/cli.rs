@@ -86,6 +86,26 @@ enum CitizensCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// N ballots through the whole stack; also the one-transaction-per-vote design for comparison.
+    E2e {
+        #[arg(long, default_value_t = 100_000)]
+        voters: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Offer ballots at this rate (per second) instead of as fast as possible.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Votes for the naive comparison; 0 skips it.
+        #[arg(long, default_value_t = 20_000)]
+        naive_votes: u64,
+    },
+    /// Write N voters' tokens and an open election as JSON, for k6.
+    Provision {
+        #[arg(long)]
+        voters: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// K WebSocket viewers on one broadcaster process while tallies change.
     Viewers {
         #[arg(long, default_value_t = 10_000)]
@@ -158,6 +178,27 @@ impl Command {
                 let pool = tally_common::db::pool(&settings.database)?;
                 let report = crate::seed::seed_demo(&pool, citizens).await.context("seeding the demo")?;
                 println!("{report}");
+                Ok(())
+            }
+            Command::Bench(BenchCommand::E2e { voters, connections, rate, naive_votes }) => {
+                let options = crate::bench::e2e::Options { voters, connections, rate, naive_votes };
+                let report = crate::bench::e2e::run(&settings, config, options).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Provision { voters, output }) => {
+                let db = tally_common::db::pool(&settings.database)?;
+                let first: i64 = sqlx::query_scalar(
+                    "SELECT GREATEST(COALESCE(MAX(citizen_id) + 1, $1), $1) FROM citizens WHERE citizen_id < $2",
+                )
+                .bind(crate::bench::provision::FIRST_VOTER)
+                .bind(crate::bench::provision::RUNNERS[0])
+                .fetch_one(&db)
+                .await?;
+                let provisioned = crate::bench::provision::provision(&settings, voters, first).await?;
+                std::fs::write(&output, serde_json::to_vec(&provisioned)?)
+                    .with_context(|| format!("writing {}", output.display()))?;
+                println!("{voters} voters for election {} in {}", provisioned.election_id, output.display());
                 Ok(())
             }
             Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {

@@ -1,9 +1,11 @@
 //! `tally bench`: measurements on this machine, printed as a table and
 //! as JSON.
 
+pub mod e2e;
+pub mod provision;
 pub mod viewers;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Latencies in a fixed histogram of 1 ms buckets (up to 60 s), cheap to
 /// record from many tasks at once.
@@ -44,6 +46,24 @@ impl Latencies {
             }
         }
         None
+    }
+}
+
+/// Waits until the process with this admin port answers `/readyz` 200.
+pub async fn wait_ready(admin: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok();
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stack did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

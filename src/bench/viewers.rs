@@ -15,6 +15,7 @@ use tally_common::Settings;
 use tally_common::tally::{self, Totals};
 use time::OffsetDateTime;
 
+use super::provision::RUNNERS;
 use super::{Latencies, rss_bytes};
 
 pub struct Options {
@@ -38,8 +39,6 @@ pub struct Report {
     pub broadcaster_rss_mib: Option<f64>,
 }
 
-const RUNNERS: [i64; 2] = [990_000_001, 990_000_002];
-
 pub async fn run(
     settings: &Settings,
     config: Option<&std::path::Path>,
@@ -48,7 +47,7 @@ pub async fn run(
     let db = tally_common::db::pool(&settings.database)?;
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
-    let election = bench_election(&db).await?;
+    let election = super::provision::open_election(&db, "Benchmark election (viewers)").await?;
 
     let port = free_port()?;
     let admin = free_port()?;
@@ -64,7 +63,7 @@ pub async fn run(
         .spawn()
         .context("starting a broadcaster")?;
     let pid = child.id().context("broadcaster pid")?;
-    wait_ready(admin).await?;
+    super::wait_ready(admin).await?;
 
     // Version → when it was published, to measure each arrival against.
     let published: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
@@ -180,55 +179,10 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn wait_ready(admin: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.ok();
-            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the broadcaster did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn current_version(
     redis: &tally_common::store::Redis,
     keys: &tally_common::store::Keys,
     election: i64,
 ) -> anyhow::Result<i64> {
     Ok(tally::read(redis, keys, election).await?.version)
-}
-
-/// An open election with two runners, made for the benchmark.
-async fn bench_election(db: &sqlx::PgPool) -> anyhow::Result<i64> {
-    for (id, name) in RUNNERS.iter().zip(["Bench Runner A", "Bench Runner B"]) {
-        sqlx::query(
-            "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
-             VALUES ($1, $2, '1970-01-01', 'Capital', '1 Bench Road', 'Capital') ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(name)
-        .execute(db)
-        .await?;
-    }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at) VALUES ('Benchmark election', now(), now() + interval '1 hour')
-         RETURNING election_id",
-    )
-    .fetch_one(db)
-    .await?;
-    for runner in RUNNERS {
-        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'Chair')")
-            .bind(id)
-            .bind(runner)
-            .execute(db)
-            .await?;
-    }
-    Ok(id)
 }

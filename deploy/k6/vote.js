@@ -1,0 +1,39 @@
+// Casting ballots with pre-issued tokens (see `tally bench provision`),
+// then polling each receipt. Every voter votes once.
+//   k6 run -e API=http://127.0.0.1:8080 -e VOTERS_FILE=voters.json vote.js
+import http from "k6/http";
+import exec from "k6/execution";
+import { check } from "k6";
+import { SharedArray } from "k6/data";
+
+const API = __ENV.API || "http://127.0.0.1:8080";
+const voters = JSON.parse(open(__ENV.VOTERS_FILE));
+const tokens = new SharedArray("tokens", () => voters.tokens);
+
+export const options = {
+  scenarios: {
+    vote: {
+      executor: "shared-iterations",
+      vus: Number(__ENV.VUS || 32),
+      iterations: tokens.length,
+      maxDuration: __ENV.MAX_DURATION || "5m",
+    },
+  },
+  thresholds: {
+    http_req_failed: ["rate<0.01"],
+    "http_req_duration{name:ballot}": ["p(95)<250", "p(99)<500"],
+    "checks{check:ballot accepted}": ["rate>0.99"],
+  },
+};
+
+export default function () {
+  const i = exec.scenario.iterationInTest;
+  const headers = { authorization: `Bearer ${tokens[i]}`, "content-type": "application/json" };
+  const body = JSON.stringify({ selections: [voters.runners[i % voters.runners.length]] });
+  const ballot = http.post(`${API}/v1/elections/${voters.election_id}/ballots`, body, { headers, tags: { name: "ballot" } });
+  const accepted = check(ballot, { "ballot accepted": (r) => r.status === 202 }, { check: "ballot accepted" });
+  if (!accepted) return;
+  const receipt = ballot.json("receipt");
+  const status = http.get(`${API}/v1/receipts/${receipt}`, { tags: { name: "receipt" } });
+  check(status, { "receipt known": (r) => r.status === 200 && ["pending", "recorded"].includes(r.json("status")) });
+}

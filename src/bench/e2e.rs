@@ -1,0 +1,245 @@
+//! End to end: N ballots through a running stack (all roles in a child
+//! process) from M concurrent connections, the clock stopped when the
+//! Redis tally shows all of them. Then the same machine and schema with
+//! the naive design: one synchronous Postgres transaction per vote.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tally_common::Settings;
+use tally_common::tally::TallyEvent;
+use uuid::Uuid;
+
+use super::provision::{FIRST_VOTER, RUNNERS, open_election, provision, retire};
+
+pub struct Options {
+    pub voters: u64,
+    pub connections: usize,
+    /// Ballots per second to offer; as fast as accepted when absent.
+    pub rate: Option<u32>,
+    /// Ballots for the naive comparison (0 to skip it).
+    pub naive_votes: u64,
+}
+
+#[derive(Serialize, Default)]
+pub struct Report {
+    pub ballots: u64,
+    pub connections: usize,
+    pub offered_rate: Option<u32>,
+    pub accepted: u64,
+    pub refused: u64,
+    pub seconds_to_tally: f64,
+    pub votes_per_sec: f64,
+    pub api_p50_ms: f64,
+    pub api_p99_ms: f64,
+    pub api_p999_ms: f64,
+    pub visible_p50_ms: f64,
+    pub visible_p99_ms: f64,
+    pub naive_votes_per_sec: Option<f64>,
+    pub pipeline_over_naive: Option<f64>,
+}
+
+pub async fn run(
+    settings: &Settings,
+    config: Option<&std::path::Path>,
+    options: Options,
+) -> anyhow::Result<Report> {
+    let db = tally_common::db::pool(&settings.database)?;
+    // Each run gets its own voters, so their ballots are all first ballots.
+    let first: i64 = sqlx::query_scalar(
+        "SELECT GREATEST(COALESCE(MAX(citizen_id) + 1, $1), $1) FROM citizens WHERE citizen_id < $2",
+    )
+    .bind(FIRST_VOTER)
+    .bind(RUNNERS[0])
+    .fetch_one(&db)
+    .await?;
+    let provisioned = provision(settings, options.voters, first).await?;
+    let election = provisioned.election_id;
+
+    let (api, admin) = (free_port()?, free_port()?);
+    let _stack = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .args(config.map(|c| vec!["--config".into(), c.as_os_str().to_owned()]).unwrap_or_default())
+        .env("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{api}"))
+        .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("TALLY_LOG__FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the stack")?;
+    super::wait_ready(admin).await?;
+
+    // Every tally event: when, and how many ballots it counts.
+    let client = tally_common::store::client(&settings.redis)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    pubsub.subscribe(keys.tally_channel(election)).await?;
+    let total = provisioned.tokens.len() as i64;
+    let events = tokio::spawn(async move {
+        let mut seen: Vec<(Instant, i64)> = Vec::new();
+        let mut messages = pubsub.on_message();
+        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            if let Ok(event) =
+                serde_json::from_str::<TallyEvent>(&message.get_payload::<String>().unwrap_or_default())
+            {
+                seen.push((Instant::now(), event.turnout));
+                if event.turnout >= total {
+                    break;
+                }
+            }
+        }
+        seen
+    });
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(options.connections).build()?;
+    let url = Arc::new(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballots"));
+    let tokens = Arc::new(provisioned.tokens);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..options.connections {
+        let (http, url, tokens, next) = (http.clone(), url.clone(), tokens.clone(), next.clone());
+        let rate = options.rate;
+        senders.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut accepted_at = Vec::new();
+            let mut refused = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = tokens.get(i) else { break };
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until(
+                        (started + Duration::from_secs_f64(i as f64 / f64::from(rate))).into(),
+                    )
+                    .await;
+                }
+                let sent = Instant::now();
+                let body = serde_json::json!({ "selections": [RUNNERS[i % 2]] });
+                let response = http.post(url.as_str()).bearer_auth(token).json(&body).send().await;
+                let done = Instant::now();
+                latencies.push(done - sent);
+                match response {
+                    Ok(r) if r.status() == 202 => accepted_at.push(done),
+                    _ => refused += 1,
+                }
+            }
+            (latencies, accepted_at, refused)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut accepted_at = Vec::new();
+    let mut refused = 0;
+    while let Some(done) = senders.join_next().await {
+        let (l, a, r) = done?;
+        latencies.extend(l);
+        accepted_at.extend(a);
+        refused += r;
+    }
+    let seen = events.await?;
+    let tallied_at = seen.iter().find(|(_, turnout)| *turnout >= accepted_at.len() as i64).map(|(at, _)| *at);
+    let seconds = tallied_at.map_or(f64::NAN, |at| (at - started).as_secs_f64());
+
+    // The k-th accepted ballot is visible once a tally counts k ballots.
+    accepted_at.sort();
+    let mut visible = Vec::with_capacity(accepted_at.len());
+    let mut e = 0;
+    for (k, accepted) in accepted_at.iter().enumerate() {
+        while e < seen.len() && seen[e].1 < (k + 1) as i64 {
+            e += 1;
+        }
+        if let Some((at, _)) = seen.get(e) {
+            visible.push(at.saturating_duration_since(*accepted));
+        }
+    }
+    latencies.sort();
+    visible.sort();
+    retire(&db, election).await?;
+
+    let mut report = Report {
+        ballots: options.voters,
+        connections: options.connections,
+        offered_rate: options.rate,
+        accepted: accepted_at.len() as u64,
+        refused,
+        seconds_to_tally: seconds,
+        votes_per_sec: accepted_at.len() as f64 / seconds,
+        api_p50_ms: quantile_ms(&latencies, 0.5),
+        api_p99_ms: quantile_ms(&latencies, 0.99),
+        api_p999_ms: quantile_ms(&latencies, 0.999),
+        visible_p50_ms: quantile_ms(&visible, 0.5),
+        visible_p99_ms: quantile_ms(&visible, 0.99),
+        ..Report::default()
+    };
+    if options.naive_votes > 0 {
+        let naive = naive(&db, options.naive_votes, options.connections, first).await?;
+        report.naive_votes_per_sec = Some(naive);
+        report.pipeline_over_naive = Some(report.votes_per_sec / naive);
+    }
+    Ok(report)
+}
+
+/// One transaction per vote, as a design without the queue would do it:
+/// voter roll, ballot box and the runner's total, committed each time.
+async fn naive(db: &sqlx::PgPool, votes: u64, connections: usize, first: i64) -> anyhow::Result<f64> {
+    let election = open_election(db, "Benchmark election (one transaction per vote)").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections.min(64) as u32)
+        .connect_with(db.connect_options().as_ref().clone())
+        .await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.min(64) {
+        let (pool, next) = (pool.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i as u64 >= votes {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                let runner = RUNNERS[i % 2];
+                let mut tx = pool.begin().await?;
+                sqlx::query("INSERT INTO voter_roll (election_id, citizen_id) VALUES ($1, $2)")
+                    .bind(election)
+                    .bind(first + i as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO ballot_box (receipt, election_id, selections) VALUES ($1, $2, $3)")
+                    .bind(Uuid::new_v4())
+                    .bind(election)
+                    .bind(vec![runner])
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE runners SET total_votes = total_votes + 1 WHERE election_id = $1 AND citizen_id = $2")
+                    .bind(election)
+                    .bind(runner)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let rate = votes as f64 / started.elapsed().as_secs_f64();
+    retire(db, election).await?;
+    Ok(rate)
+}
+
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

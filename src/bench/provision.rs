@@ -1,0 +1,103 @@
+//! Synthetic voters for load: registry citizens and user accounts written
+//! in bulk, an open election, and access tokens minted directly with the
+//! configured key, so that password hashing is not what gets measured.
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tally_common::Settings;
+use tally_common::auth::TokenKeys;
+use tally_common::domain::Role;
+use time::macros::date;
+use uuid::Uuid;
+
+use crate::registry::Citizen;
+use crate::registry::load::{BATCH, insert_batch};
+
+pub const RUNNERS: [i64; 2] = [990_000_001, 990_000_002];
+/// Bench voters' ids start here, far from demo and registry ids.
+pub const FIRST_VOTER: i64 = 800_000_000;
+
+#[derive(serde::Serialize)]
+pub struct Provisioned {
+    pub election_id: i64,
+    pub runners: Vec<i64>,
+    pub tokens: Vec<String>,
+}
+
+/// `voters` adults with accounts, ids from `first`, and a new open election.
+pub async fn provision(settings: &Settings, voters: u64, first: i64) -> anyhow::Result<Provisioned> {
+    let db = tally_common::db::pool(&settings.database)?;
+    let mut id = first;
+    let end = first + voters as i64;
+    while id < end {
+        let chunk_end = (id + BATCH as i64).min(end);
+        let citizens: Vec<Citizen> = (id..chunk_end)
+            .map(|citizen_id| Citizen {
+                citizen_id,
+                full_name: format!("Bench Voter {citizen_id}"),
+                dob: date!(1980 - 01 - 01),
+                pob: "Capital".into(),
+                permanent_address: "1 Bench Road".into(),
+                province: "Capital".into(),
+            })
+            .collect();
+        insert_batch(&db, &citizens).await?;
+        let ids: Vec<i64> = (id..chunk_end).collect();
+        // A hash no password verifies against: these accounts never log in.
+        sqlx::query(
+            "INSERT INTO users (citizen_id, password_hash, phone)
+             SELECT c, '$argon2id$v=19$m=19456,t=2,p=1$bench$account-without-password', '+1' || (2000000000 + c)::text
+             FROM UNNEST($1::bigint[]) AS c ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .execute(&db)
+        .await
+        .context("creating bench accounts")?;
+        id = chunk_end;
+    }
+    let election_id = open_election(&db, "Benchmark election").await?;
+    let keys = TokenKeys::from_settings(&settings.auth);
+    let tokens = (first..end)
+        .map(|citizen| {
+            keys.sign(&keys.claims(citizen, Uuid::new_v4(), Role::Voter, "Capital", date!(1980 - 01 - 01)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Provisioned { election_id, runners: RUNNERS.to_vec(), tokens })
+}
+
+/// An open election with the two bench runners.
+pub async fn open_election(db: &PgPool, name: &str) -> anyhow::Result<i64> {
+    for (id, runner) in RUNNERS.iter().zip(["Bench Runner A", "Bench Runner B"]) {
+        sqlx::query(
+            "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
+             VALUES ($1, $2, '1970-01-01', 'Capital', '1 Bench Road', 'Capital') ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(runner)
+        .execute(db)
+        .await?;
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO elections (name, start_at, end_at) VALUES ($1, now(), now() + interval '1 day') RETURNING election_id",
+    )
+    .bind(name)
+    .fetch_one(db)
+    .await?;
+    for runner in RUNNERS {
+        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'Chair')")
+            .bind(id)
+            .bind(runner)
+            .execute(db)
+            .await?;
+    }
+    Ok(id)
+}
+
+/// Ends a bench election so it does not linger in live lists.
+pub async fn retire(db: &PgPool, election_id: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE elections SET cancelled_at = now() WHERE election_id = $1")
+        .bind(election_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
