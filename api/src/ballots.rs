@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tally_common::auth::AuthUser;
+use tally_common::auth::{AuthUser, SignedUser};
 use tally_common::ballot::{VoteCommand, check_selections};
 use tally_common::bus::{self, PublishError, Stored};
 use tally_common::election::{Status, VoterFacts, eligibility};
@@ -55,7 +55,7 @@ pub struct BallotAccepted {
     ))]
 pub async fn cast(
     State(state): State<ApiState>,
-    voter: AuthUser,
+    SignedUser(voter): SignedUser,
     Path(election_id): Path<i64>,
     Json(request): Json<BallotRequest>,
 ) -> Result<(StatusCode, Json<BallotAccepted>), ApiError> {
@@ -82,7 +82,18 @@ pub async fn cast(
     }
     check_selections(&request.selections, &election.runners)
         .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
-    if already_voted(&state, election_id, voter.citizen_id).await? {
+    // One round trip: is the session still valid, has this voter voted?
+    let mut checks = redis::pipe();
+    state.verifier.revocation_check(&mut checks, voter.session_id);
+    checks.cmd("SISMEMBER").arg(state.deps.keys.voters(election_id)).arg(voter.citizen_id);
+    let (revoked, voted): (bool, bool) = checks
+        .query_async(&mut state.deps.redis.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1))?;
+    if revoked {
+        return Err(tally_common::auth::Verifier::revoked());
+    }
+    if voted {
         return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
     }
 
@@ -94,6 +105,7 @@ pub async fn cast(
         accepted_at: now,
     };
     let settings = &state.deps.settings.nats;
+    let receipt = command.receipt;
     let started = std::time::Instant::now();
     let stored = bus::publish_acked(
         &state.deps.jetstream,
@@ -119,9 +131,10 @@ pub async fn cast(
             );
         }
     }
+    // Before answering, so the receipt is known the moment the client has it.
     remember_pending(&state, &command).await;
     metrics::counter!("tally_votes_accepted_total").increment(1);
-    Ok((StatusCode::ACCEPTED, Json(BallotAccepted { receipt: command.receipt, status: "pending" })))
+    Ok((StatusCode::ACCEPTED, Json(BallotAccepted { receipt, status: "pending" })))
 }
 
 fn refused(code: &'static str) -> ApiError {

@@ -42,6 +42,17 @@ fn refuse(reason: &'static str, code: &'static str) -> ApiError {
 
 impl Verifier {
     pub async fn authenticate(&self, parts: &Parts) -> Result<AuthUser, ApiError> {
+        let user = self.signed_user(parts)?;
+        if self.is_revoked(user.session_id).await? {
+            return Err(refuse("revoked", "session_revoked"));
+        }
+        Ok(user)
+    }
+
+    /// The token's claims, checked for everything but revocation. Only for
+    /// handlers that then call `check_revocation` themselves, folded into a
+    /// round trip they make anyway.
+    pub fn signed_user(&self, parts: &Parts) -> Result<AuthUser, ApiError> {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| refuse("missing", "missing_token"))?;
         let token = header
             .to_str()
@@ -52,11 +63,17 @@ impl Verifier {
             TokenError::Expired => refuse("expired", "token_expired"),
             TokenError::Invalid(reason) => refuse(reason, "invalid_token"),
         })?;
-        let user = user_of(claims).ok_or_else(|| refuse("malformed", "invalid_token"))?;
-        if self.is_revoked(user.session_id).await? {
-            return Err(refuse("revoked", "session_revoked"));
-        }
-        Ok(user)
+        user_of(claims).ok_or_else(|| refuse("malformed", "invalid_token"))
+    }
+
+    /// Adds the revocation check for `session` to a pipeline.
+    pub fn revocation_check(&self, pipe: &mut redis::Pipeline, session: Uuid) {
+        pipe.cmd("EXISTS").arg(self.keys.revoked_session(&session.to_string()));
+    }
+
+    /// The refusal for a revoked session, counted like the extractor's.
+    pub fn revoked() -> ApiError {
+        refuse("revoked", "session_revoked")
     }
 
     /// Revocations live in Redis so every replica sees a logout at once.
@@ -130,5 +147,24 @@ where
             return Err(ApiError::forbidden("forbidden").with_detail("this action needs an administrator"));
         }
         Ok(AdminUser(user))
+    }
+}
+
+/// Like `AuthUser`, but the session's revocation is not checked yet: the
+/// handler must call `Verifier::revocation_check` in its own Redis round
+/// trip and refuse with `Verifier::revoked()`.
+#[derive(Clone, Debug)]
+pub struct SignedUser(pub AuthUser);
+
+impl<S> FromRequestParts<S> for SignedUser
+where
+    Verifier: axum::extract::FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let verifier = <Verifier as axum::extract::FromRef<S>>::from_ref(state);
+        verifier.signed_user(parts).map(SignedUser)
     }
 }

@@ -6,6 +6,6 @@ pub mod password;
 pub mod refresh;
 pub mod tokens;
 
-pub use extract::{AdminUser, AuthUser, Verifier};
+pub use extract::{AdminUser, AuthUser, SignedUser, Verifier};
 pub use password::Passwords;
 pub use tokens::{Claims, TokenError, TokenKeys};
