@@ -112,10 +112,6 @@ impl App {
             .map_err(|_| anyhow::anyhow!("stopped before ready"))
     }
 
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Waits for the process to finish (after its shutdown token fires).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("app task panicked")?

@@ -188,13 +188,7 @@ impl Command {
             }
             Command::Bench(BenchCommand::Provision { voters, output }) => {
                 let db = tally_common::db::pool(&settings.database)?;
-                let first: i64 = sqlx::query_scalar(
-                    "SELECT GREATEST(COALESCE(MAX(citizen_id) + 1, $1), $1) FROM citizens WHERE citizen_id < $2",
-                )
-                .bind(crate::bench::provision::FIRST_VOTER)
-                .bind(crate::bench::provision::RUNNERS[0])
-                .fetch_one(&db)
-                .await?;
+                let first = crate::bench::provision::next_voter_id(&db).await?;
                 let provisioned = crate::bench::provision::provision(&settings, voters, first).await?;
                 std::fs::write(&output, serde_json::to_vec(&provisioned)?)
                     .with_context(|| format!("writing {}", output.display()))?;

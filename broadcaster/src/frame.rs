@@ -12,8 +12,6 @@ use time::OffsetDateTime;
 #[derive(Debug)]
 pub struct Frame {
     pub version: i64,
-    pub status: Status,
-    pub is_final: bool,
     /// When the oldest ballot in this version was accepted, for the
     /// accepted-to-viewer delay.
     pub oldest_accepted_at: Option<OffsetDateTime>,
@@ -28,6 +26,24 @@ pub struct Counts {
     pub turnout: i64,
     pub votes: HashMap<i64, i64>,
     pub oldest_accepted_at: Option<OffsetDateTime>,
+}
+
+impl From<tally_common::tally::Snapshot> for Counts {
+    fn from(s: tally_common::tally::Snapshot) -> Counts {
+        Counts { version: s.version, turnout: s.turnout, votes: s.votes, oldest_accepted_at: None }
+    }
+}
+
+impl Counts {
+    /// The totals Postgres holds for the election.
+    pub fn recorded(election: &Election) -> Counts {
+        Counts {
+            version: election.tally_version,
+            turnout: election.turnout,
+            votes: election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect(),
+            oldest_accepted_at: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -93,8 +109,6 @@ pub fn build(election: &Election, counts: &Counts, status: Status, is_final: boo
     };
     Frame {
         version: counts.version,
-        status,
-        is_final,
         oldest_accepted_at: counts.oldest_accepted_at,
         json: Utf8Bytes::from(serde_json::to_string(&message).unwrap_or_default()),
     }

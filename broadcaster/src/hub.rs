@@ -110,19 +110,9 @@ impl Hub {
     async fn read_counts(&self, election: &Election) -> anyhow::Result<Counts> {
         let snapshot = tally::read(&self.deps.redis, &self.deps.keys, election.id).await?;
         if snapshot.version >= election.tally_version {
-            return Ok(Counts {
-                version: snapshot.version,
-                turnout: snapshot.turnout,
-                votes: snapshot.votes,
-                oldest_accepted_at: None,
-            });
+            return Ok(Counts::from(snapshot));
         }
-        Ok(Counts {
-            version: election.tally_version,
-            turnout: election.turnout,
-            votes: election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect(),
-            oldest_accepted_at: None,
-        })
+        Ok(Counts::recorded(election))
     }
 
     async fn is_final(&self, election: &Election, status: Status) -> bool {
@@ -164,12 +154,7 @@ impl Hub {
             .collect();
         for (id, feed) in feeds {
             match tally::read_with(conn, &self.deps.keys, id).await {
-                Ok(s) => feed.apply(Counts {
-                    version: s.version,
-                    turnout: s.turnout,
-                    votes: s.votes,
-                    oldest_accepted_at: None,
-                }),
+                Ok(snapshot) => feed.apply(Counts::from(snapshot)),
                 Err(e) => {
                     tracing::warn!(election_id = id, error = format!("{e:#}"), "re-reading a tally failed")
                 }
@@ -221,12 +206,7 @@ impl Hub {
             if let Some(recorded) = final_counts
                 && recorded.tally_version >= state.counts.version
             {
-                state.counts = Counts {
-                    version: recorded.tally_version,
-                    turnout: recorded.turnout,
-                    votes: recorded.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect(),
-                    oldest_accepted_at: None,
-                };
+                state.counts = Counts::recorded(&recorded);
             }
             if status != state.status || is_final != state.is_final {
                 state.status = status;

@@ -43,10 +43,6 @@ impl Election {
         }
         posts
     }
-
-    pub fn runner(&self, citizen_id: i64) -> Option<&Runner> {
-        self.runners.iter().find(|r| r.citizen_id == citizen_id)
-    }
 }
 
 /// Whether some post has two runners to choose between.

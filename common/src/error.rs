@@ -163,14 +163,9 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
-        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }
-
-/// Left on the response so middleware can count errors by code.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
 
 #[cfg(test)]
 mod tests {

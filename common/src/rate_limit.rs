@@ -1,6 +1,8 @@
 //! Fixed-window counters in Redis, shared by every replica: one script,
 //! one round trip per check.
 
+use std::sync::LazyLock;
+
 use redis::Script;
 
 use crate::store::Redis;
@@ -28,7 +30,8 @@ pub async fn hit(
     window_secs: u64,
 ) -> anyhow::Result<Result<(), Exceeded>> {
     let mut conn = redis.clone();
-    let (count, ttl): (u64, i64) = Script::new(WINDOW)
+    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW));
+    let (count, ttl): (u64, i64) = SCRIPT
         .key(key)
         .arg(window_secs)
         .invoke_async(&mut conn)

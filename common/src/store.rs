@@ -10,8 +10,7 @@ pub type Redis = redis::aio::ConnectionManager;
 /// Connects once (callers retry this with backoff at start-up); afterwards
 /// the manager reconnects on its own after a Redis restart.
 pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Redis> {
-    let client = redis::Client::open(settings.url.expose())
-        .map_err(|e| anyhow::anyhow!("invalid setting `redis.url` (env TALLY_REDIS__URL): {e}"))?;
+    let client = client(settings)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
         .set_response_timeout(Duration::from_millis(settings.response_timeout_ms))
@@ -35,10 +34,6 @@ pub struct Keys {
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys { prefix: prefix.to_string() }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     /// Hash of runner id → votes, plus `_version` and `_turnout`.

@@ -2,6 +2,7 @@
 //! absolute count, the turnout and the version they belong to.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -101,9 +102,10 @@ pub async fn apply(
     if totals.is_empty() && voters.is_empty() {
         return Ok(0);
     }
-    let script = Script::new(APPLY);
+    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
+    let script = &*SCRIPT;
     let mut pipe = redis::pipe();
-    pipe.load_script(&script).ignore();
+    pipe.load_script(script).ignore();
     for t in totals {
         let event = TallyEvent {
             election_id: t.election_id,

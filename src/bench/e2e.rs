@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tally_common::Settings;
 use tally_common::tally::TallyEvent;
 use uuid::Uuid;
 
-use super::provision::{FIRST_VOTER, RUNNERS, open_election, provision, retire};
+use super::provision::{RUNNERS, next_voter_id, open_election, provision, retire};
+use super::{free_port, spawn_tally};
 
 pub struct Options {
     pub voters: u64,
@@ -49,30 +49,16 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<Report> {
     let db = tally_common::db::pool(&settings.database)?;
-    // Each run gets its own voters, so their ballots are all first ballots.
-    let first: i64 = sqlx::query_scalar(
-        "SELECT GREATEST(COALESCE(MAX(citizen_id) + 1, $1), $1) FROM citizens WHERE citizen_id < $2",
-    )
-    .bind(FIRST_VOTER)
-    .bind(RUNNERS[0])
-    .fetch_one(&db)
-    .await?;
+    let first = next_voter_id(&db).await?;
     let provisioned = provision(settings, options.voters, first).await?;
     let election = provisioned.election_id;
 
     let (api, admin) = (free_port()?, free_port()?);
-    let _stack = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .args(config.map(|c| vec!["--config".into(), c.as_os_str().to_owned()]).unwrap_or_default())
-        .env("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{api}"))
-        .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", free_port()?))
-        .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-        .env("TALLY_LOG__FILTER", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the stack")?;
-    super::wait_ready(admin).await?;
+    let settings_for_stack = [
+        ("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{api}")),
+        ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", free_port()?)),
+    ];
+    let _stack = spawn_tally(config, "api,workers,broadcaster", admin, &settings_for_stack).await?;
 
     // Every tally event: when, and how many ballots it counts.
     let client = tally_common::store::client(&settings.redis)?;
@@ -238,8 +224,4 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index].as_secs_f64() * 1000.0
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -49,6 +49,37 @@ impl Latencies {
     }
 }
 
+/// A free port on loopback, for a child process to listen on.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts this binary as `tally serve --roles ROLES` with the given extra
+/// settings, and waits until its admin port (`admin`) reports ready. The
+/// child is killed when the handle is dropped.
+pub async fn spawn_tally(
+    config: Option<&std::path::Path>,
+    roles: &str,
+    admin: u16,
+    settings: &[(&str, String)],
+) -> anyhow::Result<tokio::process::Child> {
+    use anyhow::Context;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args(["serve", "--roles", roles]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("TALLY_LOG__FILTER", "warn")
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let child = command.spawn().with_context(|| format!("starting tally serve --roles {roles}"))?;
+    wait_ready(admin).await?;
+    Ok(child)
+}
+
 /// Waits until the process with this admin port answers `/readyz` 200.
 pub async fn wait_ready(admin: u16) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

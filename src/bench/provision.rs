@@ -24,6 +24,18 @@ pub struct Provisioned {
     pub tokens: Vec<String>,
 }
 
+/// The first unused bench voter id, so each run's voters are new and all
+/// their ballots are first ballots.
+pub async fn next_voter_id(db: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT GREATEST(COALESCE(MAX(citizen_id) + 1, $1), $1) FROM citizens WHERE citizen_id < $2",
+    )
+    .bind(FIRST_VOTER)
+    .bind(RUNNERS[0])
+    .fetch_one(db)
+    .await?)
+}
+
 /// `voters` adults with accounts, ids from `first`, and a new open election.
 pub async fn provision(settings: &Settings, voters: u64, first: i64) -> anyhow::Result<Provisioned> {
     let db = tally_common::db::pool(&settings.database)?;

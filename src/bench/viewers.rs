@@ -16,7 +16,7 @@ use tally_common::tally::{self, Totals};
 use time::OffsetDateTime;
 
 use super::provision::RUNNERS;
-use super::{Latencies, rss_bytes};
+use super::{Latencies, free_port, rss_bytes, spawn_tally};
 
 pub struct Options {
     pub viewers: usize,
@@ -49,21 +49,13 @@ pub async fn run(
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
     let election = super::provision::open_election(&db, "Benchmark election (viewers)").await?;
 
-    let port = free_port()?;
-    let admin = free_port()?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--roles", "broadcaster"])
-        .args(config.map(|c| vec!["--config".into(), c.as_os_str().to_owned()]).unwrap_or_default())
-        .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{port}"))
-        .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-        .env("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", (options.viewers + 100).to_string())
-        .env("TALLY_LOG__FILTER", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting a broadcaster")?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let broadcaster_settings = [
+        ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{port}")),
+        ("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", (options.viewers + 100).to_string()),
+    ];
+    let mut child = spawn_tally(config, "broadcaster", admin, &broadcaster_settings).await?;
     let pid = child.id().context("broadcaster pid")?;
-    super::wait_ready(admin).await?;
 
     // Version → when it was published, to measure each arrival against.
     let published: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
@@ -173,10 +165,6 @@ pub async fn run(
 fn version_of(frame: &str) -> Option<i64> {
     let rest = &frame[frame.find("\"version\":")? + 10..];
     rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn current_version(

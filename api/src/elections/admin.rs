@@ -15,8 +15,8 @@ use tally_common::{ApiError, Json, Path};
 use time::OffsetDateTime;
 
 use super::draft::{Draft, ElectionInput, validate};
+use super::not_found;
 use super::view::ElectionView;
-use super::{find, not_found};
 use crate::ApiState;
 #[allow(unused_imports)]
 use crate::openapi::Problem;
@@ -65,7 +65,7 @@ pub async fn update(
 ) -> Result<Json<ElectionView>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
-    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let before = lock_scheduled(&mut tx, id, now).await?;
     let base = Draft {
         name: before.name.clone(),
         start_at: before.schedule.start_at,
@@ -111,7 +111,7 @@ pub async fn add_runner(
     }
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
-    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let before = lock_scheduled(&mut tx, id, now).await?;
     let inserted = sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(input.citizen_id)
@@ -143,7 +143,7 @@ pub async fn remove_runner(
 ) -> Result<Json<ElectionView>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
-    let before = lock_scheduled(&state, &mut tx, id, now).await?;
+    let before = lock_scheduled(&mut tx, id, now).await?;
     let removed = sqlx::query("DELETE FROM runners WHERE election_id = $1 AND citizen_id = $2")
         .bind(id)
         .bind(citizen_id)
@@ -222,32 +222,32 @@ impl Ending {
 async fn end(state: &ApiState, actor: i64, id: i64, ending: Ending) -> Result<Json<ElectionView>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
-    let before = lock(state, &mut tx, id).await?;
+    let before = lock(&mut tx, id).await?;
     ending.check(before.status(now))?;
     sqlx::query(ending.statement()).bind(id).bind(now).execute(&mut *tx).await?;
     let before = ElectionView::of(&before, now);
     Ok(Json(commit_audited(state, tx, actor, ending.action(), id, Some(before)).await?))
 }
 
-/// Locks the election's row for this transaction and loads it.
-async fn lock(state: &ApiState, tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Election, ApiError> {
+/// Locks the election's row for this transaction and loads it through the
+/// same connection (no second pooled connection while the lock is held).
+async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Election, ApiError> {
     let exists: Option<i64> =
         sqlx::query_scalar("SELECT election_id FROM elections WHERE election_id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?;
     exists.ok_or_else(not_found)?;
-    find(state, id).await
+    catalog::load_tx(tx, id).await?.ok_or_else(not_found)
 }
 
 /// Like `lock`, refusing an election that has already opened.
 async fn lock_scheduled(
-    state: &ApiState,
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     now: OffsetDateTime,
 ) -> Result<Election, ApiError> {
-    let election = lock(state, tx, id).await?;
+    let election = lock(tx, id).await?;
     match election.status(now) {
         Status::Scheduled => Ok(election),
         status => Err(ApiError::conflict("election_started")
@@ -266,7 +266,8 @@ async fn commit_audited(
     before: Option<ElectionView>,
 ) -> Result<ElectionView, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let after = load_in(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
+    let after =
+        catalog::load_tx(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
     sqlx::query(
         "INSERT INTO audit_log (actor, action, election_id, before, after) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -280,9 +281,4 @@ async fn commit_audited(
     tx.commit().await?;
     crate::catalog_sync::announce(state, id).await;
     Ok(after)
-}
-
-/// The election as this transaction sees it (uncommitted changes included).
-async fn load_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> anyhow::Result<Option<Election>> {
-    catalog::load_tx(tx, id).await
 }

@@ -80,12 +80,13 @@ impl Verifier {
     /// If Redis cannot answer we refuse (fail closed): a logged-out token
     /// must not work just because Redis is away.
     async fn is_revoked(&self, session: Uuid) -> Result<bool, ApiError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("EXISTS")
-            .arg(self.keys.revoked_session(&session.to_string()))
-            .query_async::<bool>(&mut redis)
+        let mut check = redis::pipe();
+        self.revocation_check(&mut check, session);
+        let (revoked,): (bool,) = check
+            .query_async(&mut self.redis.clone())
             .await
-            .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking revocation: {e}"), 1))
+            .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking revocation: {e}"), 1))?;
+        Ok(revoked)
     }
 
     /// Marks sessions revoked for as long as any of their access tokens
