@@ -106,6 +106,30 @@ enum BenchCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Faults under load on a private stack of separate processes, then every vote accounted for.
+    Chaos {
+        /// Ballots offered per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Rounds of the fault schedule; each kills or crashes every component once.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Milliseconds of steady load between faults.
+        #[arg(long, default_value_t = 3000)]
+        gap_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        /// Directory for the per-voter log and the processes' logs.
+        #[arg(long, default_value = "artifacts/chaos")]
+        out: PathBuf,
+    },
+    /// The API offered twice what it can take, the stream filled to its limit; every 202 still recorded.
+    Overload {
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        #[arg(long, default_value = "artifacts/overload")]
+        out: PathBuf,
+    },
     /// K WebSocket viewers on one broadcaster process while tallies change.
     Viewers {
         #[arg(long, default_value_t = 10_000)]
@@ -193,6 +217,21 @@ impl Command {
                 std::fs::write(&output, serde_json::to_vec(&provisioned)?)
                     .with_context(|| format!("writing {}", output.display()))?;
                 println!("{voters} voters for election {} in {}", provisioned.election_id, output.display());
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Chaos { rate, rounds, gap_ms, viewers, out }) => {
+                let gap = std::time::Duration::from_millis(gap_ms);
+                let options = crate::bench::chaos::Options { rate, rounds, gap, viewers, out };
+                let report = crate::bench::chaos::run(&settings, config, options).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                anyhow::ensure!(report.passed, "the chaos run found {} violations", report.votes.violations.len());
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Overload { seconds, out }) => {
+                let options = crate::bench::chaos::overload::Options { seconds, out };
+                let report = crate::bench::chaos::overload::run(&settings, config, options).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                anyhow::ensure!(report.passed, "the overload run found {} violations", report.votes.violations.len());
                 Ok(())
             }
             Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {

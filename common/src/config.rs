@@ -85,6 +85,9 @@ pub struct HttpSettings {
     pub admin_addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Requests a listener works on at once; more are answered 503 with
+    /// `Retry-After` at once, so overload cannot queue without end.
+    pub max_in_flight: usize,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
 }
@@ -175,6 +178,7 @@ impl Default for Settings {
                 admin_addr: ([127, 0, 0, 1], 9100).into(),
                 body_limit_bytes: 16 * 1024,
                 request_timeout_ms: 10_000,
+                max_in_flight: 1024,
                 shutdown_grace_secs: 20,
             },
             log: LogSettings { format: LogFormat::Human, filter: "info".into() },

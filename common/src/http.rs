@@ -3,6 +3,7 @@
 //! for everything axum would answer in plain text, and graceful serving.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,6 +12,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -32,6 +34,7 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(Duration::from_millis(settings.request_timeout_ms), time_limit))
+        .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(settings.max_in_flight)), shed_load))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -100,6 +103,25 @@ async fn time_limit(
         Ok(response) => response,
         Err(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout").with_retry_after(1).into_response()
+        }
+    }
+}
+
+/// Beyond the in-flight limit a request is refused at once: a quick 503
+/// the client can retry beats a slow answer for everyone.
+async fn shed_load(
+    axum::extract::State(in_flight): axum::extract::State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!("tally_http_shed_total").increment(1);
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+                .with_detail("too many requests in progress; retry after Retry-After")
+                .with_retry_after(1)
+                .into_response()
         }
     }
 }

@@ -4,26 +4,28 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
 
-const PAYLOAD_LOGGING_TARGETS: &[&str] = &["async_nats=debug"];
+/// Targets that log whole messages at trace level.
+const PAYLOAD_LOGGING_TARGETS: &[&str] = &["async_nats"];
 
 /// Installs the global subscriber. A second call (several apps in one test
 /// process) keeps the first.
 pub fn init_tracing(settings: &LogSettings) -> anyhow::Result<()> {
-    let mut filter = EnvFilter::try_new(&settings.filter)
+    let filter = EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("invalid setting `log.filter` (env TALLY_LOG__FILTER): {e}"))?;
     // The NATS client logs whole messages at trace level, and a ballot
-    // pairs a citizen with a choice. Whatever the filter says, that target
-    // stops at debug.
-    for cap in PAYLOAD_LOGGING_TARGETS {
-        filter = filter.add_directive(cap.parse()?);
-    }
-    let registry = tracing_subscriber::registry().with(filter);
+    // pairs a citizen with a choice. Whatever the filter says, those
+    // targets stop at debug (and stay quieter if the filter says so).
+    let registry = tracing_subscriber::registry().with(filter).with(filter_fn(|meta| {
+        *meta.level() <= Level::DEBUG || !PAYLOAD_LOGGING_TARGETS.iter().any(|t| meta.target().starts_with(t))
+    }));
     let result = match settings.format {
         LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init(),
         LogFormat::Json => registry
@@ -85,6 +87,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency, by route template and method"
     );
+    metrics::describe_counter!(
+        "tally_http_shed_total",
+        "Requests refused 503 `overloaded` because the listener was at http.max_in_flight"
+    );
+    metrics::counter!("tally_http_shed_total").increment(0);
     metrics::describe_gauge!(
         "tally_build_info",
         "Always 1; labels carry the version and the roles this process runs"

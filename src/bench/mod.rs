@@ -1,7 +1,10 @@
 //! `tally bench`: measurements on this machine, printed as a table and
 //! as JSON.
 
+pub mod chaos;
+pub mod cluster;
 pub mod e2e;
+pub mod infra;
 pub mod provision;
 pub mod viewers;
 
