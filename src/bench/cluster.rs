@@ -43,8 +43,12 @@ impl Cluster {
         // Each run's logs start empty; a restarted process appends to its own.
         let _ = std::fs::remove_dir_all(logs);
         std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
-        let mut cluster =
-            Cluster { nodes: Vec::new(), settings, config: config.map(Path::to_owned), logs: logs.to_owned() };
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            settings,
+            config: config.map(Path::to_owned),
+            logs: logs.to_owned(),
+        };
         for (roles, count) in layout {
             for n in 0..*count {
                 cluster.nodes.push(Node {
@@ -113,7 +117,8 @@ impl Cluster {
     /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
     pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
         let pid = self.nodes[i].pid().context("the process is not running")?;
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        let status =
+            std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
         anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
     }

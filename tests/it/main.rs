@@ -7,6 +7,7 @@ mod browser;
 mod elections;
 mod foundation;
 mod helpers;
+mod hostile;
 mod identity;
 mod logs;
 mod model;

@@ -38,10 +38,11 @@ impl Books {
         .bind(election)
         .fetch_all(db)
         .await?;
-        let ballot_box_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ballot_box WHERE election_id = $1")
-            .bind(election)
-            .fetch_one(db)
-            .await?;
+        let ballot_box_rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ballot_box WHERE election_id = $1")
+                .bind(election)
+                .fetch_one(db)
+                .await?;
         let runners: Vec<(i64, i64)> =
             sqlx::query_as("SELECT citizen_id, total_votes FROM runners WHERE election_id = $1")
                 .bind(election)
@@ -215,8 +216,9 @@ async fn check_voter(
                 .await?
                 .json()
                 .await?;
-            (told["voted"].as_bool() != Some(on_roll))
-                .then(|| format!("{who}: uncertain; the API says voted={}, on roll: {on_roll}", told["voted"]))
+            (told["voted"].as_bool() != Some(on_roll)).then(|| {
+                format!("{who}: uncertain; the API says voted={}, on roll: {on_roll}", told["voted"])
+            })
         }
         Outcome::Unsent => None,
     })

@@ -55,7 +55,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         ("TALLY_HTTP__MAX_IN_FLIGHT", IN_FLIGHT_LIMIT.to_string()),
         ("TALLY_LOG__FILTER", "warn".to_owned()),
     ]);
-    let mut cluster = Cluster::start(config, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
+    let mut cluster =
+        Cluster::start(config, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
     let (api, worker) = (cluster.with_role("api")[0], cluster.with_role("workers")[0]);
     let port = cluster.nodes[api].api;
 
@@ -111,15 +112,16 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     if paused {
         cluster.signal(worker, "CONT")?;
     }
-    let offered_per_sec = voting.logs.iter().filter(|l| l.lock().is_ok_and(|l| !l.statuses.is_empty())).count()
-        as f64
-        / started.elapsed().as_secs_f64();
+    let offered_per_sec =
+        voting.logs.iter().filter(|l| l.lock().is_ok_and(|l| !l.statuses.is_empty())).count() as f64
+            / started.elapsed().as_secs_f64();
     let logs = voting.finish().await;
 
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
     let books =
-        Books::settle(&db, &redis, &keys, voters.election_id, &logs, Vec::new, Duration::from_secs(120)).await?;
+        Books::settle(&db, &redis, &keys, voters.election_id, &logs, Vec::new, Duration::from_secs(120))
+            .await?;
     let mut votes = books::account(&books, &logs, &voters.tokens, port, voters.election_id).await?;
     let refusals_without_retry_after = answers.without_retry_after.load(std::sync::atomic::Ordering::Relaxed);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);

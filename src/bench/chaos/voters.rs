@@ -161,7 +161,13 @@ struct Ballot<'a> {
     attempts: usize,
 }
 
-async fn cast(client: &reqwest::Client, apis: &[u16], ballot: Ballot<'_>, log: &Mutex<VoterLog>, answers: &Answers) {
+async fn cast(
+    client: &reqwest::Client,
+    apis: &[u16],
+    ballot: Ballot<'_>,
+    log: &Mutex<VoterLog>,
+    answers: &Answers,
+) {
     let body = serde_json::json!({ "selections": [ballot.runner] });
     for attempt in 0..ballot.attempts {
         let api = apis[(ballot.index + attempt) % apis.len()];
@@ -204,7 +210,8 @@ async fn cast(client: &reqwest::Client, apis: &[u16], ballot: Ballot<'_>, log: &
             return;
         }
         // A real client's back-off: what the server asked for, else growing.
-        let wait = retry_after.map(Duration::from_secs).unwrap_or(Duration::from_millis(200 * (attempt as u64 + 1)));
+        let wait =
+            retry_after.map(Duration::from_secs).unwrap_or(Duration::from_millis(200 * (attempt as u64 + 1)));
         tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
     }
 }
