@@ -3,6 +3,7 @@
 
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -63,7 +64,7 @@ pub struct FieldProblem {
         ballots::receipt,
     ),
     components(schemas(Problem, FieldProblem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonProblems),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "elections", description = "Elections, eligibility and results"),
@@ -85,6 +86,45 @@ impl Modify for BearerAuth {
             ),
         );
     }
+}
+
+/// Answers any operation can give, documented once here rather than on
+/// every handler: unreadable input, and a process that cannot serve now.
+struct CommonProblems;
+
+impl Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let always = [
+            ("400", "malformed_json, invalid_path or invalid_query: the request cannot be read"),
+            ("503", "unavailable, timeout or overloaded: retry after Retry-After"),
+        ];
+        let with_body = [
+            ("413", "payload_too_large: the body is over http.body_limit_bytes"),
+            ("415", "unsupported_media_type: the body must be application/json"),
+            ("422", "invalid_body: the JSON does not have the documented shape"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations =
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                let extra = if operation.request_body.is_some() { &with_body[..] } else { &[] };
+                for (status, description) in always.iter().chain(extra) {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
+}
+
+fn problem(description: &str) -> RefOr<Response> {
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    RefOr::T(
+        ResponseBuilder::new().description(description).content("application/problem+json", content).build(),
+    )
 }
 
 /// `/openapi.json` and the interactive UI at `/docs`.

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -32,6 +33,10 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         })
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            // The panic message is printed by the panic hook, never sent.
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal").into_response()
+        }))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(Duration::from_millis(settings.request_timeout_ms), time_limit))
         .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(settings.max_in_flight)), shed_load))

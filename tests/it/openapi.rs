@@ -77,3 +77,42 @@ async fn the_docs_page_renders_the_document() {
         .unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
 }
+
+/// Schemathesis generates requests from the document, valid and not, as
+/// an admin (so every operation is reachable): no answer may be a 5xx,
+/// and every answer must match its documented status, type and schema.
+#[tokio::test]
+async fn generated_requests_get_documented_answers() {
+    let app = spawn_app().await;
+    let admin = app.admin(6001).await;
+    crate::helpers::insert_election(&app.db, crate::helpers::ElectionSpec::default()).await;
+    let report = std::env::temp_dir().join(format!("{}-schemathesis", app.ns.id));
+    let cli = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/schemathesis");
+    // Asynchronous: the server under test runs on this same runtime.
+    let output = tokio::process::Command::new(cli)
+        .arg("run")
+        .arg(format!("{}/openapi.json", app.api))
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance"])
+        .args(["--checks", "response_schema_conformance"])
+        .args(["--max-examples", "60", "--seed", "7", "--no-shrink", "--workers", "2"])
+        // Logging out would end the admin session the run depends on.
+        .args(["--exclude-path-regex", "^/v1/auth/logout"])
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {admin}"))
+        .args(["--report", "har", "--report-dir"])
+        .arg(&report)
+        .output()
+        .await
+        .expect("schemathesis runs (make tools installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let har = std::fs::read_dir(&report)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("har"));
+    let har: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(har.unwrap().path()).unwrap()).unwrap();
+    let requests = har["log"]["entries"].as_array().map_or(0, Vec::len);
+    assert!(requests >= 1000, "only {requests} requests were generated:\n{stdout}");
+    std::fs::remove_dir_all(&report).ok();
+}

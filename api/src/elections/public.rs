@@ -72,8 +72,11 @@ pub async fn list(
         .map(|e| ElectionView::of(e, now))
         .collect();
     let total = matching.len();
-    let elections =
-        matching.into_iter().skip(((page - 1) * per_page) as usize).take(per_page as usize).collect();
+    let elections = matching
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page) as usize)
+        .take(per_page as usize)
+        .collect();
     Ok(Json(ElectionPage { elections, page, per_page, total }))
 }
 
