@@ -9,16 +9,16 @@ pub mod source;
 pub mod sse;
 pub mod viewer;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 
+use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tally_common::client_ip::ClientIp;
 use tally_common::{ApiError, Deps, Path};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -91,9 +91,9 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
 async fn admit(
     state: &BroadcasterState,
     election_id: i64,
-    peer: SocketAddr,
+    client: std::net::IpAddr,
 ) -> Result<(std::sync::Arc<hub::Feed>, limit::Slot), ApiError> {
-    let slot = state.viewers.admit(peer.ip()).ok_or_else(|| {
+    let slot = state.viewers.admit(client).ok_or_else(|| {
         metrics::counter!("tally_rate_limited_total", "scope" => "viewers_per_ip").increment(1);
         ApiError::rate_limited(5).with_detail("too many live connections from this address")
     })?;
@@ -106,11 +106,11 @@ async fn admit(
 
 async fn live(
     State(state): State<BroadcasterState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     Path(election_id): Path<i64>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let (feed, slot) = admit(&state, election_id, peer).await?;
+    let (feed, slot) = admit(&state, election_id, client).await?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required")
             .with_detail("connect with a WebSocket client, or use /events for Server-Sent Events")
@@ -133,10 +133,10 @@ async fn live(
 
 async fn events(
     State(state): State<BroadcasterState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     Path(election_id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let (feed, slot) = admit(&state, election_id, peer).await?;
+    let (feed, slot) = admit(&state, election_id, client).await?;
     // The slot and gauge live as long as the response body streams.
     let held = Box::new((slot, limit::Gauge::viewer("sse")));
     Ok(sse::events(feed.subscribe(), state.pace(), state.shutdown.clone(), held).into_response())

@@ -88,6 +88,9 @@ pub struct HttpSettings {
     /// Requests a listener works on at once; more are answered 503 with
     /// `Retry-After` at once, so overload cannot queue without end.
     pub max_in_flight: usize,
+    /// Addresses or CIDR blocks of load balancers whose `X-Forwarded-For`
+    /// names the client (for per-address limits). Empty: trust no one.
+    pub trusted_proxies: Vec<String>,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
 }
@@ -179,6 +182,7 @@ impl Default for Settings {
                 body_limit_bytes: 16 * 1024,
                 request_timeout_ms: 10_000,
                 max_in_flight: 1024,
+                trusted_proxies: Vec::new(),
                 shutdown_grace_secs: 20,
             },
             log: LogSettings { format: LogFormat::Human, filter: "info".into() },
@@ -264,12 +268,28 @@ impl Settings {
                 .map_err(|e| ConfigError::new(&setting, format!("cannot read {key}={path}: {e}")))?;
             figment = figment.merge(Serialized::global(&setting, value.trim_end_matches(['\n', '\r'])));
         }
-        let settings: Settings = figment.extract().map_err(from_figment)?;
+        let mut settings: Settings = figment.extract().map_err(from_figment)?;
+        settings.drop_unused_development_key();
         settings.validate()?;
         Ok(settings)
     }
 
+    /// The built-in development key is a default, not a choice: in
+    /// production, when tokens are signed with another key, it is removed
+    /// rather than accepted for verification. (Signing with it is refused.)
+    fn drop_unused_development_key(&mut self) {
+        let auth = &mut self.auth;
+        if self.env == Environment::Production
+            && auth.signing_key_id != "dev"
+            && auth.keys.get("dev").is_some_and(|key| key.expose() == DEV_SIGNING_KEY)
+        {
+            auth.keys.remove("dev");
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        crate::client_ip::TrustedProxies::parse(&self.http.trusted_proxies)
+            .map_err(|why| ConfigError::new("http.trusted_proxies", why))?;
         let auth = &self.auth;
         if !auth.keys.contains_key(&auth.signing_key_id) {
             return Err(ConfigError::new(
@@ -452,6 +472,21 @@ mod tests {
     fn production_refuses_the_development_key() {
         let err = Settings::load_from(None, vars(&[("TALLY_ENV", "production")])).unwrap_err();
         assert_eq!(err.setting, "auth.keys.dev");
+    }
+
+    #[test]
+    fn production_signing_with_its_own_key_drops_the_development_default() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let s = Settings::load_from(
+            None,
+            vars(&[
+                ("TALLY_ENV", "production"),
+                ("TALLY_AUTH__SIGNING_KEY_ID", "main"),
+                ("TALLY_AUTH__KEYS__MAIN", key),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.keys.keys().collect::<Vec<_>>(), ["main"]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::client_ip::TrustedProxies;
 use crate::config::HttpSettings;
 use crate::error::ApiError;
 
@@ -32,6 +33,7 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         })
+        .layer(axum::Extension(TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default()))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_panic| {
             // The panic message is printed by the panic hook, never sent.

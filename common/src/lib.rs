@@ -5,6 +5,7 @@ pub mod auth;
 pub mod ballot;
 pub mod bus;
 pub mod catalog;
+pub mod client_ip;
 pub mod config;
 pub mod db;
 pub mod deps;

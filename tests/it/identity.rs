@@ -3,7 +3,7 @@ use tally::app::Roles;
 use tally_common::auth::TokenKeys;
 use tally_common::domain::Role;
 
-use crate::helpers::{PASSWORD, add_citizen, code_of, phone_of, spawn_app, spawn_app_with};
+use crate::helpers::{PASSWORD, TestApp, add_citizen, code_of, phone_of, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn signup_statuses_and_codes() {
@@ -274,6 +274,40 @@ async fn login_attempts_are_limited_per_client_address() {
     assert_eq!(code_of(app.login(70, "wrong password here").await).await.0, 401);
     assert_eq!(code_of(app.login(71, "wrong password here").await).await.0, 401);
     assert_eq!(code_of(app.login(72, "wrong password here").await).await, (429, "rate_limited".into()));
+}
+
+async fn login_from(app: &TestApp, citizen_id: i64, forwarded_for: &str) -> (u16, String) {
+    let answer = app
+        .client
+        .post(format!("{}/v1/auth/login", app.api))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&serde_json::json!({"citizen_id": citizen_id, "password": "wrong password here"}))
+        .send()
+        .await
+        .unwrap();
+    code_of(answer).await
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_a_trusted_proxy() {
+    // Not trusted: a client cannot escape its limit by inventing X-Forwarded-For.
+    let app = spawn_app_with(Roles::ALL, |s| s.auth.login_attempts_per_ip = 2).await;
+    for (n, spoofed) in ["203.0.113.1", "203.0.113.2"].iter().enumerate() {
+        assert_eq!(login_from(&app, 90 + n as i64, spoofed).await.0, 401);
+    }
+    assert_eq!(login_from(&app, 92, "203.0.113.3").await, (429, "rate_limited".into()));
+
+    // Trusted (the proxy is on loopback): each forwarded client has its own budget.
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.auth.login_attempts_per_ip = 2;
+        s.http.trusted_proxies = vec!["127.0.0.0/8".into(), "::1".into()];
+    })
+    .await;
+    for citizen in [93, 94] {
+        assert_eq!(login_from(&app, citizen, "198.51.100.7").await.0, 401);
+    }
+    assert_eq!(login_from(&app, 95, "198.51.100.7").await, (429, "rate_limited".into()));
+    assert_eq!(login_from(&app, 96, "198.51.100.8").await.0, 401, "another client behind the proxy");
 }
 
 #[tokio::test]

@@ -1,13 +1,12 @@
 //! Login, refresh-token rotation with reuse detection, and logout.
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 use tally_common::auth::{AuthUser, refresh};
+use tally_common::client_ip::ClientIp;
 use tally_common::domain::Role;
 use tally_common::rate_limit;
 use tally_common::{ApiError, Json};
@@ -56,13 +55,13 @@ struct Account {
     ))]
 pub async fn login(
     State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     Json(request): Json<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let auth = &state.deps.settings.auth;
     let keys = &state.deps.keys;
     for (scope, subject, limit) in [
-        ("login-ip", peer.ip().to_string(), auth.login_attempts_per_ip),
+        ("login-ip", client.to_string(), auth.login_attempts_per_ip),
         ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
     ] {
         let key = keys.rate_limit(scope, &subject);

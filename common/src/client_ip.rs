@@ -1,0 +1,157 @@
+//! The client's address, for per-address limits. Behind a load balancer
+//! the TCP peer is the proxy; its `X-Forwarded-For` is believed only when
+//! the peer is one of `http.trusted_proxies`, or anyone could pick the
+//! address they are limited by.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+
+/// An address or a CIDR block such as `10.0.0.0/8` or `fd00::/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Block {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Block, String> {
+        let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let network: IpAddr =
+            address.trim().parse().map_err(|_| format!("`{text}` is not an address or CIDR"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: bad prefix length"))?
+        };
+        Ok(Block { network, prefix })
+    }
+}
+
+impl Block {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, true),
+            IpAddr::V6(v6) => (u128::from(v6), false),
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let ((network, v4), (candidate, candidate_v4)) = (bits(self.network), bits(ip));
+        if v4 != candidate_v4 {
+            return false;
+        }
+        // IPv4 sits in the top 32 bits, so one mask rule serves both.
+        let width = u32::from(self.prefix);
+        let mask = if width == 0 { 0 } else { u128::MAX << (128 - width) };
+        network & mask == candidate & mask
+    }
+}
+
+/// The proxies whose `X-Forwarded-For` is believed; put in every request's
+/// extensions by the shared HTTP stack.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(pub Arc<Vec<Block>>);
+
+impl TrustedProxies {
+    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        let blocks = entries.iter().map(|e| e.parse()).collect::<Result<Vec<Block>, String>>()?;
+        Ok(TrustedProxies(Arc::new(blocks)))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|block| block.contains(ip))
+    }
+
+    /// Walks `X-Forwarded-For` from the right (the nearest hop) past
+    /// trusted proxies; the first address not trusted is the client.
+    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops = forwarded_for.unwrap_or_default().split(',').rev().map(str::trim);
+        let mut client = peer;
+        for hop in hops {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.trusts(ip) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+/// The client address of a request (see the module's doc).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip()).ok_or_else(
+                || ApiError::internal(anyhow::anyhow!("the listener does not record peer addresses")),
+            )?;
+        let trusted = parts.extensions.get::<TrustedProxies>().cloned().unwrap_or_default();
+        let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        Ok(ClientIp(trusted.client(peer, forwarded)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn blocks_match_their_addresses() {
+        let block: Block = "10.1.0.0/16".parse().unwrap_or(Block { network: ip("0.0.0.0"), prefix: 32 });
+        assert!(block.contains(ip("10.1.200.3")));
+        assert!(!block.contains(ip("10.2.0.1")));
+        assert!(block.contains(ip("::ffff:10.1.0.9")));
+        assert!("127.0.0.1".parse::<Block>().is_ok_and(|b| b.contains(ip("127.0.0.1"))));
+        assert!(
+            "fd00::/8"
+                .parse::<Block>()
+                .is_ok_and(|b| b.contains(ip("fd12::1")) && !b.contains(ip("fe80::1")))
+        );
+        assert!("10.0.0.0/33".parse::<Block>().is_err());
+        assert!("nonsense".parse::<Block>().is_err());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_peer() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap_or_default();
+        let xff = Some("203.0.113.7, 10.0.0.5");
+        assert_eq!(trusted.client(ip("10.0.0.2"), xff), ip("203.0.113.7"));
+        assert_eq!(trusted.client(ip("198.51.100.1"), xff), ip("198.51.100.1"), "untrusted peer");
+        assert_eq!(
+            trusted.client(ip("10.0.0.2"), Some("1.2.3.4, 203.0.113.7")),
+            ip("203.0.113.7"),
+            "spoofed left part"
+        );
+        assert_eq!(trusted.client(ip("10.0.0.2"), None), ip("10.0.0.2"));
+        assert_eq!(trusted.client(ip("10.0.0.2"), Some("garbage")), ip("10.0.0.2"));
+    }
+}
