@@ -1,11 +1,13 @@
 # Two commands run everything: `make up` and `make test`.
 SHELL := /bin/bash
+# nginx and nats-server live in /usr/sbin, which a user's PATH may lack.
+export PATH := $(PATH):/usr/sbin:/sbin
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke
+.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -14,15 +16,15 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint monitoring unit load-smoke chaos-smoke
+test: services tools fmt lint monitoring unit load-smoke chaos-smoke proxy-check
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
 
-## packages: Debian's Chromium, Node, Prometheus (with promtool) and the Postgres/Redis exporters
+## packages: Debian's Chromium, Node, nginx, Prometheus (with promtool) and the Postgres/Redis exporters
 packages:
 	@missing=""; \
-	for pair in curl:curl psql:postgresql-client redis-cli:redis-tools chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
+	for pair in curl:curl openssl:openssl nginx:nginx psql:postgresql-client redis-cli:redis-tools chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
 	            prometheus-postgres-exporter:prometheus-postgres-exporter \
 	            prometheus-redis-exporter:prometheus-redis-exporter; do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
@@ -83,3 +85,9 @@ chaos-smoke: services
 	$(CARGO) build --bin tally
 	timeout 600 target/debug/tally bench chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
 	timeout 600 target/debug/tally bench overload --seconds 9 --out artifacts/overload-smoke
+
+## proxy-check: Debian's nginx with deploy/nginx/tally.conf (nginx -t first) in front of two
+## replicas of each role; ballots and viewers through it while one API replica is killed
+proxy-check: services packages
+	$(CARGO) build --bin tally
+	timeout 300 target/debug/tally bench proxy --out artifacts/proxy

@@ -130,6 +130,19 @@ enum BenchCommand {
         #[arg(long, default_value = "artifacts/overload")]
         out: PathBuf,
     },
+    /// nginx (deploy/nginx/tally.conf) in front of two replicas of each role; one API replica killed mid-run.
+    Proxy {
+        #[arg(long, default_value_t = 2000)]
+        voters: u64,
+        #[arg(long, default_value_t = 150)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        viewers: usize,
+        #[arg(long, default_value = "deploy/nginx/tally.conf")]
+        nginx_conf: PathBuf,
+        #[arg(long, default_value = "artifacts/proxy")]
+        out: PathBuf,
+    },
     /// K WebSocket viewers on one broadcaster process while tallies change.
     Viewers {
         #[arg(long, default_value_t = 10_000)]
@@ -238,6 +251,17 @@ impl Command {
                 anyhow::ensure!(
                     report.passed,
                     "the overload run found {} violations",
+                    report.votes.violations.len()
+                );
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Proxy { voters, rate, viewers, nginx_conf, out }) => {
+                let options = crate::bench::chaos::proxy::Options { voters, rate, viewers, nginx_conf, out };
+                let report = crate::bench::chaos::proxy::run(&settings, config, options).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                anyhow::ensure!(
+                    report.passed,
+                    "the proxy check found {} violations",
                     report.votes.violations.len()
                 );
                 Ok(())

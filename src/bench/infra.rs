@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+use tally_common::Settings;
+use tally_common::secret::Secret;
+
 use super::free_port;
 
 pub struct Infra {
@@ -20,6 +23,20 @@ pub struct Infra {
     pg_bin: PathBuf,
     redis: Option<Child>,
     nats: Option<Child>,
+}
+
+/// A private Postgres, Redis and NATS, the settings that point at them,
+/// and the migrated database.
+pub async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settings, sqlx::PgPool)> {
+    let infra = Infra::start().await.context("starting a private Postgres, Redis and NATS")?;
+    let mut settings = settings.clone();
+    settings.database.url = Secret::new(infra.database_url());
+    settings.redis.url = Secret::new(infra.redis_url());
+    settings.nats.url = Secret::new(infra.nats_url());
+    tally_common::db::create_database_if_missing(&settings.database).await?;
+    let db = tally_common::db::pool(&settings.database)?;
+    tally_common::db::migrate(&db).await?;
+    Ok((infra, settings, db))
 }
 
 impl Infra {

@@ -8,6 +8,7 @@ mod audience;
 mod books;
 pub mod faults;
 pub mod overload;
+pub mod proxy;
 mod voters;
 
 use std::path::{Path, PathBuf};
@@ -16,11 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tally_common::Settings;
-use tally_common::secret::Secret;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
-use super::infra::Infra;
+use super::infra::private_stack;
 use super::provision::{FIRST_VOTER, provision};
 use audience::Audience;
 use books::{Accounting, Books};
@@ -135,20 +135,6 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         final_tally: books.recorded,
         seconds_to_converge,
     })
-}
-
-/// A private Postgres, Redis and NATS, the settings that point at them,
-/// and the migrated database.
-async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settings, sqlx::PgPool)> {
-    let infra = Infra::start().await.context("starting a private Postgres, Redis and NATS")?;
-    let mut settings = settings.clone();
-    settings.database.url = Secret::new(infra.database_url());
-    settings.redis.url = Secret::new(infra.redis_url());
-    settings.nats.url = Secret::new(infra.nats_url());
-    tally_common::db::create_database_if_missing(&settings.database).await?;
-    let db = tally_common::db::pool(&settings.database)?;
-    tally_common::db::migrate(&db).await?;
-    Ok((infra, settings, db))
 }
 
 /// One JSON line per voter: every status it was answered and its receipt.

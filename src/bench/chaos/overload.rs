@@ -12,9 +12,9 @@ use tally_common::Settings;
 use tokio_util::sync::CancellationToken;
 
 use super::books::{self, Accounting, Books};
-use super::private_stack;
 use super::voters::{Pace, Voters, ballots};
 use crate::bench::cluster::Cluster;
+use crate::bench::infra::private_stack;
 use crate::bench::provision::{FIRST_VOTER, provision};
 use crate::bench::rss_bytes;
 
