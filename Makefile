@@ -7,7 +7,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check
+.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -16,7 +16,7 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint monitoring unit load-smoke chaos-smoke proxy-check
+test: services tools fmt lint monitoring deploy-check unit load-smoke chaos-smoke proxy-check
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
@@ -91,3 +91,17 @@ chaos-smoke: services
 proxy-check: services packages
 	$(CARGO) build --bin tally
 	timeout 300 target/debug/tally bench proxy --out artifacts/proxy
+
+## deploy-check: what can be checked without a Docker engine or a cluster: docker-compose.yml
+## against the Compose specification's schema, the Dockerfile with hadolint, and the
+## Kubernetes manifests built with kustomize and validated against Kubernetes' schemas
+deploy-check: tools
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet $$(ls deploy/k8s/base/*.yaml | grep -v kustomization.yaml)
+	@mkdir -p artifacts
+	@if command -v kubectl >/dev/null; then \
+	  kubectl kustomize deploy/k8s/overlays/example > artifacts/k8s-example.yaml && \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet artifacts/k8s-example.yaml && \
+	  echo "k8s: the example overlay builds and validates"; \
+	else echo "k8s: kubectl not found, so the overlay was not built; the base files were validated"; fi

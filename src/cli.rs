@@ -33,6 +33,8 @@ enum Command {
     },
     /// Create the database if missing and apply pending migrations.
     Migrate,
+    /// Exit 0 if the local process's admin listener reports ready (container health checks).
+    Health,
     /// Load a synthetic citizen registry and an open demo election (idempotent).
     SeedDemo {
         /// How many synthetic citizens to make sure exist.
@@ -203,6 +205,13 @@ impl Command {
                     print_urls(&app);
                 }
                 app.wait().await
+            }
+            Command::Health => {
+                let admin = settings.http.admin_addr;
+                let probe = format!("127.0.0.1:{}", admin.port());
+                crate::bench::probe_ready(&probe).await.with_context(|| format!("{probe} is not ready"))?;
+                println!("ready");
+                Ok(())
             }
             Command::Migrate => {
                 tally_common::db::create_database_if_missing(&settings.database).await?;

@@ -85,20 +85,27 @@ pub async fn spawn_tally(
 
 /// Waits until the process with this admin port answers `/readyz` 200.
 pub async fn wait_ready(admin: u16) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.ok();
-            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
+    while probe_ready(&format!("127.0.0.1:{admin}")).await.is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the stack did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// One `/readyz` request to an admin listener, with a short time limit.
+pub async fn probe_ready(addr: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(3), ask).await??;
+    anyhow::ensure!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "not ready");
+    Ok(())
 }
 
 /// Resident memory of a process, from /proc.
