@@ -92,7 +92,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     if !books.settled(&logs, &audience.snapshot()) {
         votes.violations.push("stores, receipts and viewers did not agree within 60 s".to_owned());
     }
-    if accepted_per_api_replica.iter().any(|n| *n == 0) {
+    if accepted_per_api_replica.contains(&0) {
         votes.violations.push(format!("an API replica served no ballots: {accepted_per_api_replica:?}"));
     }
     let tls_status = nginx.tls_status("/v1/elections").await;
