@@ -80,6 +80,18 @@ impl Infra {
         ]
     }
 
+    /// The servers' process ids (Postgres's postmaster, whose later
+    /// backends inherit its CPU affinity).
+    pub fn pids(&self) -> Vec<u32> {
+        let postmaster = std::fs::read_to_string(self.dir.join("pg/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()));
+        [self.redis.as_ref().and_then(Child::id), self.nats.as_ref().and_then(Child::id), postmaster]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Postgres stops as after a crash (no shutdown checkpoint), then
     /// starts and replays its WAL.
     pub async fn crash_postgres(&mut self) -> anyhow::Result<()> {

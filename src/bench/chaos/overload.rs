@@ -59,6 +59,12 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         Cluster::start(config, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
     let (api, worker) = (cluster.with_role("api")[0], cluster.with_role("workers")[0]);
     let port = cluster.nodes[api].api;
+    // The system under test (servers and Tally) gets one core and this
+    // load generator the other, so that on a small machine the client can
+    // offer far more than the system can take.
+    let system = || infra.pids().into_iter().chain(cluster.nodes.iter().filter_map(|n| n.pid()));
+    system().for_each(|pid| pin(pid, 0));
+    pin(std::process::id(), 1);
 
     // Closed loop: as many ballots as the API takes from 64 connections.
     let probing = Voters::start(
@@ -76,6 +82,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let voters = provision(&settings, offered as u64 * options.seconds, first).await?;
     // The API loads elections at start; this one is new.
     cluster.restart(api).await?;
+    cluster.nodes[api].pid().into_iter().for_each(|pid| pin(pid, 0));
     let js = tally_common::bus::jetstream(tally_common::bus::connect(&settings.nats).await?, &settings.nats);
     let mut limited = settings.nats.clone();
     limited.max_messages = i64::from(offered).max(1000);
@@ -157,6 +164,19 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         stream_max_seen: stream_max,
         votes,
     })
+}
+
+/// Restricts every thread of a process to one CPU (best effort: without
+/// `taskset` or on a single core the run is simply less lopsided).
+fn pin(pid: u32, cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > 1 {
+        let _ = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &(cpu % cpus).to_string(), &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 fn cancel_after(after: Duration) -> CancellationToken {
