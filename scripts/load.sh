@@ -22,6 +22,9 @@ export TALLY_HTTP__API_ADDR="127.0.0.1:${API_PORT}"
 export TALLY_HTTP__BROADCASTER_ADDR="127.0.0.1:${LIVE_PORT}"
 export TALLY_HTTP__ADMIN_ADDR="127.0.0.1:${ADMIN_PORT}"
 export TALLY_BROADCASTER__MAX_VIEWERS_PER_IP=100000
+# k6 runs from one address: per-client limits off, per-citizen limits on.
+export TALLY_LIMITS__PER_CLIENT_PER_MINUTE=0
+export TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE=0
 export TALLY_LOG__FILTER=warn
 
 case "$MODE" in

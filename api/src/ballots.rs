@@ -7,12 +7,14 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use tally_common::auth::{AuthUser, SignedUser};
 use tally_common::ballot::{VoteCommand, check_selections};
 use tally_common::bus::{self, PublishError, Stored};
+use tally_common::client_ip::ClientIp;
 use tally_common::election::{Status, VoterFacts, eligibility};
+use tally_common::rate_limit::{self, Quota};
 use tally_common::{ApiError, Json, Path};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -51,14 +53,16 @@ pub struct BallotAccepted {
         (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem),
         (status = 409, description = "election_not_open or already_voted", content_type = "application/problem+json", body = Problem),
         (status = 422, description = "invalid_selection", content_type = "application/problem+json", body = Problem),
+        (status = 429, description = "rate_limited, with Retry-After and RateLimit-* headers", content_type = "application/problem+json", body = Problem),
         (status = 503, description = "unavailable: the queue did not confirm; retry after Retry-After", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn cast(
     State(state): State<ApiState>,
     SignedUser(voter): SignedUser,
+    ClientIp(client): ClientIp,
     Path(election_id): Path<i64>,
     Json(request): Json<BallotRequest>,
-) -> Result<(StatusCode, Json<BallotAccepted>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<BallotAccepted>), ApiError> {
     let election =
         state.elections.get(election_id).await?.ok_or_else(|| {
             ApiError::not_found("election_not_found").with_detail("no election with this id")
@@ -82,14 +86,40 @@ pub async fn cast(
     }
     check_selections(&request.selections, &election.runners)
         .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
-    // One round trip: is the session still valid, has this voter voted?
+    // One round trip: the rate limits, whether the session is still valid,
+    // and whether this voter has voted.
+    let limits = &state.deps.settings.limits;
+    let quotas: Vec<(&'static str, String, Quota)> = [
+        ("client", client.to_string(), limits.per_client_per_minute),
+        ("ballots-citizen", voter.citizen_id.to_string(), limits.ballots_per_citizen_per_minute),
+    ]
+    .into_iter()
+    .map(|(scope, subject, per_minute)| {
+        (scope, state.deps.keys.rate_limit(scope, &subject), Quota::per_minute(per_minute))
+    })
+    .filter(|(_, _, quota)| !quota.is_off())
+    .collect();
     let mut checks = redis::pipe();
     state.verifier.revocation_check(&mut checks, voter.session_id);
     checks.cmd("SISMEMBER").arg(state.deps.keys.voters(election_id)).arg(voter.citizen_id);
-    let (revoked, voted): (bool, bool) = checks
-        .query_async(&mut state.deps.redis.clone())
-        .await
-        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1))?;
+    for (_, key, quota) in &quotas {
+        rate_limit::add_to(&mut checks, key, *quota);
+    }
+    let unavailable = |e: redis::RedisError| {
+        ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1)
+    };
+    let replies: Vec<redis::Value> =
+        checks.query_async(&mut state.deps.redis.clone()).await.map_err(unavailable)?;
+    let mut shown = rate_limit::Decision::unlimited();
+    for ((scope, _, quota), reply) in quotas.iter().zip(replies.iter().skip(2)) {
+        let decision =
+            rate_limit::read(*quota, redis::from_redis_value(reply).map_err(unavailable)?).enforce(scope)?;
+        if *scope == "client" {
+            shown = decision;
+        }
+    }
+    let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
+    let voted: bool = redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     if revoked {
         return Err(tally_common::auth::Verifier::revoked());
     }
@@ -134,7 +164,9 @@ pub async fn cast(
     // Before answering, so the receipt is known the moment the client has it.
     remember_pending(&state, &command).await;
     metrics::counter!("tally_votes_accepted_total").increment(1);
-    Ok((StatusCode::ACCEPTED, Json(BallotAccepted { receipt, status: "pending" })))
+    let mut headers = HeaderMap::new();
+    shown.write_headers(&mut headers);
+    Ok((StatusCode::ACCEPTED, headers, Json(BallotAccepted { receipt, status: "pending" })))
 }
 
 fn refused(code: &'static str) -> ApiError {

@@ -7,16 +7,22 @@ pub mod ballots;
 pub mod catalog_sync;
 pub mod election_cache;
 pub mod elections;
+pub mod limits;
 pub mod openapi;
 pub mod state;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
 use tally_common::Deps;
+use tally_common::rate_limit::{self, PerClient, Quota};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use state::ApiState;
+
+/// Routes whose handlers apply the per-client limit themselves, inside
+/// a Redis pipeline they send anyway (one round trip on the hot path).
+const CHECKED_IN_HANDLER: &[(&str, &str)] = &[("POST", "/v1/elections/{id}/ballots")];
 
 pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
@@ -40,6 +46,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/receipts/{receipt}", get(ballots::receipt))
         .with_state(state.clone())
         .merge(openapi::routes());
+    let limiter = std::sync::Arc::new(PerClient {
+        redis: state.deps.redis.clone(),
+        keys: state.deps.keys.clone(),
+        quota: Quota::per_minute(state.deps.settings.limits.per_client_per_minute),
+        exempt: CHECKED_IN_HANDLER,
+    });
+    let routes = routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit::per_client));
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }
 
@@ -75,7 +88,12 @@ fn register_metrics() {
             "not_admin",
         ],
     );
-    zero_counters("tally_rate_limited_total", "scope", &["login-ip", "login-citizen"]);
+    zero_counters(
+        "tally_rate_limited_total",
+        "scope",
+        &["client", "login-ip", "login-citizen", "ballots-citizen", "refresh-citizen", "eligibility-citizen"],
+    );
+    metrics::counter!("tally_rate_limit_errors_total").increment(0);
 }
 
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {

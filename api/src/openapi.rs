@@ -96,6 +96,7 @@ impl Modify for CommonProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let always = [
             ("400", "malformed_json, invalid_path or invalid_query: the request cannot be read"),
+            ("429", "rate_limited: too many requests from this client; see Retry-After and RateLimit-*"),
             ("503", "unavailable, timeout or overloaded: retry after Retry-After"),
         ];
         let with_body = [

@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tally_common::client_ip::ClientIp;
+use tally_common::rate_limit::{self, PerClient, Quota};
 use tally_common::{ApiError, Deps, Path};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +56,15 @@ pub fn router(state: BroadcasterState) -> Router {
         .route("/", get(page::index))
         .route("/elections/{id}", get(page::election))
         .route("/assets/{file}", get(page::asset))
-        .with_state(state);
+        .with_state(state.clone());
+    let deps = state.hub.deps();
+    let limiter = std::sync::Arc::new(PerClient {
+        redis: deps.redis.clone(),
+        keys: deps.keys.clone(),
+        quota: Quota::per_minute(settings.limits.per_client_per_minute),
+        exempt: &[],
+    });
+    let routes = routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit::per_client));
     tally_common::http::public_stack(routes, &settings.http)
 }
 
@@ -68,6 +77,7 @@ fn register_metrics() {
     zero_counters("tally_broadcast_messages_total", "transport", &["websocket", "sse"]);
     zero_counters("tally_broadcast_coalesced_total", "transport", &["websocket", "sse"]);
     zero_counters("tally_broadcast_dropped_total", "reason", &["send_timeout", "no_pong"]);
+    zero_counters("tally_rate_limited_total", "scope", &["viewers_per_ip", "client", "live-connects"]);
 }
 
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -93,6 +103,15 @@ async fn admit(
     election_id: i64,
     client: std::net::IpAddr,
 ) -> Result<(std::sync::Arc<hub::Feed>, limit::Slot), ApiError> {
+    let deps = state.hub.deps();
+    let quota = Quota::per_minute(deps.settings.limits.live_connects_per_client_per_minute);
+    let key = deps.keys.rate_limit("live-connects", &client.to_string());
+    match rate_limit::check(&deps.redis, &key, quota).await {
+        Ok(decision) => drop(decision.enforce("live-connects")?),
+        // Fail open, like every capacity limit; the per-address cap on
+        // open connections below still holds.
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "rate limit unavailable"),
+    }
     let slot = state.viewers.admit(client).ok_or_else(|| {
         metrics::counter!("tally_rate_limited_total", "scope" => "viewers_per_ip").increment(1);
         ApiError::rate_limited(5).with_detail("too many live connections from this address")

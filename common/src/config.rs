@@ -39,6 +39,21 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub workers: WorkerSettings,
     pub broadcaster: BroadcasterSettings,
+    pub limits: LimitSettings,
+}
+
+/// Rate limits shared by every replica through Redis (GCRA). Each is a
+/// number per minute; 0 turns that limit off.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Requests from one client address, on every public route.
+    pub per_client_per_minute: u32,
+    pub ballots_per_citizen_per_minute: u32,
+    pub refresh_per_citizen_per_minute: u32,
+    pub eligibility_per_citizen_per_minute: u32,
+    /// New live connections (WebSocket or SSE) from one client address.
+    pub live_connects_per_client_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -209,6 +224,13 @@ impl Default for Settings {
                 max_updates_per_sec: 10,
                 max_viewers_per_ip: 200,
                 ping_interval_secs: 15,
+            },
+            limits: LimitSettings {
+                per_client_per_minute: 1200,
+                ballots_per_citizen_per_minute: 10,
+                refresh_per_citizen_per_minute: 20,
+                eligibility_per_citizen_per_minute: 60,
+                live_connects_per_client_per_minute: 120,
             },
         }
     }

@@ -75,6 +75,9 @@ pub async fn spawn_tally(
     command
         .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .env("TALLY_LOG__FILTER", "warn")
+        // All load comes from one address; per-client limits would measure themselves.
+        .env("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0")
+        .env("TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE", "0")
         .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);

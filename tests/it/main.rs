@@ -9,6 +9,7 @@ mod foundation;
 mod helpers;
 mod hostile;
 mod identity;
+mod limits;
 mod logs;
 mod model;
 mod observability;

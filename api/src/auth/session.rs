@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 use tally_common::auth::{AuthUser, refresh};
 use tally_common::client_ip::ClientIp;
 use tally_common::domain::Role;
-use tally_common::rate_limit;
+use tally_common::rate_limit::{self, Quota};
 use tally_common::{ApiError, Json};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -60,18 +60,16 @@ pub async fn login(
 ) -> Result<Json<TokenPair>, ApiError> {
     let auth = &state.deps.settings.auth;
     let keys = &state.deps.keys;
+    // Fails closed: without Redis, password guessing would be unlimited.
     for (scope, subject, limit) in [
         ("login-ip", client.to_string(), auth.login_attempts_per_ip),
         ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
     ] {
-        let key = keys.rate_limit(scope, &subject);
-        if let Err(exceeded) = rate_limit::hit(&state.deps.redis, scope, &key, limit, auth.login_window_secs)
+        let quota = Quota { limit, period_secs: auth.login_window_secs };
+        rate_limit::check(&state.deps.redis, &keys.rate_limit(scope, &subject), quota)
             .await
             .map_err(|e| ApiError::unavailable(e, 1))?
-        {
-            return Err(ApiError::rate_limited(exceeded.retry_after_secs)
-                .with_detail("too many login attempts; try again later"));
-        }
+            .enforce(scope)?;
     }
 
     let found: Option<(String, Account)> = sqlx::query_as::<_, (String, i64, String, String, time::Date)>(
@@ -117,6 +115,7 @@ pub async fn login(
     responses(
         (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
         (status = 401, description = "invalid_refresh_token (unknown, ended, or reused: the session is revoked)", content_type = "application/problem+json", body = Problem),
+        (status = 429, description = "rate_limited, with Retry-After and RateLimit-* headers", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn refresh(
     State(state): State<ApiState>,
@@ -125,17 +124,20 @@ pub async fn refresh(
     let presented = refresh::hash(&request.refresh_token);
     let mut tx = state.deps.db.begin().await?;
     // Row lock: two concurrent refreshes with one token cannot both rotate it.
-    let row: Option<(Uuid, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
-        "SELECT r.session_id, r.rotated_at, s.revoked_at, s.expires_at
+    let row: Option<(Uuid, i64, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime)> =
+        sqlx::query_as(
+            "SELECT r.session_id, s.citizen_id, r.rotated_at, s.revoked_at, s.expires_at
          FROM refresh_tokens r JOIN sessions s USING (session_id)
          WHERE r.token_hash = $1 FOR UPDATE",
-    )
-    .bind(&presented)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((session, rotated_at, revoked_at, expires_at)) = row else {
+        )
+        .bind(&presented)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((session, citizen_id, rotated_at, revoked_at, expires_at)) = row else {
         return Err(refused("unknown"));
     };
+    let per_minute = state.deps.settings.limits.refresh_per_citizen_per_minute;
+    crate::limits::per_citizen(&state, "refresh-citizen", citizen_id, per_minute).await?;
     if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
         return Err(refused("session_ended"));
     }

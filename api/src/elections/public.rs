@@ -101,6 +101,8 @@ pub async fn check_eligibility(
     user: AuthUser,
     Path(id): Path<i64>,
 ) -> Result<Json<Eligibility>, ApiError> {
+    let per_minute = state.deps.settings.limits.eligibility_per_citizen_per_minute;
+    crate::limits::per_citizen(&state, "eligibility-citizen", user.citizen_id, per_minute).await?;
     let election = find(&state, id).await?;
     let facts = VoterFacts { province: &user.province, dob: user.dob };
     let verdict = eligibility(
