@@ -130,5 +130,13 @@ fn problem(description: &str) -> RefOr<Response> {
 
 /// `/openapi.json` and the interactive UI at `/docs`.
 pub fn routes() -> Router {
-    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+    // Swagger UI runs its own scripts and inline styles, from this origin only.
+    let csp =
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())).layer(
+        tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(csp),
+        ),
+    )
 }

@@ -69,8 +69,16 @@ type ElectionRow = (
     i64,
 );
 
-const SELECT_ELECTIONS: &str = "SELECT election_id, name, start_at, end_at, vote_restriction, min_age,
-        results_visibility, closed_at, cancelled_at, tally_version, turnout FROM elections";
+/// The election columns, with a literal tail: SQL fixed at compile time.
+macro_rules! select_elections {
+    ($tail:literal) => {
+        concat!(
+            "SELECT election_id, name, start_at, end_at, vote_restriction, min_age,
+             results_visibility, closed_at, cancelled_at, tally_version, turnout FROM elections ",
+            $tail
+        )
+    };
+}
 
 pub async fn load(db: &PgPool, election_id: i64) -> anyhow::Result<Option<Election>> {
     let mut conn = db.acquire().await.context("connecting to Postgres")?;
@@ -86,7 +94,7 @@ pub async fn load_tx(
 }
 
 async fn load_with(conn: &mut PgConnection, election_id: i64) -> anyhow::Result<Option<Election>> {
-    let row: Option<ElectionRow> = sqlx::query_as(&format!("{SELECT_ELECTIONS} WHERE election_id = $1"))
+    let row: Option<ElectionRow> = sqlx::query_as(select_elections!("WHERE election_id = $1"))
         .bind(election_id)
         .fetch_optional(&mut *conn)
         .await
@@ -97,7 +105,7 @@ async fn load_with(conn: &mut PgConnection, election_id: i64) -> anyhow::Result<
 }
 
 pub async fn load_all(db: &PgPool) -> anyhow::Result<Vec<Election>> {
-    let rows: Vec<ElectionRow> = sqlx::query_as(&format!("{SELECT_ELECTIONS} ORDER BY election_id"))
+    let rows: Vec<ElectionRow> = sqlx::query_as(select_elections!("ORDER BY election_id"))
         .fetch_all(db)
         .await
         .context("loading elections")?;

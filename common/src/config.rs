@@ -106,6 +106,9 @@ pub struct HttpSettings {
     /// Addresses or CIDR blocks of load balancers whose `X-Forwarded-For`
     /// names the client (for per-address limits). Empty: trust no one.
     pub trusted_proxies: Vec<String>,
+    /// Origins (`https://results.example.org`) whose pages may call the
+    /// API from a browser. Empty: CORS is off and browsers refuse them.
+    pub cors_allowed_origins: Vec<String>,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
 }
@@ -198,6 +201,7 @@ impl Default for Settings {
                 request_timeout_ms: 10_000,
                 max_in_flight: 1024,
                 trusted_proxies: Vec::new(),
+                cors_allowed_origins: Vec::new(),
                 shutdown_grace_secs: 20,
             },
             log: LogSettings { format: LogFormat::Human, filter: "info".into() },
@@ -310,6 +314,14 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.http.cors_allowed_origins {
+            if !(origin.starts_with("https://") || origin.starts_with("http://")) || origin.ends_with('/') {
+                return Err(ConfigError::new(
+                    "http.cors_allowed_origins",
+                    format!("`{origin}` is not an origin such as https://example.org"),
+                ));
+            }
+        }
         crate::client_ip::TrustedProxies::parse(&self.http.trusted_proxies)
             .map_err(|why| ConfigError::new("http.trusted_proxies", why))?;
         let auth = &self.auth;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
@@ -16,7 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -34,6 +36,11 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         })
         .layer(axum::Extension(TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default()))
+        .layer(default_header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
+        .layer(default_header("x-content-type-options", "nosniff"))
+        .layer(default_header("referrer-policy", "no-referrer"))
+        .layer(default_header("x-frame-options", "DENY"))
+        .layer(cors(settings))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_panic| {
             // The panic message is printed by the panic hook, never sent.
@@ -54,6 +61,33 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
+}
+
+/// A header every response carries unless its route set its own (the live
+/// page and the API documentation have their own, looser CSP).
+fn default_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+}
+
+/// CORS for the configured origins only; with none, no CORS headers at all.
+fn cors(settings: &HttpSettings) -> CorsLayer {
+    let origins: Vec<HeaderValue> =
+        settings.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .expose_headers([
+            REQUEST_ID,
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 fn make_span(request: &Request) -> Span {

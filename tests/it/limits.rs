@@ -89,6 +89,9 @@ async fn without_redis_routes_fail_open_and_logins_fail_closed() {
     assert_eq!(listed.status(), 200, "the per-client limit lets requests through without Redis");
     assert!(listed.headers().get("ratelimit-limit").is_none());
     let (status, code) = code_of(app.login(4201, PASSWORD).await).await;
-    assert!(status == 503 && ["unavailable", "timeout"].contains(&code.as_str()), "logins fail closed: {code}");
+    assert!(
+        status == 503 && ["unavailable", "timeout"].contains(&code.as_str()),
+        "logins fail closed: {code}"
+    );
     proxy.restore();
 }

@@ -6,6 +6,7 @@ mod broadcast;
 mod browser;
 mod elections;
 mod foundation;
+mod headers;
 mod helpers;
 mod hostile;
 mod identity;

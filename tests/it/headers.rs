@@ -1,0 +1,89 @@
+//! Security headers on every response, and CORS only for configured origins.
+
+use tally::app::Roles;
+
+use crate::helpers::*;
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = spawn_app().await;
+    for url in [
+        format!("{}/v1/elections", app.api),
+        format!("{}/v1/no-such-route", app.api),
+        format!("{}/v1/elections/1/live", app.broadcaster),
+        format!("{}/", app.broadcaster),
+        format!("{}/docs/", app.api),
+    ] {
+        let answer = app.client.get(&url).send().await.unwrap();
+        assert_eq!(header(&answer, "x-content-type-options"), Some("nosniff"), "{url}");
+        assert_eq!(header(&answer, "referrer-policy"), Some("no-referrer"), "{url}");
+        let csp = header(&answer, "content-security-policy").unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{url}: {csp}");
+        assert!(!csp.contains("unsafe-eval") && !csp.contains("script-src *"), "{url}: {csp}");
+    }
+    let api = app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap();
+    assert_eq!(header(&api, "content-security-policy"), Some("default-src 'none'; frame-ancestors 'none'"));
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_an_origin_is_allowed() {
+    let preflight = |app: &TestApp, origin: &str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/elections", app.api))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let closed = spawn_app().await;
+    let answer = preflight(&closed, "https://results.example.org").await.unwrap();
+    assert!(header(&answer, "access-control-allow-origin").is_none());
+
+    let open = spawn_app_with(Roles::ALL, |s| {
+        s.http.cors_allowed_origins = vec!["https://results.example.org".into()];
+    })
+    .await;
+    let allowed = preflight(&open, "https://results.example.org").await.unwrap();
+    assert_eq!(header(&allowed, "access-control-allow-origin"), Some("https://results.example.org"));
+    assert!(header(&allowed, "access-control-allow-headers").unwrap_or_default().contains("authorization"));
+    let other = preflight(&open, "https://evil.example.com").await.unwrap();
+    assert!(header(&other, "access-control-allow-origin").is_none());
+}
+
+/// Every SQL statement binds its values: no statement text is built with
+/// `format!` or concatenation. The only exception is `CREATE/DROP
+/// DATABASE`, which cannot take parameters; its name goes through
+/// `quote_identifier`.
+#[test]
+fn no_sql_is_built_from_strings() {
+    let mut offenders = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> =
+        ["src", "common/src", "api/src", "workers/src", "broadcaster/src"].iter().map(Into::into).collect();
+    let sql_words = ["SELECT ", "INSERT ", "UPDATE ", "DELETE ", "CREATE ", "DROP ", " WHERE ", "ALTER "];
+    while let Some(path) = stack.pop() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let builds = line.contains("format!(") || line.contains("push_str(");
+            let upper = line.to_uppercase();
+            let sql = (sql_words.iter().any(|w| upper.contains(w)) && line.contains('"'))
+                || (line.contains("query") && line.contains("(&format!("));
+            let allowed = line.contains("quote_identifier(") || line.trim_start().starts_with("//");
+            if builds && sql && !allowed {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "SQL built from strings:\n{}", offenders.join("\n"));
+}
