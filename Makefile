@@ -7,7 +7,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check
+.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -105,3 +105,12 @@ deploy-check: tools
 	  $(VENV)/bin/kubernetes-validate --strict --quiet artifacts/k8s-example.yaml && \
 	  echo "k8s: the example overlay builds and validates"; \
 	else echo "k8s: kubectl not found, so the overlay was not built; the base files were validated"; fi
+
+## fuzz: each coverage-guided fuzz target for FUZZ_SECONDS (default 60) with cargo fuzz (nightly)
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	cd fuzz && for target in ballot_request vote_command bearer_token; do \
+	  $(CARGO) +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

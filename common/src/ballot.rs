@@ -137,6 +137,27 @@ mod tests {
         }
 
         #[test]
+        fn a_command_survives_the_queue(
+            election_id in 1i64..i64::MAX,
+            citizen_id in 1i64..i64::MAX,
+            selections in proptest::collection::vec(any::<i64>(), 0..70),
+            seconds in 0i64..4_000_000_000,
+        ) {
+            let command = VoteCommand {
+                receipt: Uuid::from_u128(u128::from(election_id.unsigned_abs()) << 64 | u128::from(citizen_id.unsigned_abs())),
+                election_id,
+                citizen_id,
+                selections,
+                accepted_at: OffsetDateTime::from_unix_timestamp(seconds).unwrap(),
+            };
+            let decoded = VoteCommand::decode(&command.encode()).unwrap();
+            prop_assert_eq!(decoded.msg_id(), command.msg_id());
+            prop_assert_eq!(decoded.selections, command.selections);
+            prop_assert_eq!(decoded.receipt, command.receipt);
+            prop_assert_eq!(decoded.accepted_at, command.accepted_at);
+        }
+
+        #[test]
         fn a_valid_ballot_has_one_runner_per_post(picks in proptest::collection::vec(0i64..6, 0..6)) {
             let runners: Vec<Runner> = (0..6).map(|i| runner(i, ["A", "B", "C"][(i % 3) as usize])).collect();
             if check_selections(&picks, &runners).is_ok() {

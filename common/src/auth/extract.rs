@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
@@ -53,17 +54,7 @@ impl Verifier {
     /// handlers that then call `check_revocation` themselves, folded into a
     /// round trip they make anyway.
     pub fn signed_user(&self, parts: &Parts) -> Result<AuthUser, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| refuse("missing", "missing_token"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| refuse("malformed", "invalid_token"))?;
-        let claims = self.tokens.verify(token.trim()).map_err(|e| match e {
-            TokenError::Expired => refuse("expired", "token_expired"),
-            TokenError::Invalid(reason) => refuse(reason, "invalid_token"),
-        })?;
-        user_of(claims).ok_or_else(|| refuse("malformed", "invalid_token"))
+        user_from_header(&self.tokens, parts.headers.get(AUTHORIZATION))
     }
 
     /// Adds the revocation check for `session` to a pipeline.
@@ -108,6 +99,22 @@ impl Verifier {
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await.map_err(|e| anyhow::anyhow!("recording revocation: {e}"))
     }
+}
+
+/// The user an `Authorization` header names, if its bearer token is valid
+/// (revocation aside). Pure, so it can be fuzzed without a server.
+pub fn user_from_header(tokens: &TokenKeys, header: Option<&HeaderValue>) -> Result<AuthUser, ApiError> {
+    let header = header.ok_or_else(|| refuse("missing", "missing_token"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .ok_or_else(|| refuse("malformed", "invalid_token"))?;
+    let claims = tokens.verify(token.trim()).map_err(|e| match e {
+        TokenError::Expired => refuse("expired", "token_expired"),
+        TokenError::Invalid(reason) => refuse(reason, "invalid_token"),
+    })?;
+    user_of(claims).ok_or_else(|| refuse("malformed", "invalid_token"))
 }
 
 fn user_of(claims: Claims) -> Option<AuthUser> {

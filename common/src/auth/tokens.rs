@@ -174,4 +174,27 @@ mod tests {
         let new_only = TokenKeys::from_settings(&settings);
         assert_eq!(new_only.verify(&token), Err(TokenError::Invalid("unknown_key_id")));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_is_never_a_valid_token(text in ".{0,300}") {
+            proptest::prop_assert!(keys().verify(&text).is_err());
+        }
+
+        #[test]
+        fn changing_any_character_of_a_token_invalidates_it(at in 0usize..400, with in proptest::char::range('+', 'z')) {
+            let keys = keys();
+            let token = keys.sign(&claims(&keys)).unwrap();
+            let at = at % token.len();
+            let mut changed: Vec<char> = token.chars().collect();
+            proptest::prop_assume!(changed[at] != with);
+            changed[at] = with;
+            let changed: String = changed.into_iter().collect();
+            // Base64url's last character can carry padding bits that decode
+            // to the same bytes; only a change the decoder sees must fail.
+            if keys.verify(&changed).is_ok() {
+                proptest::prop_assert_eq!(keys.verify(&changed), keys.verify(&token));
+            }
+        }
+    }
 }
