@@ -352,6 +352,14 @@ impl Settings {
                 }
             }
         }
+        if self.env == Environment::Production
+            && self.database.url.expose() == Settings::default().database.url.expose()
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "is the development default (no password); production needs its own",
+            ));
+        }
         if auth.access_ttl_secs == 0 || auth.access_ttl_secs > 15 * 60 {
             return Err(ConfigError::new("auth.access_ttl_secs", "must be between 1 and 900 seconds"));
         }
@@ -485,6 +493,7 @@ mod tests {
             None,
             vars(&[
                 ("TALLY_ENV", "production"),
+                ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
                 ("TALLY_AUTH__SIGNING_KEY_ID", "k2"),
                 ("TALLY_AUTH__KEYS__K2_FILE", file.to_str().expect("utf-8 path")),
                 ("TALLY_AUTH__KEYS__DEV", "another-long-enough-secret-for-production-use"),
@@ -515,12 +524,21 @@ mod tests {
             None,
             vars(&[
                 ("TALLY_ENV", "production"),
+                ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
                 ("TALLY_AUTH__SIGNING_KEY_ID", "main"),
                 ("TALLY_AUTH__KEYS__MAIN", key),
             ]),
         )
         .unwrap();
         assert_eq!(s.auth.keys.keys().collect::<Vec<_>>(), ["main"]);
+    }
+
+    #[test]
+    fn production_refuses_the_development_database_url() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let vars = vars(&[("TALLY_ENV", "production"), ("TALLY_AUTH__KEYS__DEV", key)]);
+        let err = Settings::load_from(None, vars).unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod broadcast;
 mod browser;
 mod elections;
 mod foundation;
-mod headers;
+mod hardening;
 mod helpers;
 mod hostile;
 mod identity;

@@ -1,4 +1,6 @@
-//! Security headers on every response, and CORS only for configured origins.
+//! Security headers on every response, CORS only for configured origins,
+//! and source checks: no SQL built from strings, no query that joins the
+//! voter roll to the ballot box.
 
 use tally::app::Roles;
 
@@ -86,4 +88,35 @@ fn no_sql_is_built_from_strings() {
         }
     }
     assert!(offenders.is_empty(), "SQL built from strings:\n{}", offenders.join("\n"));
+}
+
+/// Ballot secrecy in the code itself: no statement reads the voter roll
+/// and the ballot box together, so no endpoint or command (an admin's
+/// included) can pair a citizen with a choice.
+#[test]
+fn no_query_joins_the_voter_roll_to_the_ballot_box() {
+    let mut stack: Vec<std::path::PathBuf> =
+        ["src", "common/src", "api/src", "workers/src", "broadcaster/src"].iter().map(Into::into).collect();
+    while let Some(path) = stack.pop() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for statement in text.split("sqlx::query").skip(1) {
+                let sql = statement
+                    .split(".bind(")
+                    .next()
+                    .unwrap_or_default()
+                    .split(".fetch")
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    !(sql.contains("voter_roll") && sql.contains("ballot_box")),
+                    "{} reads the voter roll with the ballot box",
+                    path.display()
+                );
+            }
+        }
+    }
 }
