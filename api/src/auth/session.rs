@@ -111,6 +111,9 @@ pub async fn login(
     Ok(Json(issue(&state, &account, session, refresh_token)?))
 }
 
+/// A refresh token's session: id, citizen, rotated at, revoked at, expires at.
+type RefreshRow = (Uuid, i64, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime);
+
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
@@ -124,15 +127,14 @@ pub async fn refresh(
     let presented = refresh::hash(&request.refresh_token);
     let mut tx = state.deps.db.begin().await?;
     // Row lock: two concurrent refreshes with one token cannot both rotate it.
-    let row: Option<(Uuid, i64, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime)> =
-        sqlx::query_as(
-            "SELECT r.session_id, s.citizen_id, r.rotated_at, s.revoked_at, s.expires_at
+    let row: Option<RefreshRow> = sqlx::query_as(
+        "SELECT r.session_id, s.citizen_id, r.rotated_at, s.revoked_at, s.expires_at
          FROM refresh_tokens r JOIN sessions s USING (session_id)
          WHERE r.token_hash = $1 FOR UPDATE",
-        )
-        .bind(&presented)
-        .fetch_optional(&mut *tx)
-        .await?;
+    )
+    .bind(&presented)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some((session, citizen_id, rotated_at, revoked_at, expires_at)) = row else {
         return Err(refused("unknown"));
     };
