@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tally_common::health::{Readiness, admin_router};
-use tally_common::http::{bind, serve};
+use tally_common::http::{bind, serve_admin};
 use tally_common::{Deps, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -145,7 +145,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     // The admin listener outlives the roles so probes see the drain.
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(serve(listeners.admin, admin_router(readiness.clone()), admin_stop.clone()));
+    let admin = tokio::spawn(serve_admin(listeners.admin, admin_router(readiness.clone()), admin_stop.clone()));
 
     let result = run_roles(
         settings.clone(),

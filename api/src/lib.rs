@@ -105,7 +105,8 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
         state.deps.keys.elections_channel(),
         shutdown.clone(),
     ));
-    let served = tally_common::http::serve(listener, router(state), shutdown).await;
+    let settings = state.deps.settings.clone();
+    let served = tally_common::serve::serve(listener, router(state), &settings.http, shutdown).await;
     follower.abort();
     served
 }

@@ -88,7 +88,8 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
     let tracker = TaskTracker::new();
     let viewers = PerAddress::new(deps.settings.broadcaster.max_viewers_per_ip);
     let state = BroadcasterState { hub, viewers, tracker: tracker.clone(), shutdown: shutdown.clone() };
-    let served = tally_common::http::serve(listener, router(state), shutdown).await;
+    let settings = state.hub.deps().settings.clone();
+    let served = tally_common::serve::serve(listener, router(state), &settings.http, shutdown).await;
     // Viewers got a close frame when shutdown fired; wait for them to go.
     tracker.close();
     tracker.wait().await;

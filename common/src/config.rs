@@ -109,6 +109,14 @@ pub struct HttpSettings {
     /// Origins (`https://results.example.org`) whose pages may call the
     /// API from a browser. Empty: CORS is off and browsers refuse them.
     pub cors_allowed_origins: Vec<String>,
+    /// PEM certificate chain and private key: with both, the API and
+    /// broadcaster serve HTTPS (with HSTS); without, plain HTTP for use
+    /// behind a TLS-terminating proxy.
+    pub tls_certificate: Option<std::path::PathBuf>,
+    pub tls_private_key: Option<std::path::PathBuf>,
+    /// A client must send its request headers (and finish a TLS handshake)
+    /// within this time, or the connection is closed (slowloris).
+    pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
 }
@@ -202,6 +210,9 @@ impl Default for Settings {
                 max_in_flight: 1024,
                 trusted_proxies: Vec::new(),
                 cors_allowed_origins: Vec::new(),
+                tls_certificate: None,
+                tls_private_key: None,
+                header_read_timeout_ms: 10_000,
                 shutdown_grace_secs: 20,
             },
             log: LogSettings { format: LogFormat::Human, filter: "info".into() },
@@ -314,6 +325,9 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.tls_certificate.is_some() != self.http.tls_private_key.is_some() {
+            return Err(ConfigError::new("http.tls_private_key", "TLS needs both http.tls_certificate and http.tls_private_key"));
+        }
         for origin in &self.http.cors_allowed_origins {
             if !(origin.starts_with("https://") || origin.starts_with("http://")) || origin.ends_with('/') {
                 return Err(ConfigError::new(

@@ -177,11 +177,11 @@ pub async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener
     })
 }
 
-/// Serves until `shutdown` fires, then stops accepting and lets in-flight
-/// requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+/// Serves the admin listener (health, readiness, metrics): plain HTTP on
+/// a private address, until `shutdown` fires. Public listeners use
+/// `crate::serve::serve`.
+pub async fn serve_admin(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 

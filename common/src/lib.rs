@@ -19,6 +19,7 @@ pub mod process;
 pub mod rate_limit;
 pub mod retry;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod store;
 pub mod tally;

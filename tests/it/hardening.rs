@@ -120,3 +120,52 @@ fn no_query_joins_the_voter_roll_to_the_ballot_box() {
         }
     }
 }
+
+#[tokio::test]
+async fn https_is_served_with_hsts_when_given_a_certificate() {
+    let dir = std::env::temp_dir().join(format!("tally-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = tokio::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .await
+        .expect("openssl (make tools installs it)");
+    assert!(made.status.success());
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.http.tls_certificate = Some(dir.join("cert.pem"));
+        s.http.tls_private_key = Some(dir.join("key.pem"));
+    })
+    .await;
+    let https = app.api.replace("http://", "https://");
+    let answer = tokio::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-D", "-", "--http1.1"])
+        .arg(format!("{https}/v1/elections"))
+        .output()
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("strict-transport-security: max-age=31536000"), "{head}");
+    let plain = app.client.get(format!("{}/v1/elections", app.api)).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP is not served on a TLS port");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn a_client_that_sends_headers_too_slowly_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Roles::ALL, |s| s.http.header_read_timeout_ms = 500).await;
+    let address = app.api.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /v1/elections HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Never finishes its headers: the server must close the connection.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was still open after 5 s");
+    let fine = app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap();
+    assert_eq!(fine.status(), 200, "a normal client is served meanwhile");
+}
