@@ -145,7 +145,8 @@ async fn run(
 ) -> anyhow::Result<()> {
     // The admin listener outlives the roles so probes see the drain.
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(serve_admin(listeners.admin, admin_router(readiness.clone()), admin_stop.clone()));
+    let admin =
+        tokio::spawn(serve_admin(listeners.admin, admin_router(readiness.clone()), admin_stop.clone()));
 
     let result = run_roles(
         settings.clone(),

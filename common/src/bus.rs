@@ -12,7 +12,11 @@ use crate::config::NatsSettings;
 /// reconnecting for as long as the process runs, so a broker restart is
 /// ridden out without restarting us.
 pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(root) = &settings.tls_root_certificate {
+        options = options.add_root_certificates(root.clone()).require_tls(true);
+    }
+    options
         .name("tally")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))

@@ -74,6 +74,9 @@ pub struct RedisSettings {
     /// tests) can share one Redis.
     pub key_prefix: String,
     pub response_timeout_ms: u64,
+    /// A PEM CA certificate to trust for a `rediss://` URL, beside the
+    /// public roots (for a private CA).
+    pub tls_root_certificate: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -90,6 +93,8 @@ pub struct NatsSettings {
     pub replicas: usize,
     pub publish_timeout_ms: u64,
     pub ack_wait_secs: u64,
+    /// A PEM CA certificate to trust for a `tls://` URL (private CA).
+    pub tls_root_certificate: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -188,6 +193,7 @@ impl Default for Settings {
                 url: Secret::new("redis://127.0.0.1:6379"),
                 key_prefix: "tally".into(),
                 response_timeout_ms: 2_000,
+                tls_root_certificate: None,
             },
             nats: NatsSettings {
                 url: Secret::new("nats://127.0.0.1:4222"),
@@ -200,6 +206,7 @@ impl Default for Settings {
                 replicas: 1,
                 publish_timeout_ms: 2_000,
                 ack_wait_secs: 30,
+                tls_root_certificate: None,
             },
             http: HttpSettings {
                 api_addr: ([127, 0, 0, 1], 8080).into(),
@@ -326,7 +333,10 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.tls_certificate.is_some() != self.http.tls_private_key.is_some() {
-            return Err(ConfigError::new("http.tls_private_key", "TLS needs both http.tls_certificate and http.tls_private_key"));
+            return Err(ConfigError::new(
+                "http.tls_private_key",
+                "TLS needs both http.tls_certificate and http.tls_private_key",
+            ));
         }
         for origin in &self.http.cors_allowed_origins {
             if !(origin.starts_with("https://") || origin.starts_with("http://")) || origin.ends_with('/') {

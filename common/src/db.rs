@@ -14,6 +14,7 @@ use crate::config::DatabaseSettings;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
+    crate::serve::install_crypto_provider();
     let options = PgConnectOptions::from_str(settings.url.expose())
         .map_err(|e| anyhow::anyhow!("invalid setting `database.url` (env TALLY_DATABASE__URL): {e}"))?;
     // Statements are logged by our own spans; sqlx's would include values.

@@ -180,7 +180,11 @@ pub async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener
 /// Serves the admin listener (health, readiness, metrics): plain HTTP on
 /// a private address, until `shutdown` fires. Public listeners use
 /// `crate::serve::serve`.
-pub async fn serve_admin(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

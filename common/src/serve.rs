@@ -91,6 +91,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// rustls's process-wide crypto provider (ring), which TLS connections to
+/// Redis and Postgres (`rediss://`, `sslmode=require`) look up. Idempotent.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The TLS acceptor for `http.tls_certificate` and `http.tls_private_key`.
 fn acceptor(settings: &HttpSettings) -> anyhow::Result<Option<TlsAcceptor>> {
     let (Some(certificate), Some(key)) = (&settings.tls_certificate, &settings.tls_private_key) else {

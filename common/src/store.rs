@@ -21,8 +21,16 @@ pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Redis> {
 }
 
 pub fn client(settings: &RedisSettings) -> anyhow::Result<redis::Client> {
-    redis::Client::open(settings.url.expose())
-        .map_err(|e| anyhow::anyhow!("invalid setting `redis.url` (env TALLY_REDIS__URL): {e}"))
+    crate::serve::install_crypto_provider();
+    let invalid =
+        |e: redis::RedisError| anyhow::anyhow!("invalid setting `redis.url` (env TALLY_REDIS__URL): {e}");
+    let Some(root) = &settings.tls_root_certificate else {
+        return redis::Client::open(settings.url.expose()).map_err(invalid);
+    };
+    let root_cert = std::fs::read(root)
+        .map_err(|e| anyhow::anyhow!("cannot read redis.tls_root_certificate {}: {e}", root.display()))?;
+    let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+    redis::Client::build_with_tls(settings.url.expose(), certificates).map_err(invalid)
 }
 
 /// Key and channel names, all under the configured prefix.

@@ -151,7 +151,10 @@ async fn https_is_served_with_hsts_when_given_a_certificate() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("strict-transport-security: max-age=31536000"), "{head}");
     let plain = app.client.get(format!("{}/v1/elections", app.api)).send().await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP is not served on a TLS port");
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP is not served on a TLS port"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -168,4 +171,138 @@ async fn a_client_that_sends_headers_too_slowly_is_cut_off() {
     assert!(closed.is_ok(), "the connection was still open after 5 s");
     let fine = app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap();
     assert_eq!(fine.status(), 200, "a normal client is served meanwhile");
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it.
+async fn private_ca(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Tally test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    ];
+    for args in steps {
+        let made =
+            tokio::process::Command::new("openssl").args(args).current_dir(dir).output().await.unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+}
+
+#[tokio::test]
+async fn postgres_redis_and_nats_are_reached_over_tls() {
+    let dir = std::env::temp_dir().join(format!("tally-store-tls-{}", uuid::Uuid::new_v4()));
+    private_ca(&dir).await;
+    let mut settings = tally_common::Settings::default();
+
+    // Postgres: the server's own certificate, TLS required by the URL.
+    settings.database.url =
+        tally_common::secret::Secret::new("postgres://postgres@127.0.0.1:5432/postgres?sslmode=require");
+    let db = tally_common::db::pool(&settings.database).unwrap();
+    let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(encrypted);
+
+    // Redis and NATS: servers of their own with a certificate from the private CA.
+    let (redis_port, nats_port) = (free_port(), free_port());
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let _redis = tokio::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--tls-cert-file",
+            &d("leaf.pem"),
+            "--tls-key-file",
+            &d("leaf.key"),
+            "--tls-ca-cert-file",
+            &d("ca.pem"),
+        ])
+        .args(["--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _nats = tokio::process::Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "--tls",
+            "--tlscert",
+            &d("leaf.pem"),
+            "--tlskey",
+            &d("leaf.key"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    settings.redis.url = tally_common::secret::Secret::new(format!("rediss://127.0.0.1:{redis_port}"));
+    settings.redis.tls_root_certificate = Some(dir.join("ca.pem"));
+    settings.nats.url = tally_common::secret::Secret::new(format!("tls://127.0.0.1:{nats_port}"));
+    settings.nats.tls_root_certificate = Some(dir.join("ca.pem"));
+    let mut redis =
+        eventually("Redis over TLS", || async { tally_common::store::connect(&settings.redis).await.ok() })
+            .await;
+    let pong: String = redis::cmd("PING").query_async(&mut redis).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let nats =
+        tokio::time::timeout(std::time::Duration::from_secs(10), tally_common::bus::connect(&settings.nats))
+            .await
+            .unwrap()
+            .unwrap();
+    nats.flush().await.unwrap();
+    assert!(nats.server_info().tls_required);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
