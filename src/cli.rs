@@ -245,35 +245,17 @@ impl Command {
                 let gap = std::time::Duration::from_millis(gap_ms);
                 let options = crate::bench::chaos::Options { rate, rounds, gap, viewers, out };
                 let report = crate::bench::chaos::run(&settings, config, options).await?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(
-                    report.passed,
-                    "the chaos run found {} violations",
-                    report.votes.violations.len()
-                );
-                Ok(())
+                verdict("chaos run", &report, report.passed, report.votes.violations.len())
             }
             Command::Bench(BenchCommand::Overload { seconds, out }) => {
                 let options = crate::bench::chaos::overload::Options { seconds, out };
                 let report = crate::bench::chaos::overload::run(&settings, config, options).await?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(
-                    report.passed,
-                    "the overload run found {} violations",
-                    report.votes.violations.len()
-                );
-                Ok(())
+                verdict("overload run", &report, report.passed, report.votes.violations.len())
             }
             Command::Bench(BenchCommand::Proxy { voters, rate, viewers, nginx_conf, out }) => {
                 let options = crate::bench::chaos::proxy::Options { voters, rate, viewers, nginx_conf, out };
                 let report = crate::bench::chaos::proxy::run(&settings, config, options).await?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                anyhow::ensure!(
-                    report.passed,
-                    "the proxy check found {} violations",
-                    report.votes.violations.len()
-                );
-                Ok(())
+                verdict("proxy check", &report, report.passed, report.votes.violations.len())
             }
             Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {
                 let options = crate::bench::viewers::Options {
@@ -315,6 +297,18 @@ impl Command {
             }
         }
     }
+}
+
+/// Prints a fault-injection report and fails the command on a violation.
+fn verdict(
+    what: &str,
+    report: &impl serde::Serialize,
+    passed: bool,
+    violations: usize,
+) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    anyhow::ensure!(passed, "the {what} found {violations} violations");
+    Ok(())
 }
 
 fn print_urls(app: &App) {

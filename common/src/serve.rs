@@ -36,8 +36,9 @@ pub async fn serve(
     let tls = acceptor(settings)?;
     let deadline = Duration::from_millis(settings.header_read_timeout_ms);
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
-    builder.http2().timer(TokioTimer::new());
+    // Request heads over 32 KiB (a 16 KiB token fits) are refused with 431.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline).max_buf_size(32 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(32 * 1024);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
