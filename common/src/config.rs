@@ -273,6 +273,13 @@ impl ConfigError {
     }
 }
 
+/// Whether a `scheme://user:password@host` URL has a non-empty password.
+fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let Some((credentials, _)) = rest.split_once('@') else { return false };
+    credentials.split_once(':').is_some_and(|(_, password)| !password.is_empty())
+}
+
 /// `auth.signing_key_id` → `TALLY_AUTH__SIGNING_KEY_ID`.
 pub fn env_var_for(setting: &str) -> String {
     format!("{ENV_PREFIX}{}", setting.replace('.', "__").to_uppercase())
@@ -331,6 +338,29 @@ impl Settings {
         }
     }
 
+    /// Production connects with its own credentials: not the built-in
+    /// loopback defaults, and never a database or Redis without a password.
+    fn refuse_development_urls(&self) -> Result<(), ConfigError> {
+        let defaults = Settings::default();
+        let urls = [
+            ("database.url", &self.database.url, &defaults.database.url, true),
+            ("redis.url", &self.redis.url, &defaults.redis.url, true),
+            ("nats.url", &self.nats.url, &defaults.nats.url, false),
+        ];
+        for (setting, url, default, needs_password) in urls {
+            if url == default {
+                return Err(ConfigError::new(
+                    setting,
+                    "is the development default; production needs its own",
+                ));
+            }
+            if needs_password && !has_password(url.expose()) {
+                return Err(ConfigError::new(setting, "carries no password; production needs credentials"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.tls_certificate.is_some() != self.http.tls_private_key.is_some() {
             return Err(ConfigError::new(
@@ -376,13 +406,8 @@ impl Settings {
                 }
             }
         }
-        if self.env == Environment::Production
-            && self.database.url.expose() == Settings::default().database.url.expose()
-        {
-            return Err(ConfigError::new(
-                "database.url",
-                "is the development default (no password); production needs its own",
-            ));
+        if self.env == Environment::Production {
+            self.refuse_development_urls()?;
         }
         if auth.access_ttl_secs == 0 || auth.access_ttl_secs > 15 * 60 {
             return Err(ConfigError::new("auth.access_ttl_secs", "must be between 1 and 900 seconds"));
@@ -518,6 +543,8 @@ mod tests {
             vars(&[
                 ("TALLY_ENV", "production"),
                 ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
+                ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
+                ("TALLY_NATS__URL", "nats://queue:4222"),
                 ("TALLY_AUTH__SIGNING_KEY_ID", "k2"),
                 ("TALLY_AUTH__KEYS__K2_FILE", file.to_str().expect("utf-8 path")),
                 ("TALLY_AUTH__KEYS__DEV", "another-long-enough-secret-for-production-use"),
@@ -549,6 +576,8 @@ mod tests {
             vars(&[
                 ("TALLY_ENV", "production"),
                 ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
+                ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
+                ("TALLY_NATS__URL", "nats://queue:4222"),
                 ("TALLY_AUTH__SIGNING_KEY_ID", "main"),
                 ("TALLY_AUTH__KEYS__MAIN", key),
             ]),
@@ -558,11 +587,30 @@ mod tests {
     }
 
     #[test]
-    fn production_refuses_the_development_database_url() {
+    fn production_refuses_development_and_password_less_store_urls() {
         let key = "a-signing-key-that-is-long-enough-for-production";
-        let vars = vars(&[("TALLY_ENV", "production"), ("TALLY_AUTH__KEYS__DEV", key)]);
-        let err = Settings::load_from(None, vars).unwrap_err();
-        assert!(err.to_string().contains("database.url"), "{err}");
+        let good = [
+            ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
+            ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
+            ("TALLY_NATS__URL", "nats://queue:4222"),
+        ];
+        let load = |replace: (&'static str, &'static str)| {
+            let mut all = vec![("TALLY_ENV", "production"), ("TALLY_AUTH__KEYS__DEV", key)];
+            all.extend(good.iter().copied().filter(|(k, _)| *k != replace.0));
+            all.push(replace);
+            Settings::load_from(None, vars(&all))
+        };
+        assert!(load(good[0]).is_ok());
+        for (bad, setting) in [
+            (("TALLY_DATABASE__URL", "postgres://postgres@127.0.0.1:5432/tally"), "database.url"),
+            (("TALLY_DATABASE__URL", "postgres://tally@db/tally"), "database.url"),
+            (("TALLY_REDIS__URL", "redis://127.0.0.1:6379"), "redis.url"),
+            (("TALLY_REDIS__URL", "redis://cache:6379"), "redis.url"),
+            (("TALLY_NATS__URL", "nats://127.0.0.1:4222"), "nats.url"),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.to_string().contains(setting), "{bad:?}: {err}");
+        }
     }
 
     #[test]
