@@ -107,12 +107,9 @@ async fn admit(
     let deps = state.hub.deps();
     let quota = Quota::per_minute(deps.settings.limits.live_connects_per_client_per_minute);
     let key = deps.keys.rate_limit("live-connects", &client.to_string());
-    match rate_limit::check(&deps.redis, &key, quota).await {
-        Ok(decision) => drop(decision.enforce("live-connects")?),
-        // Fail open, like every capacity limit; the per-address cap on
-        // open connections below still holds.
-        Err(error) => tracing::warn!(error = format!("{error:#}"), "rate limit unavailable"),
-    }
+    // Fails open like every capacity limit; the per-address cap on open
+    // connections below still holds.
+    rate_limit::enforce_or_let_through(&deps.redis, &key, quota, "live-connects").await?;
     let slot = state.viewers.admit(client).ok_or_else(|| {
         metrics::counter!("tally_rate_limited_total", "scope" => "viewers_per_ip").increment(1);
         ApiError::rate_limited(5).with_detail("too many live connections from this address")

@@ -498,6 +498,21 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// Store URLs production accepts: its own hosts, with passwords.
+    const PRODUCTION_STORES: [(&str, &str); 3] = [
+        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
+        ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
+        ("TALLY_NATS__URL", "nats://queue:4222"),
+    ];
+
+    /// Production settings with acceptable stores, plus `extra`.
+    fn production(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all = vec![("TALLY_ENV", "production")];
+        all.extend(PRODUCTION_STORES);
+        all.extend(extra.iter().copied());
+        vars(&all)
+    }
+
     #[test]
     fn defaults_point_at_loopback() {
         let s = Settings::load_from(None, vars(&[])).expect("defaults load");
@@ -540,11 +555,7 @@ mod tests {
         std::fs::write(&file, "a-signing-key-that-is-long-enough-for-production\n").expect("write");
         let s = Settings::load_from(
             None,
-            vars(&[
-                ("TALLY_ENV", "production"),
-                ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
-                ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
-                ("TALLY_NATS__URL", "nats://queue:4222"),
+            production(&[
                 ("TALLY_AUTH__SIGNING_KEY_ID", "k2"),
                 ("TALLY_AUTH__KEYS__K2_FILE", file.to_str().expect("utf-8 path")),
                 ("TALLY_AUTH__KEYS__DEV", "another-long-enough-secret-for-production-use"),
@@ -573,14 +584,7 @@ mod tests {
         let key = "a-signing-key-that-is-long-enough-for-production";
         let s = Settings::load_from(
             None,
-            vars(&[
-                ("TALLY_ENV", "production"),
-                ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
-                ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
-                ("TALLY_NATS__URL", "nats://queue:4222"),
-                ("TALLY_AUTH__SIGNING_KEY_ID", "main"),
-                ("TALLY_AUTH__KEYS__MAIN", key),
-            ]),
+            production(&[("TALLY_AUTH__SIGNING_KEY_ID", "main"), ("TALLY_AUTH__KEYS__MAIN", key)]),
         )
         .unwrap();
         assert_eq!(s.auth.keys.keys().collect::<Vec<_>>(), ["main"]);
@@ -589,18 +593,13 @@ mod tests {
     #[test]
     fn production_refuses_development_and_password_less_store_urls() {
         let key = "a-signing-key-that-is-long-enough-for-production";
-        let good = [
-            ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
-            ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
-            ("TALLY_NATS__URL", "nats://queue:4222"),
-        ];
         let load = |replace: (&'static str, &'static str)| {
             let mut all = vec![("TALLY_ENV", "production"), ("TALLY_AUTH__KEYS__DEV", key)];
-            all.extend(good.iter().copied().filter(|(k, _)| *k != replace.0));
+            all.extend(PRODUCTION_STORES.iter().copied().filter(|(k, _)| *k != replace.0));
             all.push(replace);
             Settings::load_from(None, vars(&all))
         };
-        assert!(load(good[0]).is_ok());
+        assert!(load(PRODUCTION_STORES[0]).is_ok());
         for (bad, setting) in [
             (("TALLY_DATABASE__URL", "postgres://postgres@127.0.0.1:5432/tally"), "database.url"),
             (("TALLY_DATABASE__URL", "postgres://tally@db/tally"), "database.url"),

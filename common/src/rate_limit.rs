@@ -164,14 +164,31 @@ pub async fn per_client(
     if exempt || limiter.quota.is_off() {
         return next.run(request).await;
     }
-    match check(&limiter.redis, &limiter.keys.rate_limit("client", &client.to_string()), limiter.quota).await
-    {
-        Ok(decision) if decision.allowed => annotate(next.run(request).await, &decision),
-        Ok(decision) => decision.refusal("client").into_response(),
+    let key = limiter.keys.rate_limit("client", &client.to_string());
+    match enforce_or_let_through(&limiter.redis, &key, limiter.quota, "client").await {
+        Ok(decision) => annotate(next.run(request).await, &decision),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// One check of a capacity limit: `Err(429)` when refused. When Redis
+/// cannot answer, the request is let through and counted (fail open).
+pub async fn enforce_or_let_through(
+    redis: &Redis,
+    key: &str,
+    quota: Quota,
+    scope: &'static str,
+) -> Result<Decision, ApiError> {
+    match check(redis, key, quota).await {
+        Ok(decision) => decision.enforce(scope),
         Err(error) => {
             metrics::counter!("tally_rate_limit_errors_total").increment(1);
-            tracing::warn!(error = format!("{error:#}"), "rate limit unavailable; request let through");
-            next.run(request).await
+            tracing::warn!(
+                error = format!("{error:#}"),
+                scope,
+                "rate limit unavailable; request let through"
+            );
+            Ok(Decision::unlimited())
         }
     }
 }

@@ -89,9 +89,7 @@ impl Cluster {
         }
         command
             .envs(self.settings.iter().map(|(k, v)| (*k, v.as_str())))
-            // Load comes from one address here; per-client limits would measure themselves.
-            .env("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0")
-            .env("TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE", "0")
+            .envs(super::ONE_ADDRESS_LOAD)
             .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{}", node.admin))
             .env("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{}", node.api))
             .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", node.live))

@@ -52,6 +52,14 @@ impl Latencies {
     }
 }
 
+/// Every benchmark's load comes from one address: per-address limits
+/// would measure themselves, so processes under test run without them
+/// (per-citizen limits stay on).
+pub const ONE_ADDRESS_LOAD: [(&str, &str); 2] = [
+    ("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0"),
+    ("TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE", "0"),
+];
+
 /// A free port on loopback, for a child process to listen on.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -75,9 +83,7 @@ pub async fn spawn_tally(
     command
         .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .env("TALLY_LOG__FILTER", "warn")
-        // All load comes from one address; per-client limits would measure themselves.
-        .env("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0")
-        .env("TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE", "0")
+        .envs(ONE_ADDRESS_LOAD)
         .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);

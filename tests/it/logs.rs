@@ -79,26 +79,17 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
         .await
         .expect("login");
     assert_eq!(bad_login.status(), 401);
-    let tokens: serde_json::Value = client
-        .post(format!("{api}/v1/auth/login"))
-        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
+    let tokens: serde_json::Value = post_json(
+        &client,
+        &format!("{api}/v1/auth/login"),
+        serde_json::json!({"citizen_id": 4242, "password": PASSWORD}),
+    )
+    .await;
     let access = tokens["access_token"].as_str().expect("access").to_string();
     let refresh = tokens["refresh_token"].as_str().expect("refresh").to_string();
-    let rotated: serde_json::Value = client
-        .post(format!("{api}/v1/auth/refresh"))
-        .json(&serde_json::json!({"refresh_token": refresh}))
-        .send()
-        .await
-        .expect("refresh")
-        .json()
-        .await
-        .expect("json");
+    let rotated: serde_json::Value =
+        post_json(&client, &format!("{api}/v1/auth/refresh"), serde_json::json!({"refresh_token": refresh}))
+            .await;
     let access2 = rotated["access_token"].as_str().expect("access").to_string();
     let refresh2 = rotated["refresh_token"].as_str().expect("refresh").to_string();
     // Reuse of the first refresh token is logged as a warning; the token must not be.
@@ -110,15 +101,12 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
         .ok();
     client.get(format!("{api}/v1/me")).bearer_auth(&access2).send().await.expect("me");
     // The reuse above ended that session; sign in again to vote.
-    let fresh: serde_json::Value = client
-        .post(format!("{api}/v1/auth/login"))
-        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
+    let fresh: serde_json::Value = post_json(
+        &client,
+        &format!("{api}/v1/auth/login"),
+        serde_json::json!({"citizen_id": 4242, "password": PASSWORD}),
+    )
+    .await;
     let access3 = fresh["access_token"].as_str().expect("access").to_string();
     let ballot = client
         .post(format!("{api}/v1/elections/{election}/ballots"))
@@ -188,4 +176,9 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
         let leak = logs.lines().find(|l| l.contains(secret)).unwrap_or_default();
         assert!(leak.is_empty(), "the {what} appears in the logs: {leak}");
     }
+}
+
+/// POSTs a JSON body and reads the JSON answer.
+async fn post_json(client: &reqwest::Client, url: &str, body: serde_json::Value) -> serde_json::Value {
+    client.post(url).json(&body).send().await.expect("sent").json().await.expect("json")
 }
