@@ -85,7 +85,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     cluster.nodes[api].pid().into_iter().for_each(|pid| pin(pid, 0));
     let js = tally_common::bus::jetstream(tally_common::bus::connect(&settings.nats).await?, &settings.nats);
     let mut limited = settings.nats.clone();
-    limited.max_messages = i64::from(offered).max(1000);
+    // About one second of what the API takes: full soon after the workers stop.
+    limited.max_messages = (capacity as i64).max(500);
     tally_common::bus::ensure_votes_stream(&js, &limited).await?;
 
     let api_pid = cluster.nodes[api].pid().unwrap_or(0);
