@@ -129,6 +129,13 @@ enum BenchCommand {
     Overload {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
+        /// The share of one core the system under test may use (a CPU
+        /// cgroup when this process may create one; otherwise only pinning).
+        #[arg(long, default_value_t = 0.4)]
+        system_cpu: f64,
+        /// Fail when the client offers less than this multiple of the capacity.
+        #[arg(long, default_value_t = 1.8)]
+        min_offer_ratio: f64,
         #[arg(long, default_value = "artifacts/overload")]
         out: PathBuf,
     },
@@ -247,8 +254,9 @@ impl Command {
                 let report = crate::bench::chaos::run(&settings, config, options).await?;
                 verdict("chaos run", &report, report.passed, report.votes.violations.len())
             }
-            Command::Bench(BenchCommand::Overload { seconds, out }) => {
-                let options = crate::bench::chaos::overload::Options { seconds, out };
+            Command::Bench(BenchCommand::Overload { seconds, system_cpu, min_offer_ratio, out }) => {
+                let options =
+                    crate::bench::chaos::overload::Options { seconds, system_cpu, min_offer_ratio, out };
                 let report = crate::bench::chaos::overload::run(&settings, config, options).await?;
                 verdict("overload run", &report, report.passed, report.votes.violations.len())
             }

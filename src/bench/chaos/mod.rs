@@ -6,6 +6,7 @@
 
 mod audience;
 mod books;
+mod cpu;
 pub mod faults;
 pub mod overload;
 pub mod proxy;

@@ -12,6 +12,7 @@ use tally_common::Settings;
 use tokio_util::sync::CancellationToken;
 
 use super::books::{self, Accounting, Books};
+use super::cpu::{Quota, pin};
 use super::voters::{Pace, Voters, ballots};
 use crate::bench::cluster::Cluster;
 use crate::bench::infra::private_stack;
@@ -20,6 +21,11 @@ use crate::bench::rss_bytes;
 
 pub struct Options {
     pub seconds: u64,
+    /// The share of one core the system under test may use.
+    pub system_cpu: f64,
+    /// The run fails when the client offers less than this multiple of the
+    /// measured capacity: it would not be an overload test.
+    pub min_offer_ratio: f64,
     pub out: PathBuf,
 }
 
@@ -29,6 +35,9 @@ pub struct Report {
     /// Ballots per second the API accepted in a closed-loop probe.
     pub capacity_per_sec: f64,
     pub offered_per_sec: f64,
+    pub offered_ratio: f64,
+    /// The CPU quota the system ran under, if this machine allowed one.
+    pub system_cpu_share: Option<f64>,
     pub answered_p50_ms: Option<u64>,
     pub answered_p99_ms: Option<u64>,
     pub answered_max_ms: Option<u64>,
@@ -59,11 +68,18 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         Cluster::start(config, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
     let (api, worker) = (cluster.with_role("api")[0], cluster.with_role("workers")[0]);
     let port = cluster.nodes[api].api;
-    // The system under test (servers and Tally) gets one core and this
-    // load generator the other, so that on a small machine the client can
-    // offer far more than the system can take.
-    let system = || infra.pids().into_iter().chain(cluster.nodes.iter().filter_map(|n| n.pid()));
-    system().for_each(|pid| pin(pid, 0));
+    // The system under test (servers and Tally) gets part of one core and
+    // this load generator the other, so that on a small machine the client
+    // can offer far more than the system can take.
+    let quota = Quota::new(options.system_cpu);
+    let quota_share = quota.as_ref().map(|_| options.system_cpu);
+    let confine = |pid: u32| {
+        pin(pid, 0);
+        if let Some(quota) = &quota {
+            quota.add(pid);
+        }
+    };
+    infra.pids().into_iter().chain(cluster.nodes.iter().filter_map(|n| n.pid())).for_each(confine);
     pin(std::process::id(), 1);
 
     // Closed loop: as many ballots as the API takes from 64 connections.
@@ -82,7 +98,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let voters = provision(&settings, offered as u64 * options.seconds, first).await?;
     // The API loads elections at start; this one is new.
     cluster.restart(api).await?;
-    cluster.nodes[api].pid().into_iter().for_each(|pid| pin(pid, 0));
+    cluster.nodes[api].pid().into_iter().for_each(confine);
     let js = tally_common::bus::jetstream(tally_common::bus::connect(&settings.nats).await?, &settings.nats);
     let mut limited = settings.nats.clone();
     // About one second of what the API takes: full soon after the workers stop.
@@ -124,6 +140,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         voting.logs.iter().filter(|l| l.lock().is_ok_and(|l| !l.statuses.is_empty())).count() as f64
             / started.elapsed().as_secs_f64();
     let logs = voting.finish().await;
+    let offered_ratio = offered_per_sec / capacity.max(1.0);
 
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
@@ -146,15 +163,25 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     if stream_max as i64 > limited.max_messages {
         problems.push(format!("the stream grew to {stream_max}, past its limit"));
     }
+    if offered_ratio < options.min_offer_ratio {
+        problems.push(format!(
+            "the client offered only {offered_ratio:.2}× the capacity (at least {} wanted); \
+             give the system less CPU (--system-cpu) or run the client on another machine",
+            options.min_offer_ratio
+        ));
+    }
     if mib(rss_max) > RSS_CEILING_MIB {
         problems.push(format!("the API grew to {:.0} MiB", mib(rss_max)));
     }
     votes.violations.extend(problems);
     cluster.stop().await;
+    drop(quota);
     Ok(Report {
         passed: votes.violations.is_empty(),
         capacity_per_sec: capacity,
         offered_per_sec,
+        offered_ratio,
+        system_cpu_share: quota_share,
         answered_p50_ms: answers.latency.quantile_ms(0.5),
         answered_p99_ms: answers.latency.quantile_ms(0.99),
         answered_max_ms: answers.latency.quantile_ms(1.0),
@@ -165,19 +192,6 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         stream_max_seen: stream_max,
         votes,
     })
-}
-
-/// Restricts every thread of a process to one CPU (best effort: without
-/// `taskset` or on a single core the run is simply less lopsided).
-fn pin(pid: u32, cpu: usize) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus > 1 {
-        let _ = std::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", &(cpu % cpus).to_string(), &pid.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 fn cancel_after(after: Duration) -> CancellationToken {
