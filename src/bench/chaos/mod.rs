@@ -10,6 +10,7 @@ mod cpu;
 pub mod faults;
 pub mod overload;
 pub mod proxy;
+mod schedule;
 mod voters;
 
 use std::path::{Path, PathBuf};

@@ -4,13 +4,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::schedule::Schedule;
 use crate::bench::Latencies;
 
 /// Status recorded for a request that got no HTTP answer at all.
@@ -125,21 +126,28 @@ impl Voters {
         tasks.spawn(async move {
             let in_flight = Arc::new(tokio::sync::Semaphore::new(pace.in_flight));
             let mut casting = JoinSet::new();
-            let mut ticks = tokio::time::interval(Duration::from_secs(1) / pace.rate.max(1));
+            let mut schedule = Schedule::new(pace.rate);
+            let mut ticks = tokio::time::interval(schedule.tick());
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            for (index, (_, token, runner)) in voters.into_iter().enumerate() {
+            let started = Instant::now();
+            let mut voters = voters.into_iter().enumerate();
+            'casting: loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-                let (client, apis, logs) = (client.clone(), apis.clone(), shared.clone());
-                let answers = shared_answers.clone();
-                casting.spawn(async move {
-                    let ballot = Ballot { election, index, token: &token, runner, attempts: pace.attempts };
-                    cast(&client, &apis, ballot, &logs[index], &answers).await;
-                    drop(permit);
-                });
+                for _ in 0..schedule.due(started.elapsed()) {
+                    let Some((index, (_, token, runner))) = voters.next() else { break 'casting };
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else { break 'casting };
+                    let (client, apis, logs) = (client.clone(), apis.clone(), shared.clone());
+                    let answers = shared_answers.clone();
+                    casting.spawn(async move {
+                        let ballot =
+                            Ballot { election, index, token: &token, runner, attempts: pace.attempts };
+                        cast(&client, &apis, ballot, &logs[index], &answers).await;
+                        drop(permit);
+                    });
+                }
             }
             while casting.join_next().await.is_some() {}
         });
