@@ -138,7 +138,13 @@ impl Voters {
                 }
                 for _ in 0..schedule.due(started.elapsed()) {
                     let Some((index, (_, token, runner))) = voters.next() else { break 'casting };
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else { break 'casting };
+                    let permit = tokio::select! {
+                        _ = stop.cancelled() => break 'casting,
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break 'casting,
+                        },
+                    };
                     let (client, apis, logs) = (client.clone(), apis.clone(), shared.clone());
                     let answers = shared_answers.clone();
                     casting.spawn(async move {
