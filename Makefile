@@ -84,7 +84,7 @@ chaos: services build
 chaos-smoke: services
 	$(CARGO) build --bin tally
 	timeout 600 target/debug/tally bench chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
-	timeout 600 target/debug/tally bench overload --seconds 12 --out artifacts/overload-smoke
+	timeout 600 target/debug/tally bench overload --seconds 12 --min-offer-ratio 1.5 --out artifacts/overload-smoke
 
 ## proxy-check: Debian's nginx with deploy/nginx/tally.conf (nginx -t first) in front of two
 ## replicas of each role; ballots and viewers through it while one API replica is killed

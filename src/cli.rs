@@ -131,7 +131,7 @@ enum BenchCommand {
         seconds: u64,
         /// The share of one core the system under test may use (a CPU
         /// cgroup when this process may create one; otherwise only pinning).
-        #[arg(long, default_value_t = 0.4)]
+        #[arg(long, default_value_t = 0.3)]
         system_cpu: f64,
         /// Fail when the client offers less than this multiple of the capacity.
         #[arg(long, default_value_t = 1.8)]
