@@ -69,10 +69,20 @@ impl Quota {
 
 impl Drop for Quota {
     fn drop(&mut self) {
-        let members = std::fs::read_to_string(self.group.join("cgroup.procs")).unwrap_or_default();
-        for pid in members.lines() {
-            let _ = std::fs::write(self.parent.join("cgroup.procs"), pid);
+        // A process still exiting can hold the group for a moment after
+        // it has been handed back, so removal is retried briefly.
+        for _ in 0..40 {
+            let members = std::fs::read_to_string(self.group.join("cgroup.procs")).unwrap_or_default();
+            for pid in members.lines() {
+                let _ = std::fs::write(self.parent.join("cgroup.procs"), pid);
+            }
+            match std::fs::remove_dir(&self.group) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                _ => return,
+            }
         }
-        let _ = std::fs::remove_dir(&self.group);
+        tracing::warn!(group = %self.group.display(), "could not remove the CPU group; rmdir it by hand");
     }
 }

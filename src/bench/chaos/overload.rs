@@ -175,6 +175,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     }
     votes.violations.extend(problems);
     cluster.stop().await;
+    // The stores first, so the CPU group is empty when it is removed.
+    drop(infra);
     drop(quota);
     Ok(Report {
         passed: votes.violations.is_empty(),
