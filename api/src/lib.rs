@@ -14,7 +14,7 @@ pub mod state;
 use axum::Router;
 use axum::routing::{delete, get, post};
 use tally_common::Deps;
-use tally_common::rate_limit::{self, PerClient, Quota};
+use tally_common::rate_limit;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -46,13 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/receipts/{receipt}", get(ballots::receipt))
         .with_state(state.clone())
         .merge(openapi::routes());
-    let limiter = std::sync::Arc::new(PerClient {
-        redis: state.deps.redis.clone(),
-        keys: state.deps.keys.clone(),
-        quota: Quota::per_minute(state.deps.settings.limits.per_client_per_minute),
-        exempt: CHECKED_IN_HANDLER,
-    });
-    let routes = routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit::per_client));
+    let routes = rate_limit::limit_per_client(routes, &state.deps, CHECKED_IN_HANDLER);
     tally_common::http::public_stack(routes, &state.deps.settings.http)
 }
 

@@ -16,16 +16,6 @@ pub async fn per_citizen(
     per_minute: u32,
 ) -> Result<(), ApiError> {
     let key = state.deps.keys.rate_limit(scope, &citizen_id.to_string());
-    match rate_limit::check(&state.deps.redis, &key, Quota::per_minute(per_minute)).await {
-        Ok(decision) => decision.enforce(scope).map(drop),
-        Err(error) => {
-            metrics::counter!("tally_rate_limit_errors_total").increment(1);
-            tracing::warn!(
-                error = format!("{error:#}"),
-                scope,
-                "rate limit unavailable; request let through"
-            );
-            Ok(())
-        }
-    }
+    let quota = Quota::per_minute(per_minute);
+    rate_limit::enforce_or_let_through(&state.deps.redis, &key, quota, scope).await.map(drop)
 }

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tally_common::client_ip::ClientIp;
-use tally_common::rate_limit::{self, PerClient, Quota};
+use tally_common::rate_limit::{self, Quota};
 use tally_common::{ApiError, Deps, Path};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,14 +57,7 @@ pub fn router(state: BroadcasterState) -> Router {
         .route("/elections/{id}", get(page::election))
         .route("/assets/{file}", get(page::asset))
         .with_state(state.clone());
-    let deps = state.hub.deps();
-    let limiter = std::sync::Arc::new(PerClient {
-        redis: deps.redis.clone(),
-        keys: deps.keys.clone(),
-        quota: Quota::per_minute(settings.limits.per_client_per_minute),
-        exempt: &[],
-    });
-    let routes = routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit::per_client));
+    let routes = rate_limit::limit_per_client(routes, state.hub.deps(), &[]);
     tally_common::http::public_stack(routes, &settings.http)
 }
 

@@ -80,13 +80,12 @@ fn cors(settings: &HttpSettings) -> CorsLayer {
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
-        .expose_headers([
-            REQUEST_ID,
-            header::RETRY_AFTER,
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderName::from_static("ratelimit-reset"),
-        ])
+        .expose_headers(
+            [REQUEST_ID, header::RETRY_AFTER]
+                .into_iter()
+                .chain(crate::rate_limit::HEADERS)
+                .collect::<Vec<_>>(),
+        )
         .max_age(Duration::from_secs(600))
 }
 

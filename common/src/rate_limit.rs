@@ -12,8 +12,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::client_ip::ClientIp;
+use crate::deps::Deps;
 use crate::error::ApiError;
 use crate::store::{Keys, Redis};
+
+/// The `RateLimit-*` headers: limit, remaining, seconds until full again.
+pub const HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
 
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
@@ -71,17 +79,6 @@ impl Decision {
         Decision { allowed: true, limit: 0, remaining: 0, reset_secs: 0, retry_after_secs: 0 }
     }
 
-    fn from_reply(quota: Quota, (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64)) -> Decision {
-        let secs = |ms: i64| (ms.max(0) as u64).div_ceil(1000);
-        Decision {
-            allowed: allowed == 1,
-            limit: quota.limit,
-            remaining: remaining.clamp(0, i64::from(quota.limit)) as u32,
-            reset_secs: secs(reset_ms),
-            retry_after_secs: secs(retry_ms).max(u64::from(allowed != 1)),
-        }
-    }
-
     /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
     pub fn write_headers(&self, headers: &mut axum::http::HeaderMap) {
         if self.limit == 0 {
@@ -93,10 +90,11 @@ impl Decision {
     }
 
     fn header_values(&self) -> [(HeaderName, HeaderValue); 3] {
+        let [limit, remaining, reset] = HEADERS;
         [
-            (HeaderName::from_static("ratelimit-limit"), HeaderValue::from(self.limit)),
-            (HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(self.remaining)),
-            (HeaderName::from_static("ratelimit-reset"), HeaderValue::from(self.reset_secs)),
+            (limit, HeaderValue::from(self.limit)),
+            (remaining, HeaderValue::from(self.remaining)),
+            (reset, HeaderValue::from(self.reset_secs)),
         ]
     }
 
@@ -122,8 +120,15 @@ pub fn add_to(pipe: &mut redis::Pipeline, key: &str, quota: Quota) {
 }
 
 /// Turns a pipeline reply from [`add_to`] into a decision.
-pub fn read(quota: Quota, reply: (i64, i64, i64, i64)) -> Decision {
-    Decision::from_reply(quota, reply)
+pub fn read(quota: Quota, (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64)) -> Decision {
+    let secs = |ms: i64| (ms.max(0) as u64).div_ceil(1000);
+    Decision {
+        allowed: allowed == 1,
+        limit: quota.limit,
+        remaining: remaining.clamp(0, i64::from(quota.limit)) as u32,
+        reset_secs: secs(reset_ms),
+        retry_after_secs: secs(retry_ms).max(u64::from(allowed != 1)),
+    }
 }
 
 /// One check on its own: one round trip.
@@ -147,6 +152,22 @@ pub struct PerClient {
     pub keys: Keys,
     pub quota: Quota,
     pub exempt: &'static [(&'static str, &'static str)],
+}
+
+/// `routes` with the per-client limit of `limits.per_client_per_minute`,
+/// except on `exempt` routes.
+pub fn limit_per_client(
+    routes: axum::Router,
+    deps: &Deps,
+    exempt: &'static [(&'static str, &'static str)],
+) -> axum::Router {
+    let limiter = std::sync::Arc::new(PerClient {
+        redis: deps.redis.clone(),
+        keys: deps.keys.clone(),
+        quota: Quota::per_minute(deps.settings.limits.per_client_per_minute),
+        exempt,
+    });
+    routes.layer(axum::middleware::from_fn_with_state(limiter, per_client))
 }
 
 /// Middleware for [`PerClient`]. When Redis cannot answer, the request is
