@@ -56,6 +56,23 @@ enum Command {
     /// Grant or revoke the admin role of an existing user.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Ballot-sealing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Print a new X25519 key pair for sealing ballots, as settings lines.
+    Generate {
+        /// The key id to name in the printed settings (lower case).
+        #[arg(long, default_value = "k1")]
+        id: String,
+        /// Print the API's own pair (sealing.api_*), which proves to
+        /// workers that a ballot came from the API.
+        #[arg(long)]
+        api: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +222,21 @@ impl Cli {
 impl Command {
     async fn execute(self, settings: Settings, config: Option<&std::path::Path>) -> anyhow::Result<()> {
         match self {
+            Command::Keys(KeysCommand::Generate { id, api }) => {
+                let pair = tally_common::seal::generate();
+                if api {
+                    println!("# The API's pair: the private key to the API only, the public key to workers.");
+                    println!("TALLY_SEALING__API_PRIVATE_KEY={}", pair.private);
+                    println!("TALLY_SEALING__API_PUBLIC_KEY={}", pair.public);
+                } else {
+                    let (id, var) = (id.to_lowercase(), id.to_uppercase());
+                    println!("# Workers' pair `{id}`: the public key to the API, the private key to workers only.");
+                    println!("TALLY_SEALING__KEY_ID={id}");
+                    println!("TALLY_SEALING__PUBLIC_KEYS__{var}={}", pair.public);
+                    println!("TALLY_SEALING__PRIVATE_KEYS__{var}={}", pair.private);
+                }
+                Ok(())
+            }
             Command::Serve { roles } => {
                 let shutdown = tally_common::shutdown::on_signal();
                 let mut app = App::start(settings, roles, shutdown).await?;

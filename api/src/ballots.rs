@@ -23,9 +23,6 @@ use crate::ApiState;
 #[allow(unused_imports)]
 use crate::openapi::Problem;
 
-/// How long a pending receipt is remembered in Redis; far beyond any
-/// realistic processing delay.
-const PENDING_RECEIPT_TTL_SECS: u64 = 7 * 24 * 3600;
 const MAX_SELECTIONS: usize = 64;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -86,38 +83,28 @@ pub async fn cast(
     }
     check_selections(&request.selections, &election.runners)
         .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
-    // One round trip: the rate limits, whether the session is still valid,
-    // and whether this voter has voted.
-    let limits = &state.deps.settings.limits;
-    let quotas: Vec<(&'static str, String, Quota)> = [
-        ("client", client.to_string(), limits.per_client_per_minute),
-        ("ballots-citizen", voter.citizen_id.to_string(), limits.ballots_per_citizen_per_minute),
-    ]
-    .into_iter()
-    .map(|(scope, subject, per_minute)| {
-        (scope, state.deps.keys.rate_limit(scope, &subject), Quota::per_minute(per_minute))
-    })
-    .filter(|(_, _, quota)| !quota.is_off())
-    .collect();
+    // One round trip: the per-address limit, whether the session is still
+    // valid, and whether this voter has voted. No limit is keyed by the
+    // citizen: its timestamp would date this ballot in Redis, and one
+    // ballot per citizen is enforced anyway.
+    let quota = Quota::per_minute(state.deps.settings.limits.per_client_per_minute);
     let mut checks = redis::pipe();
     state.verifier.revocation_check(&mut checks, voter.session_id);
     checks.cmd("SISMEMBER").arg(state.deps.keys.voters(election_id)).arg(voter.citizen_id);
-    for (_, key, quota) in &quotas {
-        rate_limit::add_to(&mut checks, key, *quota);
+    if !quota.is_off() {
+        rate_limit::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
     }
     let unavailable = |e: redis::RedisError| {
         ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1)
     };
     let replies: Vec<redis::Value> =
         checks.query_async(&mut state.deps.redis.clone()).await.map_err(unavailable)?;
-    let mut shown = rate_limit::Decision::unlimited();
-    for ((scope, _, quota), reply) in quotas.iter().zip(replies.iter().skip(2)) {
-        let decision =
-            rate_limit::read(*quota, redis::from_redis_value(reply).map_err(unavailable)?).enforce(scope)?;
-        if *scope == "client" {
-            shown = decision;
+    let shown = match replies.get(2) {
+        Some(reply) => {
+            rate_limit::read(quota, redis::from_redis_value(reply).map_err(unavailable)?).enforce("client")?
         }
-    }
+        None => rate_limit::Decision::unlimited(),
+    };
     let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
     let voted: bool = redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     if revoked {
@@ -137,11 +124,12 @@ pub async fn cast(
     let settings = &state.deps.settings.nats;
     let receipt = command.receipt;
     let started = std::time::Instant::now();
+    let sealed = command.seal(&state.sealer, election.ballot_slots());
     let stored = bus::publish_acked(
         &state.deps.jetstream,
         bus::ballot_subject(settings, election_id),
-        &command.msg_id(),
-        command.encode(),
+        sealed.headers,
+        sealed.payload,
         Duration::from_millis(settings.publish_timeout_ms),
     )
     .await;
@@ -161,8 +149,8 @@ pub async fn cast(
             );
         }
     }
-    // Before answering, so the receipt is known the moment the client has it.
-    remember_pending(&state, &command).await;
+    // Before answering, so a second ballot is refused at once.
+    remember_voter(&state, &command).await;
     metrics::counter!("tally_votes_accepted_total").increment(1);
     let mut headers = HeaderMap::new();
     shown.write_headers(&mut headers);
@@ -187,35 +175,27 @@ async fn already_voted(state: &ApiState, election_id: i64, citizen_id: i64) -> R
         .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking the voter set: {e}"), 1))
 }
 
-/// Marks the voter as having voted (so a second ballot is refused at once)
-/// and remembers which election the receipt belongs to until a worker has
-/// recorded it. The ballot is already safe in the stream, so a failure
-/// here is only logged.
-async fn remember_pending(state: &ApiState, command: &VoteCommand) {
-    let keys = &state.deps.keys;
-    let mut redis = state.deps.redis.clone();
-    let written = redis::pipe()
-        .cmd("SADD")
-        .arg(keys.voters(command.election_id))
+/// Marks the voter as having voted, so a second ballot is refused at
+/// once. Nothing here names the receipt: a Redis reader must not pair the
+/// two. The ballot is already safe in the stream, so a failure here is
+/// only logged.
+async fn remember_voter(state: &ApiState, command: &VoteCommand) {
+    let written = redis::cmd("SADD")
+        .arg(state.deps.keys.voters(command.election_id))
         .arg(command.citizen_id)
-        .ignore()
-        .cmd("SET")
-        .arg(keys.pending_receipt(&command.receipt.to_string()))
-        .arg(command.election_id)
-        .arg("EX")
-        .arg(PENDING_RECEIPT_TTL_SECS)
-        .ignore()
-        .query_async::<()>(&mut redis)
+        .query_async::<()>(&mut state.deps.redis.clone())
         .await;
     if let Err(e) = written {
-        tracing::warn!(error = %e, "could not note a pending ballot in Redis");
+        tracing::warn!(error = %e, "could not note a voter in Redis");
     }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ReceiptStatus {
     pub receipt: Uuid,
-    pub election_id: i64,
+    /// Known once the ballot is recorded or rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election_id: Option<i64>,
     /// pending, recorded or rejected
     #[schema(example = "recorded")]
     pub status: &'static str,
@@ -225,19 +205,27 @@ pub struct ReceiptStatus {
 
 #[utoipa::path(get, path = "/v1/receipts/{receipt}", tag = "ballots", params(("receipt" = Uuid, Path, description = "The receipt from casting")),
     responses(
-        (status = 200, description = "What became of the ballot; never what it chose", body = ReceiptStatus),
-        (status = 404, description = "receipt_not_found", content_type = "application/problem+json", body = Problem),
+        (status = 200, description = "What became of the ballot; never what it chose. Any well-formed receipt that is neither recorded nor rejected is pending.", body = ReceiptStatus),
+        (status = 429, description = "rate_limited, with Retry-After", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn receipt(
     State(state): State<ApiState>,
+    ClientIp(client): ClientIp,
     Path(receipt): Path<Uuid>,
 ) -> Result<Json<ReceiptStatus>, ApiError> {
-    let recorded: Option<i64> = sqlx::query_scalar("SELECT election_id FROM ballot_box WHERE receipt = $1")
-        .bind(receipt)
-        .fetch_optional(&state.deps.db)
-        .await?;
+    state.receipt_limit.admit(client)?;
+    let recorded: Option<i64> =
+        sqlx::query_scalar("SELECT election_id FROM recorded_receipts WHERE receipt = $1")
+            .bind(receipt)
+            .fetch_optional(&state.deps.db)
+            .await?;
     if let Some(election_id) = recorded {
-        return Ok(Json(ReceiptStatus { receipt, election_id, status: "recorded", reason: None }));
+        return Ok(Json(ReceiptStatus {
+            receipt,
+            election_id: Some(election_id),
+            status: "recorded",
+            reason: None,
+        }));
     }
     let rejected: Option<(i64, String)> =
         sqlx::query_as("SELECT election_id, reason FROM rejected_ballots WHERE receipt = $1")
@@ -245,20 +233,16 @@ pub async fn receipt(
             .fetch_optional(&state.deps.db)
             .await?;
     if let Some((election_id, reason)) = rejected {
-        return Ok(Json(ReceiptStatus { receipt, election_id, status: "rejected", reason: Some(reason) }));
+        return Ok(Json(ReceiptStatus {
+            receipt,
+            election_id: Some(election_id),
+            status: "rejected",
+            reason: Some(reason),
+        }));
     }
-    let mut redis = state.deps.redis.clone();
-    let pending: Option<i64> = redis::cmd("GET")
-        .arg(state.deps.keys.pending_receipt(&receipt.to_string()))
-        .query_async(&mut redis)
-        .await
-        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("reading a pending receipt: {e}"), 1))?;
-    match pending {
-        Some(election_id) => {
-            Ok(Json(ReceiptStatus { receipt, election_id, status: "pending", reason: None }))
-        }
-        None => Err(ApiError::not_found("receipt_not_found").with_detail("no ballot with this receipt")),
-    }
+    // Held by a worker, still in the stream, or never issued: the answer is
+    // the same, so it tells nobody which receipts exist.
+    Ok(Json(ReceiptStatus { receipt, election_id: None, status: "pending", reason: None }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use state::ApiState;
 
-/// Routes whose handlers apply the per-client limit themselves, inside
-/// a Redis pipeline they send anyway (one round trip on the hot path).
-const CHECKED_IN_HANDLER: &[(&str, &str)] = &[("POST", "/v1/elections/{id}/ballots")];
+/// Routes whose handlers apply the per-client limit themselves: ballots
+/// inside the Redis pipeline they send anyway (one round trip on the hot
+/// path), receipts in the process (a Redis key would date each look-up).
+const CHECKED_IN_HANDLER: &[(&str, &str)] =
+    &[("POST", "/v1/elections/{id}/ballots"), ("GET", "/v1/receipts/{receipt}")];
 
 pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
@@ -85,7 +87,7 @@ fn register_metrics() {
     zero_counters(
         "tally_rate_limited_total",
         "scope",
-        &["client", "login-ip", "login-citizen", "ballots-citizen", "refresh-citizen", "eligibility-citizen"],
+        &["client", "receipts-client", "login-ip", "login-citizen", "refresh-citizen", "eligibility-citizen"],
     );
     metrics::counter!("tally_rate_limit_errors_total").increment(0);
 }

@@ -3,8 +3,10 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use tally_common::Deps;
 use tally_common::auth::{Passwords, TokenKeys, Verifier};
+use tally_common::seal::Sealer;
 
 use crate::election_cache::ElectionCache;
+use crate::limits::PerAddress;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -13,6 +15,9 @@ pub struct ApiState {
     pub passwords: Passwords,
     pub verifier: Verifier,
     pub elections: ElectionCache,
+    /// This process's HPKE context: every ballot it accepts is sealed with it.
+    pub sealer: Arc<Sealer>,
+    pub receipt_limit: PerAddress,
 }
 
 impl ApiState {
@@ -23,7 +28,9 @@ impl ApiState {
         let verifier =
             Verifier { tokens: tokens.clone(), redis: deps.redis.clone(), keys: deps.keys.clone() };
         let elections = ElectionCache::new(deps.db.clone());
-        Ok(ApiState { deps, tokens, passwords, verifier, elections })
+        let sealer = Arc::new(deps.settings.sealing.sealer()?);
+        let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
+        Ok(ApiState { deps, tokens, passwords, verifier, elections, sealer, receipt_limit })
     }
 }
 

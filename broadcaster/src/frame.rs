@@ -5,7 +5,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use tally_common::catalog::Election;
-use tally_common::election::{Status, Visibility};
+use tally_common::election::Status;
 use time::OffsetDateTime;
 
 /// One snapshot of an election as viewers see it.
@@ -51,8 +51,11 @@ struct Message<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     election_id: i64,
-    version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
     status: &'static str,
+    /// Counts move in steps of more than this many ballots.
+    anonymity_set: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     turnout: Option<i64>,
     #[serde(rename = "final")]
@@ -76,19 +79,17 @@ struct Runner<'a> {
     votes: Option<i64>,
 }
 
-/// Builds the frame, hiding what the election's visibility hides until it
-/// has ended: `turnout_only` shows turnout but no counts, `after_close`
-/// shows only the status.
+/// Builds the frame, hiding what `Visibility::shown` hides.
 pub fn build(election: &Election, counts: &Counts, status: Status, is_final: bool) -> Frame {
-    let ended = matches!(status, Status::Closed | Status::Cancelled);
-    let show_turnout = ended || election.visibility != Visibility::AfterClose;
-    let show_votes = ended || election.visibility == Visibility::Live;
+    let shown = election.visibility.shown(status, is_final);
+    let show_votes = shown.votes;
     let message = Message {
         kind: "tally",
         election_id: election.id,
-        version: counts.version,
+        version: shown.version.then_some(counts.version),
         status: status.as_str(),
-        turnout: show_turnout.then_some(counts.turnout),
+        anonymity_set: election.anonymity_set,
+        turnout: shown.turnout.then_some(counts.turnout),
         is_final,
         posts: election
             .posts()

@@ -26,7 +26,9 @@ async function showIndex() {
 function render(message) {
   document.getElementById("status").textContent = message.status + (message.final ? " · final" : "");
   document.getElementById("turnout").textContent =
-    message.turnout === undefined ? "hidden until close" : message.turnout.toLocaleString();
+    message.turnout === undefined ? "hidden until final" : message.turnout.toLocaleString();
+  document.getElementById("cadence").textContent =
+    "Updated every " + (message.anonymity_set + 1) + " ballots or more, so no single ballot shows.";
   const updated = document.getElementById("updated");
   updated.textContent = new Date(message.at).toLocaleTimeString();
   updated.dateTime = message.at;

@@ -56,6 +56,27 @@ pub fn votes_stream_config(settings: &NatsSettings) -> stream::Config {
     }
 }
 
+/// Where messages no worker can open are kept, whole, for an operator to
+/// examine: never dropped, never in the work queue again.
+pub fn quarantine_stream_config(settings: &NatsSettings) -> stream::Config {
+    stream::Config {
+        name: format!("{}_QUARANTINE", settings.stream),
+        subjects: vec![format!("{}.*", quarantine_prefix(settings))],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+fn quarantine_prefix(settings: &NatsSettings) -> String {
+    format!("quarantine.{}", settings.subject_prefix)
+}
+
+pub fn quarantine_subject(settings: &NatsSettings, election_id: &str) -> String {
+    format!("{}.{election_id}", quarantine_prefix(settings))
+}
+
 /// Creates the stream, or brings an existing one to the configured settings.
 pub async fn ensure_votes_stream(
     js: &jetstream::Context,
@@ -66,6 +87,13 @@ pub async fn ensure_votes_stream(
         js.update_stream(config).await.with_context(|| format!("updating stream {}", settings.stream))?;
     } else {
         js.create_stream(config).await.with_context(|| format!("creating stream {}", settings.stream))?;
+    }
+    let quarantine = quarantine_stream_config(settings);
+    let name = quarantine.name.clone();
+    if js.get_stream(&name).await.is_ok() {
+        js.update_stream(quarantine).await.with_context(|| format!("updating stream {name}"))?;
+    } else {
+        js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
     }
     js.get_stream(&settings.stream).await.with_context(|| format!("opening stream {}", settings.stream))
 }
@@ -96,12 +124,10 @@ pub enum PublishError {
 pub async fn publish_acked(
     js: &jetstream::Context,
     subject: String,
-    msg_id: &str,
+    headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
     timeout: Duration,
 ) -> Result<Stored, PublishError> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     let sent = async {
         let ack_future = js
             .publish_with_headers(subject, headers, payload)

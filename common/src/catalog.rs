@@ -27,6 +27,9 @@ pub struct Election {
     pub visibility: Visibility,
     pub tally_version: i64,
     pub turnout: i64,
+    /// K: workers commit this election's ballots in groups of more than K
+    /// and hold K back until the end.
+    pub anonymity_set: i32,
     pub runners: Vec<Runner>,
 }
 
@@ -42,6 +45,11 @@ impl Election {
             posts.entry(runner.post.as_str()).or_default().push(runner);
         }
         posts
+    }
+
+    /// The selection places of a sealed ballot: one per post.
+    pub fn ballot_slots(&self) -> usize {
+        self.posts().len()
     }
 }
 
@@ -67,6 +75,7 @@ type ElectionRow = (
     Option<OffsetDateTime>,
     i64,
     i64,
+    i32,
 );
 
 /// The election columns, with a literal tail: SQL fixed at compile time.
@@ -74,7 +83,7 @@ macro_rules! select_elections {
     ($tail:literal) => {
         concat!(
             "SELECT election_id, name, start_at, end_at, vote_restriction, min_age,
-             results_visibility, closed_at, cancelled_at, tally_version, turnout FROM elections ",
+             results_visibility, closed_at, cancelled_at, tally_version, turnout, anonymity_set FROM elections ",
             $tail
         )
     };
@@ -157,6 +166,7 @@ fn assemble(row: ElectionRow, runners: Vec<Runner>) -> anyhow::Result<Election> 
         cancelled_at,
         tally_version,
         turnout,
+        anonymity_set,
     ) = row;
     Ok(Election {
         id,
@@ -171,6 +181,7 @@ fn assemble(row: ElectionRow, runners: Vec<Runner>) -> anyhow::Result<Election> 
             .map_err(|e| anyhow::anyhow!("election {id}: results_visibility {e}"))?,
         tally_version,
         turnout,
+        anonymity_set,
         runners,
     })
 }

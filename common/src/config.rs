@@ -40,6 +40,105 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub broadcaster: BroadcasterSettings,
     pub limits: LimitSettings,
+    pub sealing: SealingSettings,
+}
+
+/// The keys ballots are sealed with (see `seal`). The API needs
+/// `key_id`, `public_keys` and `api_private_key`; workers need
+/// `private_keys` and `api_public_key`. Rotation: give workers the new
+/// private key, then point the API's `key_id` at it, and destroy the old
+/// private key once no message sealed to it is left in the stream.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealingSettings {
+    /// The workers' key the API seals to.
+    pub key_id: String,
+    /// Workers' public keys by id (base64url, 32 bytes).
+    pub public_keys: BTreeMap<String, String>,
+    /// Workers' private keys by id; several may be live during rotation.
+    pub private_keys: BTreeMap<String, Secret>,
+    /// The API's own key pair, which proves to workers that a ballot came
+    /// from the API.
+    pub api_private_key: Secret,
+    pub api_public_key: String,
+}
+
+/// Seeds of the development keys. Production refuses the keys they make.
+const DEV_WORKERS_SEED: &str = "tally-development-workers-sealing-key";
+const DEV_API_SEED: &str = "tally-development-api-sealing-key";
+
+impl Default for SealingSettings {
+    fn default() -> Self {
+        let workers = crate::seal::development_pair(DEV_WORKERS_SEED);
+        let api = crate::seal::development_pair(DEV_API_SEED);
+        SealingSettings {
+            key_id: "dev".into(),
+            public_keys: BTreeMap::from([("dev".to_string(), workers.public)]),
+            private_keys: BTreeMap::from([("dev".to_string(), Secret::new(workers.private))]),
+            api_private_key: Secret::new(api.private),
+            api_public_key: api.public,
+        }
+    }
+}
+
+impl SealingSettings {
+    /// The API's sealer: one HPKE context for this process.
+    pub fn sealer(&self) -> Result<crate::seal::Sealer, ConfigError> {
+        let public = self.public_keys.get(&self.key_id).ok_or_else(|| {
+            ConfigError::new("sealing.key_id", format!("no key `{}` in sealing.public_keys", self.key_id))
+        })?;
+        let public = crate::seal::public_key(public)
+            .map_err(|e| ConfigError::new(&format!("sealing.public_keys.{}", self.key_id), e.to_string()))?;
+        if self.api_private_key.expose().is_empty() {
+            return Err(ConfigError::new("sealing.api_private_key", "is missing; the API needs its own pair (tally keys generate --api)"));
+        }
+        let private = crate::seal::private_key(self.api_private_key.expose())
+            .map_err(|e| ConfigError::new("sealing.api_private_key", e.to_string()))?;
+        crate::seal::Sealer::new(&self.key_id, &public, &private)
+            .map_err(|e| ConfigError::new("sealing.key_id", e.to_string()))
+    }
+
+    /// The workers' opener, with every live private key.
+    pub fn opener(&self) -> Result<crate::seal::Opener, ConfigError> {
+        if self.private_keys.is_empty() {
+            return Err(ConfigError::new("sealing.private_keys", "is empty; workers need their private key (tally keys generate)"));
+        }
+        if self.api_public_key.is_empty() {
+            return Err(ConfigError::new("sealing.api_public_key", "is missing; workers need the API's public key"));
+        }
+        let mut keys = BTreeMap::new();
+        for (id, key) in &self.private_keys {
+            let key = crate::seal::private_key(key.expose())
+                .map_err(|e| ConfigError::new(&format!("sealing.private_keys.{id}"), e.to_string()))?;
+            keys.insert(id.clone(), key);
+        }
+        let api = crate::seal::public_key(&self.api_public_key)
+            .map_err(|e| ConfigError::new("sealing.api_public_key", e.to_string()))?;
+        Ok(crate::seal::Opener::new(keys, api))
+    }
+
+    /// Every key given must be well formed. Which keys a process needs
+    /// depends on its roles, so `sealer` and `opener` check presence when
+    /// the API or the workers start.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (id, key) in &self.public_keys {
+            crate::seal::public_key(key)
+                .map_err(|e| ConfigError::new(&format!("sealing.public_keys.{id}"), e.to_string()))?;
+        }
+        for (id, key) in &self.private_keys {
+            crate::seal::private_key(key.expose())
+                .map_err(|e| ConfigError::new(&format!("sealing.private_keys.{id}"), e.to_string()))?;
+        }
+        if !self.api_private_key.expose().is_empty() {
+            crate::seal::private_key(self.api_private_key.expose())
+                .map_err(|e| ConfigError::new("sealing.api_private_key", e.to_string()))?;
+        }
+        if !self.api_public_key.is_empty() {
+            crate::seal::public_key(&self.api_public_key)
+                .map_err(|e| ConfigError::new("sealing.api_public_key", e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Rate limits shared by every replica through Redis (GCRA). Each is a
@@ -49,7 +148,9 @@ pub struct Settings {
 pub struct LimitSettings {
     /// Requests from one client address, on every public route.
     pub per_client_per_minute: u32,
-    pub ballots_per_citizen_per_minute: u32,
+    /// Receipt look-ups from one client address, counted in the process
+    /// (a Redis key there would log when a receipt was polled).
+    pub receipts_per_client_per_minute: u32,
     pub refresh_per_citizen_per_minute: u32,
     pub eligibility_per_citizen_per_minute: u32,
     /// New live connections (WebSocket or SSE) from one client address.
@@ -167,8 +268,28 @@ pub struct AuthSettings {
 pub struct WorkerSettings {
     pub batch_size: usize,
     pub batch_wait_ms: u64,
+    /// Ballots delivered and not yet acked, across the consumer. Workers
+    /// hold up to 2K+1 ballots per open election, so this must cover that
+    /// for every open election plus a batch.
     pub max_ack_pending: i64,
     pub reconcile_interval_secs: u64,
+    /// K, for elections that do not set their own: workers always keep at
+    /// least K ballots of an election uncommitted, and commit in groups of
+    /// more than K, so no commit isolates fewer than K voters.
+    pub anonymity_set: i32,
+}
+
+impl WorkerSettings {
+    /// Ballots a worker may hold for one election of anonymity set `k`.
+    pub fn holding_for(k: i32) -> i64 {
+        2 * i64::from(k) + 1
+    }
+
+    /// Whether elections with these anonymity sets can all hold at once.
+    pub fn can_hold(&self, sets: impl IntoIterator<Item = i32>) -> bool {
+        let held: i64 = sets.into_iter().map(Self::holding_for).sum();
+        held + self.batch_size as i64 <= self.max_ack_pending
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -241,6 +362,7 @@ impl Default for Settings {
                 batch_wait_ms: 5,
                 max_ack_pending: 20_000,
                 reconcile_interval_secs: 60,
+                anonymity_set: 20,
             },
             broadcaster: BroadcasterSettings {
                 max_updates_per_sec: 10,
@@ -249,11 +371,12 @@ impl Default for Settings {
             },
             limits: LimitSettings {
                 per_client_per_minute: 1200,
-                ballots_per_citizen_per_minute: 10,
+                receipts_per_client_per_minute: 120,
                 refresh_per_citizen_per_minute: 20,
                 eligibility_per_citizen_per_minute: 60,
                 live_connects_per_client_per_minute: 120,
             },
+            sealing: SealingSettings::default(),
         }
     }
 }
@@ -336,6 +459,20 @@ impl Settings {
         {
             auth.keys.remove("dev");
         }
+        // Sealing keys that equal the development ones are dropped in
+        // production: each role then refuses to start without its own.
+        if self.env == Environment::Production {
+            let sealing = &mut self.sealing;
+            let dev = SealingSettings::default();
+            sealing.public_keys.retain(|_, key| !dev.public_keys.values().any(|d| d == key));
+            sealing.private_keys.retain(|_, key| !dev.private_keys.values().any(|d| d.expose() == key.expose()));
+            if sealing.api_private_key.expose() == dev.api_private_key.expose() {
+                sealing.api_private_key = Secret::new("");
+            }
+            if sealing.api_public_key == dev.api_public_key {
+                sealing.api_public_key = String::new();
+            }
+        }
     }
 
     /// Production connects with its own credentials: not the built-in
@@ -415,6 +552,19 @@ impl Settings {
         if self.workers.batch_size == 0 {
             return Err(ConfigError::new("workers.batch_size", "must be at least 1"));
         }
+        if !(2..=10_000).contains(&self.workers.anonymity_set) {
+            return Err(ConfigError::new("workers.anonymity_set", "must be between 2 and 10000"));
+        }
+        if !self.workers.can_hold([self.workers.anonymity_set]) {
+            return Err(ConfigError::new(
+                "workers.max_ack_pending",
+                format!(
+                    "must cover 2 × workers.anonymity_set + 1 held ballots plus a batch (at least {})",
+                    WorkerSettings::holding_for(self.workers.anonymity_set) + self.workers.batch_size as i64
+                ),
+            ));
+        }
+        self.sealing.validate()?;
         if self.broadcaster.max_updates_per_sec == 0 {
             return Err(ConfigError::new("broadcaster.max_updates_per_sec", "must be at least 1"));
         }

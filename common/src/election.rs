@@ -109,6 +109,33 @@ impl fmt::Display for Restriction {
     }
 }
 
+/// What of the counts may be shown, for REST results and live frames alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shown {
+    pub turnout: bool,
+    pub votes: bool,
+    /// The version counts commits, so it is hidden whenever counts are.
+    pub version: bool,
+}
+
+impl Visibility {
+    /// While voting is open, what the visibility allows. From the end until
+    /// every ballot is recorded (`final`), nothing: the last live figure and
+    /// the final one must never differ by a small group. Then everything.
+    pub fn shown(self, status: Status, is_final: bool) -> Shown {
+        let nothing = Shown { turnout: false, votes: false, version: false };
+        match status {
+            Status::Closed | Status::Cancelled if is_final => Shown { turnout: true, votes: true, version: true },
+            Status::Closed | Status::Cancelled => nothing,
+            _ => match self {
+                Visibility::Live => Shown { turnout: true, votes: true, version: true },
+                Visibility::TurnoutOnly => Shown { turnout: true, votes: false, version: false },
+                Visibility::AfterClose => nothing,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {

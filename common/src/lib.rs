@@ -18,6 +18,7 @@ pub mod http;
 pub mod process;
 pub mod rate_limit;
 pub mod retry;
+pub mod seal;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

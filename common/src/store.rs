@@ -73,11 +73,6 @@ impl Keys {
         format!("{}:rl:{scope}:{subject}", self.prefix)
     }
 
-    /// Which election a not-yet-recorded receipt belongs to.
-    pub fn pending_receipt(&self, receipt: &str) -> String {
-        format!("{}:pending:{receipt}", self.prefix)
-    }
-
     pub fn revoked_session(&self, session_id: &str) -> String {
         format!("{}:revoked:{session_id}", self.prefix)
     }

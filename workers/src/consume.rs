@@ -1,4 +1,4 @@
-//! The consuming loop: batch, record, publish tallies, ack.
+//! The consuming loop: open, hold, commit due groups, publish tallies, ack.
 
 use std::time::{Duration, Instant};
 
@@ -8,13 +8,18 @@ use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
 use tally_common::Deps;
 use tally_common::ballot::VoteCommand;
+use tally_common::seal::Opener;
 use tally_common::retry::{Backoff, until_ok};
 use tokio_util::sync::CancellationToken;
 
+use crate::hold::Holds;
 use crate::record::{Fate, record};
 
-/// How long a failed batch waits before the broker offers it again.
+/// How long a failed group waits before the broker offers it again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often held ballots are kept alive and held elections re-read, so
+/// an election is flushed within this long of its end.
+const HOLD_TICK: Duration = Duration::from_secs(1);
 
 pub async fn consumer(deps: &Deps) -> anyhow::Result<PullConsumer> {
     let settings = &deps.settings;
@@ -38,10 +43,27 @@ pub async fn consumer(deps: &Deps) -> anyhow::Result<PullConsumer> {
 }
 
 pub async fn run(deps: &Deps, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let opener = deps.settings.sealing.opener()?;
     let Some(consumer) = until_ok("nats consumer", shutdown, || consumer(deps)).await else { return Ok(()) };
+    let mut holds = Holds::default();
+    let ran = consume(deps, &opener, &consumer, &mut holds, shutdown).await;
+    holds.release_all().await;
+    ran
+}
+
+async fn consume(
+    deps: &Deps,
+    opener: &Opener,
+    consumer: &PullConsumer,
+    holds: &mut Holds,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let batch_size = deps.settings.workers.batch_size;
     let batch_wait = Duration::from_millis(deps.settings.workers.batch_wait_ms);
+    let ack_wait = Duration::from_secs(deps.settings.nats.ack_wait_secs);
     let mut backoff = Backoff::default();
+    let mut tick = tokio::time::interval(HOLD_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'connect: loop {
         let stream =
             consumer.stream().max_messages_per_batch(batch_size).heartbeat(Duration::from_secs(5)).messages();
@@ -58,6 +80,18 @@ pub async fn run(deps: &Deps, shutdown: &CancellationToken) -> anyhow::Result<()
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    // The clock alone can end an election: flush it then.
+                    holds.keep_alive(ack_wait).await;
+                    if let Err(e) = holds.refresh(&deps.db).await {
+                        tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
+                        continue;
+                    }
+                    if !commit_due(deps, holds).await && pause(shutdown, backoff.next_delay()).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let first = match first {
@@ -76,9 +110,12 @@ pub async fn run(deps: &Deps, shutdown: &CancellationToken) -> anyhow::Result<()
                     _ => break,
                 }
             }
-            // A batch in hand is finished even during shutdown, so that it
-            // is acked (or released) rather than left to time out.
-            if process(deps, batch).await {
+            let new_elections = take(deps, opener, holds, batch).await;
+            if new_elections && let Err(e) = holds.refresh(&deps.db).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
+                continue;
+            }
+            if commit_due(deps, holds).await {
                 backoff = Backoff::default();
             } else if pause(shutdown, backoff.next_delay()).await {
                 return Ok(());
@@ -95,49 +132,58 @@ async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Records one batch. Returns false when a dependency failed and the batch
-/// was handed back for redelivery.
-pub async fn process(deps: &Deps, batch: Vec<Message>) -> bool {
-    let started = Instant::now();
-    metrics::histogram!("tally_worker_batch_size").record(batch.len() as f64);
-    let mut ballots = Vec::with_capacity(batch.len());
-    let mut commands = Vec::with_capacity(batch.len());
+/// Opens each message and takes it into the hold; what cannot be opened
+/// is quarantined. Returns whether an election new to the hold appeared.
+async fn take(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Message>) -> bool {
+    let mut new = false;
     for message in batch {
         if message.info().is_ok_and(|info| info.delivered > 1) {
             metrics::counter!("tally_worker_redeliveries_total").increment(1);
         }
-        match VoteCommand::decode(&message.payload) {
+        let opened = VoteCommand::open(opener, message.headers.as_ref(), &message.payload).and_then(|command| {
+            let on_subject = message.subject.rsplit('.').next() == Some(command.election_id.to_string().as_str());
+            if on_subject { Ok(command) } else { Err("election differs from the subject's".into()) }
+        });
+        match opened {
             Ok(command) => {
-                commands.push(command);
-                ballots.push(message);
+                new |= !holds.knows(command.election_id);
+                holds.take(deps.settings.database.url.expose(), message, command).await;
             }
-            Err(error) => dead_letter(deps, message, error).await,
+            Err(error) => quarantine(deps, message, error).await,
         }
     }
-    if commands.is_empty() {
+    new
+}
+
+/// Commits what the hold says is due, in one transaction. Returns false
+/// when a dependency failed; the ballots are then held again.
+async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
+    let group = holds.take_due();
+    if group.is_empty() {
+        holds.settle().await;
         return true;
     }
+    let started = Instant::now();
+    metrics::histogram!("tally_worker_batch_size").record(group.len() as f64);
+    let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
     let outcome = match record(&deps.db, &commands).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                ballots = commands.len(),
-                "recording failed; batch handed back"
-            );
+            tracing::warn!(error = format!("{e:#}"), ballots = commands.len(), "recording failed; ballots held again");
             metrics::counter!("tally_worker_failures_total", "stage" => "postgres").increment(1);
-            hand_back(ballots).await;
+            holds.restore(group);
             return false;
         }
     };
     if let Err(e) =
         tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false).await
     {
-        // Postgres has the batch; the redelivery finds every ballot already
+        // Postgres has the group; a redelivery finds every ballot already
         // recorded and rewrites Redis from Postgres's totals.
-        tracing::warn!(error = format!("{e:#}"), "tally write failed; batch handed back");
+        tracing::warn!(error = format!("{e:#}"), "tally write failed; group handed back");
         metrics::counter!("tally_worker_failures_total", "stage" => "redis").increment(1);
-        hand_back(ballots).await;
+        hand_back(group.iter().map(|b| &b.message)).await;
+        holds.settle().await;
         return false;
     }
     for fate in &outcome.fates {
@@ -149,36 +195,59 @@ pub async fn process(deps: &Deps, batch: Vec<Message>) -> bool {
             }
         }
     }
-    let acks = ballots.iter().map(|m| m.ack());
+    let acks = group.iter().map(|b| b.message.ack());
     for result in futures_util::future::join_all(acks).await {
         if let Err(e) = result {
             // Harmless: the ballot is recorded; a redelivery is skipped.
             tracing::debug!(error = %e, "ack not sent");
         }
     }
+    holds.settle().await;
     metrics::histogram!("tally_worker_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     true
 }
 
-async fn hand_back(ballots: Vec<Message>) {
-    let naks = ballots.iter().map(|m| m.ack_with(AckKind::Nak(Some(RETRY_DELAY))));
+async fn hand_back<'a>(messages: impl Iterator<Item = &'a Message>) {
+    let naks = messages.map(|m| m.ack_with(AckKind::Nak(Some(RETRY_DELAY))));
     futures_util::future::join_all(naks).await;
 }
 
-/// A message no worker can read is kept out of the way: counted, noted by
-/// size and error (never its bytes, which may pair a citizen with a
-/// choice), and terminated so it is not redelivered forever.
-async fn dead_letter(deps: &Deps, message: Message, error: String) {
+/// A message no worker can open or check is never dropped: it is copied
+/// whole, headers and all, to the quarantine stream for an operator, noted
+/// by subject and error (never its bytes or size), and only then acked.
+async fn quarantine(deps: &Deps, message: Message, error: String) {
     metrics::counter!("tally_dead_letters_total").increment(1);
-    tracing::warn!(subject = %message.subject, size = message.payload.len(), "undecodable message");
-    let stored = sqlx::query("INSERT INTO dead_letters (subject, payload_size, error) VALUES ($1, $2, $3)")
-        .bind(message.subject.as_str())
-        .bind(message.payload.len() as i32)
-        .bind(&error)
-        .execute(&deps.db)
-        .await;
-    let kind = if stored.is_ok() { AckKind::Term } else { AckKind::Nak(Some(RETRY_DELAY)) };
+    tracing::warn!(subject = %message.subject, error = %error, "ballot quarantined: it cannot be opened or checked");
+    let election = message.subject.rsplit('.').next().unwrap_or("unknown").to_string();
+    let subject = tally_common::bus::quarantine_subject(&deps.settings.nats, &election);
+    // Every header but the dedup id, which would make the quarantine drop
+    // a second copy of the same citizen's message.
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        if *name != async_nats::header::NATS_MESSAGE_ID {
+            for value in values {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    let kept = async {
+        deps.jetstream.publish_with_headers(subject, headers, message.payload.clone()).await?.await?;
+        sqlx::query("INSERT INTO dead_letters (subject, error) VALUES ($1, $2)")
+            .bind(message.subject.as_str())
+            .bind(&error)
+            .execute(&deps.db)
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let kind = match kept {
+        Ok(()) => AckKind::Ack,
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "quarantine failed; the message stays in the queue");
+            AckKind::Nak(Some(RETRY_DELAY))
+        }
+    };
     if let Err(e) = message.ack_with(kind).await {
-        tracing::debug!(error = %e, "dead-letter ack not sent");
+        tracing::debug!(error = %e, "quarantine ack not sent");
     }
 }

@@ -1,9 +1,11 @@
-//! The workers role: takes ballots from JetStream in batches, records each
-//! batch in one Postgres transaction, then writes the absolute tallies to
-//! Redis, and only then acks. A crash anywhere in that sequence leads to
+//! The workers role: takes sealed ballots from JetStream, opens them, holds
+//! them until a group of more than K can be committed (see `hold`), records
+//! each group in one Postgres transaction, then writes the absolute tallies
+//! to Redis, and only then acks. A crash anywhere in that sequence leads to
 //! redelivery and the same end state.
 
 pub mod consume;
+pub mod hold;
 pub mod queue_stats;
 pub mod reconcile;
 pub mod record;
@@ -32,6 +34,7 @@ fn register_metrics() {
     );
     zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis"]);
     metrics::gauge!("tally_reconcile_drift").set(0.0);
+    metrics::gauge!("tally_ballots_held").set(0.0);
 }
 
 pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> {

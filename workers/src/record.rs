@@ -1,4 +1,9 @@
-//! Recording one batch of ballots in one Postgres transaction.
+//! Recording one group of ballots in one Postgres transaction.
+//!
+//! Each table is written by one statement, in an order of its own, and no
+//! savepoint is ever taken: a subtransaction would give its rows their own
+//! transaction id and pair them again. So inside a group, nothing links a
+//! voter-roll row to a ballot-box row or to a receipt.
 //!
 //! The voter roll's primary key decides which ballot of a citizen counts:
 //! every ballot inserts its (election, citizen) row with ON CONFLICT DO
@@ -81,7 +86,7 @@ pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<Bat
             conflicting.push(i);
         }
     }
-    let known = receipts_in_ballot_box(&mut tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
+    let known = recorded_receipts(&mut tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
     for &i in &conflicting {
         fates[i] = Some(if known.contains(&commands[i].receipt) {
             Fate::AlreadyRecorded
@@ -94,6 +99,7 @@ pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<Bat
     }
 
     insert_ballots(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
+    insert_receipts(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
     add_counts(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
     let fates: Vec<Fate> =
         fates.into_iter().map(|f| f.unwrap_or(Fate::Rejected("invalid_selection"))).collect();
@@ -150,7 +156,11 @@ async fn insert_voter_roll<'a>(
     tx: &mut Transaction<'_, Postgres>,
     ballots: impl Iterator<Item = &'a VoteCommand>,
 ) -> anyhow::Result<HashSet<(i64, i64)>> {
-    let (elections, citizens): (Vec<i64>, Vec<i64>) = ballots.map(|c| (c.election_id, c.citizen_id)).unzip();
+    // In (election, citizen) order: nothing of the arrival order, and
+    // nothing shared with the order of the other tables.
+    let mut rows: Vec<(i64, i64)> = ballots.map(|c| (c.election_id, c.citizen_id)).collect();
+    rows.sort_unstable();
+    let (elections, citizens): (Vec<i64>, Vec<i64>) = rows.into_iter().unzip();
     if elections.is_empty() {
         return Ok(HashSet::new());
     }
@@ -167,7 +177,7 @@ async fn insert_voter_roll<'a>(
     Ok(rows.into_iter().collect())
 }
 
-async fn receipts_in_ballot_box(
+async fn recorded_receipts(
     tx: &mut Transaction<'_, Postgres>,
     receipts: impl Iterator<Item = Uuid>,
 ) -> anyhow::Result<HashSet<Uuid>> {
@@ -175,7 +185,7 @@ async fn receipts_in_ballot_box(
     if receipts.is_empty() {
         return Ok(HashSet::new());
     }
-    let found: Vec<Uuid> = sqlx::query_scalar("SELECT receipt FROM ballot_box WHERE receipt = ANY($1)")
+    let found: Vec<Uuid> = sqlx::query_scalar("SELECT receipt FROM recorded_receipts WHERE receipt = ANY($1)")
         .bind(&receipts)
         .fetch_all(&mut **tx)
         .await
@@ -183,8 +193,9 @@ async fn receipts_in_ballot_box(
     Ok(found.into_iter().collect())
 }
 
-/// Ballot-box rows go in ordered by receipt, which is random, so their
-/// physical order says nothing about the order of the voter roll.
+/// Ballot-box rows get a random id of their own and go in ordered by it,
+/// so neither their key nor their physical order relates to the voter
+/// roll or to the receipts.
 async fn insert_ballots<'a>(
     tx: &mut Transaction<'_, Postgres>,
     ballots: impl Iterator<Item = &'a VoteCommand>,
@@ -192,31 +203,54 @@ async fn insert_ballots<'a>(
     let mut rows: Vec<(Uuid, i64, String)> = ballots
         .map(|c| {
             let list: Vec<String> = c.selections.iter().map(i64::to_string).collect();
-            (c.receipt, c.election_id, format!("{{{}}}", list.join(",")))
+            (Uuid::new_v4(), c.election_id, format!("{{{}}}", list.join(",")))
         })
         .collect();
     if rows.is_empty() {
         return Ok(());
     }
-    rows.sort_by_key(|r| r.0);
-    let mut receipts = Vec::with_capacity(rows.len());
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut ids = Vec::with_capacity(rows.len());
     let mut elections = Vec::with_capacity(rows.len());
     let mut selections = Vec::with_capacity(rows.len());
-    for (receipt, election, list) in rows {
-        receipts.push(receipt);
+    for (id, election, list) in rows {
+        ids.push(id);
         elections.push(election);
         selections.push(list);
     }
     sqlx::query(
-        "INSERT INTO ballot_box (receipt, election_id, selections)
-         SELECT r, e, s::bigint[] FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS b(r, e, s)",
+        "INSERT INTO ballot_box (ballot_id, election_id, selections)
+         SELECT b, e, s::bigint[] FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS t(b, e, s)",
     )
-    .bind(&receipts)
+    .bind(&ids)
     .bind(&elections)
     .bind(&selections)
     .execute(&mut **tx)
     .await
     .context("filling the ballot box")?;
+    Ok(())
+}
+
+/// Receipts in receipt order (random, and unrelated to ballot ids).
+async fn insert_receipts<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    ballots: impl Iterator<Item = &'a VoteCommand>,
+) -> anyhow::Result<()> {
+    let mut rows: Vec<(Uuid, i64)> = ballots.map(|c| (c.receipt, c.election_id)).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_unstable();
+    let (receipts, elections): (Vec<Uuid>, Vec<i64>) = rows.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO recorded_receipts (receipt, election_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[])",
+    )
+    .bind(&receipts)
+    .bind(&elections)
+    .execute(&mut **tx)
+    .await
+    .context("recording receipts")?;
     Ok(())
 }
 

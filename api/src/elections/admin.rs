@@ -36,11 +36,12 @@ pub async fn create(
     Json(input): Json<ElectionInput>,
 ) -> Result<(StatusCode, Json<ElectionView>), ApiError> {
     let now = OffsetDateTime::now_utc();
-    let draft = validate(&state.deps.db, None, input, now).await?.map_err(ApiError::validation)?;
+    let workers = &state.deps.settings.workers;
+    let draft = validate(&state.deps.db, workers, None, input, now).await?.map_err(ApiError::validation)?;
     let mut tx = state.deps.db.begin().await?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING election_id",
+        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING election_id",
     )
     .bind(&draft.name)
     .bind(draft.start_at)
@@ -48,6 +49,7 @@ pub async fn create(
     .bind(draft.restriction.to_string())
     .bind(draft.min_age)
     .bind(draft.visibility.as_str())
+    .bind(draft.anonymity_set)
     .fetch_one(&mut *tx)
     .await?;
     let after = commit_audited(&state, tx, admin.citizen_id, "election.create", id, None).await?;
@@ -73,11 +75,14 @@ pub async fn update(
         restriction: before.restriction.clone(),
         min_age: before.min_age,
         visibility: before.visibility,
+        anonymity_set: before.anonymity_set,
     };
-    let draft = validate(&state.deps.db, Some(&base), input, now).await?.map_err(ApiError::validation)?;
+    let workers = &state.deps.settings.workers;
+    let draft =
+        validate(&state.deps.db, workers, Some((id, &base)), input, now).await?.map_err(ApiError::validation)?;
     sqlx::query(
         "UPDATE elections SET name = $2, start_at = $3, end_at = $4, vote_restriction = $5, min_age = $6,
-                results_visibility = $7, updated_at = now()
+                results_visibility = $7, anonymity_set = $8, updated_at = now()
          WHERE election_id = $1",
     )
     .bind(id)
@@ -87,6 +92,7 @@ pub async fn update(
     .bind(draft.restriction.to_string())
     .bind(draft.min_age)
     .bind(draft.visibility.as_str())
+    .bind(draft.anonymity_set)
     .execute(&mut *tx)
     .await?;
     let before = ElectionView::of(&before, now);

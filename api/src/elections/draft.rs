@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use sqlx::PgPool;
+use tally_common::config::WorkerSettings;
 use tally_common::election::{Restriction, Visibility};
 use tally_common::error::FieldError;
 use time::OffsetDateTime;
@@ -10,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "General election", "start_at": "2027-05-02T07:00:00Z", "end_at": "2027-05-02T19:00:00Z", "vote_restriction": "@everyone", "min_age": 18, "results_visibility": "live"}))]
+#[schema(example = json!({"name": "General election", "start_at": "2027-05-02T07:00:00Z", "end_at": "2027-05-02T19:00:00Z", "vote_restriction": "@everyone", "min_age": 18, "results_visibility": "live", "anonymity_set": 20}))]
 pub struct ElectionInput {
     pub name: Option<String>,
     pub start_at: Option<String>,
@@ -18,6 +19,9 @@ pub struct ElectionInput {
     pub vote_restriction: Option<String>,
     pub min_age: Option<i64>,
     pub results_visibility: Option<String>,
+    /// K: ballots are committed in groups of more than K, and the last K
+    /// wait for the end (at least 2; default `workers.anonymity_set`).
+    pub anonymity_set: Option<i64>,
 }
 
 /// An election's settings after validation.
@@ -29,6 +33,7 @@ pub struct Draft {
     pub restriction: Restriction,
     pub min_age: i16,
     pub visibility: Visibility,
+    pub anonymity_set: i32,
 }
 
 fn problem(field: &str, message: impl Into<String>) -> FieldError {
@@ -39,10 +44,12 @@ fn problem(field: &str, message: impl Into<String>) -> FieldError {
 /// result. The start must lie in the future whenever it is set.
 pub async fn validate(
     db: &PgPool,
-    base: Option<&Draft>,
+    workers: &WorkerSettings,
+    base: Option<(i64, &Draft)>,
     input: ElectionInput,
     now: OffsetDateTime,
 ) -> anyhow::Result<Result<Draft, Vec<FieldError>>> {
+    let (id, base) = (base.map(|(id, _)| id), base.map(|(_, b)| b));
     let mut errors = Vec::new();
     let name = match (input.name, base) {
         (Some(n), _) => {
@@ -124,9 +131,34 @@ pub async fn validate(
         (None, Some(b)) => Some(b.visibility),
         (None, None) => Some(Visibility::Live),
     };
+    let anonymity_set = match input.anonymity_set {
+        Some(k) if (2..=10_000).contains(&k) => k as i32,
+        Some(_) => {
+            errors.push(problem("anonymity_set", "must be between 2 and 10000"));
+            2
+        }
+        None => base.map_or(workers.anonymity_set, |b| b.anonymity_set),
+    };
+    // Workers hold up to 2K+1 ballots of every election still to end; the
+    // consumer must be allowed that many un-acked messages at once.
+    let others: Vec<i32> = sqlx::query_scalar(
+        "SELECT anonymity_set FROM elections
+         WHERE cancelled_at IS NULL AND closed_at IS NULL AND end_at > $1
+           AND election_id IS DISTINCT FROM $2",
+    )
+    .bind(now)
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    if !workers.can_hold(others.into_iter().chain([anonymity_set])) {
+        errors.push(problem(
+            "anonymity_set",
+            "workers cannot hold this many ballots for every election still to end; raise workers.max_ack_pending or lower K",
+        ));
+    }
     Ok(match (errors.is_empty(), start, end, restriction, visibility) {
         (true, Some((start_at, _)), Some((end_at, _)), Some(restriction), Some(visibility)) => {
-            Ok(Draft { name, start_at, end_at, restriction, min_age, visibility })
+            Ok(Draft { name, start_at, end_at, restriction, min_age, visibility, anonymity_set })
         }
         _ => Err(errors),
     })

@@ -1,6 +1,7 @@
 //! `GET /v1/elections/{id}/results`: live counts from Redis while voting
-//! is open (as the election's visibility allows), final counts from
-//! Postgres once it has closed and every accepted ballot is recorded.
+//! is open (as the election's visibility allows), nothing from the end
+//! until every accepted ballot is recorded, then the final counts from
+//! Postgres.
 
 use axum::extract::State;
 use serde::Serialize;
@@ -18,8 +19,12 @@ use crate::openapi::Problem;
 pub struct Results {
     pub election_id: i64,
     pub status: &'static str,
-    pub version: i64,
-    pub turnout: i64,
+    /// Absent while counts are hidden (it counts commits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Absent while the visibility hides it, and from the end until final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turnout: Option<i64>,
     #[serde(rename = "final")]
     pub is_final: bool,
     pub posts: Vec<PostResult>,
@@ -50,7 +55,6 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
         return Err(ApiError::forbidden("results_hidden")
             .with_detail("results are published when the election closes"));
     }
-    let show_counts = ended || election.visibility == Visibility::Live;
     let (version, turnout, counts, is_final) = if ended {
         let pending = ballots_pending(&state, id).await?;
         let votes = election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect();
@@ -61,13 +65,14 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
             .map_err(|e| ApiError::unavailable(e, 1))?;
         (snapshot.version, snapshot.turnout, snapshot.votes, false)
     };
+    let shown = election.visibility.shown(status, is_final);
     Ok(Json(Results {
         election_id: id,
         status: status.as_str(),
-        version,
-        turnout,
+        version: shown.version.then_some(version),
+        turnout: shown.turnout.then_some(turnout),
         is_final,
-        posts: posts(&election, |runner| show_counts.then(|| counts.get(&runner).copied().unwrap_or(0))),
+        posts: posts(&election, |runner| shown.votes.then(|| counts.get(&runner).copied().unwrap_or(0))),
     }))
 }
 

@@ -18,6 +18,9 @@ pub struct ElectionView {
     pub min_age: i16,
     #[schema(example = "live")]
     pub results_visibility: &'static str,
+    /// Results move in steps of more than this many ballots.
+    #[schema(example = 20)]
+    pub anonymity_set: i32,
     #[schema(example = "open")]
     pub status: &'static str,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -51,6 +54,7 @@ impl ElectionView {
             vote_restriction: election.restriction.to_string(),
             min_age: election.min_age,
             results_visibility: election.visibility.as_str(),
+            anonymity_set: election.anonymity_set,
             status: election.status(now).as_str(),
             closed_at: election.schedule.closed_at,
             cancelled_at: election.schedule.cancelled_at,
