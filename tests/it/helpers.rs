@@ -345,6 +345,8 @@ pub struct ElectionSpec {
     pub restriction: &'static str,
     pub visibility: &'static str,
     pub min_age: i16,
+    /// K: workers hold this many ballots back until the end.
+    pub anonymity_set: i32,
 }
 
 impl Default for ElectionSpec {
@@ -355,6 +357,7 @@ impl Default for ElectionSpec {
             restriction: "@everyone",
             visibility: "live",
             min_age: 18,
+            anonymity_set: 2,
         }
     }
 }
@@ -374,8 +377,8 @@ pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
         .expect("runner citizen");
     }
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
-         VALUES ('Test election', now() + make_interval(secs => $1), now() + make_interval(secs => $2), $3, $4, $5)
+        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
+         VALUES ('Test election', now() + make_interval(secs => $1), now() + make_interval(secs => $2), $3, $4, $5, $6)
          RETURNING election_id",
     )
     .bind(spec.starts_in_secs as f64)
@@ -383,6 +386,7 @@ pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
     .bind(spec.restriction)
     .bind(spec.min_age)
     .bind(spec.visibility)
+    .bind(spec.anonymity_set)
     .fetch_one(db)
     .await
     .expect("insert election");
@@ -415,6 +419,24 @@ impl TestApp {
             (status["status"] != "pending").then_some(status)
         })
         .await
+    }
+
+    /// Closes the election now, as an admin would: workers then flush the
+    /// ballots they hold. Every test that waits for all ballots closes
+    /// first, since up to K of them are held until the end.
+    pub async fn close(&self, election: i64) {
+        sqlx::query("UPDATE elections SET closed_at = now(), updated_at = now() WHERE election_id = $1")
+            .bind(election)
+            .execute(&self.db)
+            .await
+            .expect("close");
+        let mut redis = self.deps().await.redis;
+        redis::cmd("PUBLISH")
+            .arg(self.keys().elections_channel())
+            .arg(election)
+            .query_async::<i64>(&mut redis)
+            .await
+            .expect("announce");
     }
 
     /// Waits until Postgres holds `turnout` recorded ballots for the election.

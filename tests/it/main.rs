@@ -17,3 +17,4 @@ mod observability;
 mod openapi;
 mod pipeline;
 mod registry;
+mod secrecy;

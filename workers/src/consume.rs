@@ -81,13 +81,7 @@ async fn consume(
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    // The clock alone can end an election: flush it then.
-                    holds.keep_alive(ack_wait).await;
-                    if let Err(e) = holds.refresh(&deps.db).await {
-                        tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
-                        continue;
-                    }
-                    if !commit_due(deps, holds).await && pause(shutdown, backoff.next_delay()).await {
+                    if !on_tick(deps, holds, ack_wait).await && pause(shutdown, backoff.next_delay()).await {
                         return Ok(());
                     }
                     continue;
@@ -110,12 +104,7 @@ async fn consume(
                     _ => break,
                 }
             }
-            let new_elections = take(deps, opener, holds, batch).await;
-            if new_elections && let Err(e) = holds.refresh(&deps.db).await {
-                tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
-                continue;
-            }
-            if commit_due(deps, holds).await {
+            if step(deps, opener, holds, batch).await {
                 backoff = Backoff::default();
             } else if pause(shutdown, backoff.next_delay()).await {
                 return Ok(());
@@ -130,6 +119,30 @@ async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(delay) => false,
     }
+}
+
+/// One worker step: takes a batch into the hold, then commits what is
+/// due. Returns false when a dependency failed.
+pub async fn step(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Message>) -> bool {
+    if take(deps, opener, holds, batch).await
+        && let Err(e) = holds.refresh(&deps.db).await
+    {
+        tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
+        return false;
+    }
+    commit_due(deps, holds).await
+}
+
+/// The clock's step: keeps held ballots alive, re-reads held elections
+/// and commits what is due, so an election that ends is flushed even when
+/// no ballot arrives.
+pub async fn on_tick(deps: &Deps, holds: &mut Holds, ack_wait: Duration) -> bool {
+    holds.keep_alive(ack_wait).await;
+    if let Err(e) = holds.refresh(&deps.db).await {
+        tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
+        return false;
+    }
+    commit_due(deps, holds).await
 }
 
 /// Opens each message and takes it into the hold; what cannot be opened
