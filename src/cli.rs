@@ -230,7 +230,9 @@ impl Command {
                     println!("TALLY_SEALING__API_PUBLIC_KEY={}", pair.public);
                 } else {
                     let (id, var) = (id.to_lowercase(), id.to_uppercase());
-                    println!("# Workers' pair `{id}`: the public key to the API, the private key to workers only.");
+                    println!(
+                        "# Workers' pair `{id}`: the public key to the API, the private key to workers only."
+                    );
                     println!("TALLY_SEALING__KEY_ID={id}");
                     println!("TALLY_SEALING__PUBLIC_KEYS__{var}={}", pair.public);
                     println!("TALLY_SEALING__PRIVATE_KEYS__{var}={}", pair.private);

@@ -90,7 +90,10 @@ impl SealingSettings {
         let public = crate::seal::public_key(public)
             .map_err(|e| ConfigError::new(&format!("sealing.public_keys.{}", self.key_id), e.to_string()))?;
         if self.api_private_key.expose().is_empty() {
-            return Err(ConfigError::new("sealing.api_private_key", "is missing; the API needs its own pair (tally keys generate --api)"));
+            return Err(ConfigError::new(
+                "sealing.api_private_key",
+                "is missing; the API needs its own pair (tally keys generate --api)",
+            ));
         }
         let private = crate::seal::private_key(self.api_private_key.expose())
             .map_err(|e| ConfigError::new("sealing.api_private_key", e.to_string()))?;
@@ -101,10 +104,16 @@ impl SealingSettings {
     /// The workers' opener, with every live private key.
     pub fn opener(&self) -> Result<crate::seal::Opener, ConfigError> {
         if self.private_keys.is_empty() {
-            return Err(ConfigError::new("sealing.private_keys", "is empty; workers need their private key (tally keys generate)"));
+            return Err(ConfigError::new(
+                "sealing.private_keys",
+                "is empty; workers need their private key (tally keys generate)",
+            ));
         }
         if self.api_public_key.is_empty() {
-            return Err(ConfigError::new("sealing.api_public_key", "is missing; workers need the API's public key"));
+            return Err(ConfigError::new(
+                "sealing.api_public_key",
+                "is missing; workers need the API's public key",
+            ));
         }
         let mut keys = BTreeMap::new();
         for (id, key) in &self.private_keys {
@@ -465,7 +474,9 @@ impl Settings {
             let sealing = &mut self.sealing;
             let dev = SealingSettings::default();
             sealing.public_keys.retain(|_, key| !dev.public_keys.values().any(|d| d == key));
-            sealing.private_keys.retain(|_, key| !dev.private_keys.values().any(|d| d.expose() == key.expose()));
+            sealing
+                .private_keys
+                .retain(|_, key| !dev.private_keys.values().any(|d| d.expose() == key.expose()));
             if sealing.api_private_key.expose() == dev.api_private_key.expose() {
                 sealing.api_private_key = Secret::new("");
             }

@@ -125,7 +125,9 @@ impl Visibility {
     pub fn shown(self, status: Status, is_final: bool) -> Shown {
         let nothing = Shown { turnout: false, votes: false, version: false };
         match status {
-            Status::Closed | Status::Cancelled if is_final => Shown { turnout: true, votes: true, version: true },
+            Status::Closed | Status::Cancelled if is_final => {
+                Shown { turnout: true, votes: true, version: true }
+            }
             Status::Closed | Status::Cancelled => nothing,
             _ => match self {
                 Visibility::Live => Shown { turnout: true, votes: true, version: true },

@@ -142,7 +142,11 @@ impl Sealer {
         out.extend_from_slice(plaintext);
         let tag = self
             .key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[NONCE_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
             .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 seals any length below 256 GiB"));
         out.extend_from_slice(tag.as_ref());
         out
@@ -162,12 +166,19 @@ impl Opener {
         Opener { keys, api_public, contexts: Mutex::default() }
     }
 
-    pub fn open(&self, key_id: &str, encapsulated: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn open(
+        &self,
+        key_id: &str,
+        encapsulated: &str,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         if sealed.len() < OVERHEAD {
             return Err(SealError::DoesNotOpen);
         }
         let key = self.context(key_id, encapsulated)?;
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).map_err(|_| SealError::DoesNotOpen)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).map_err(|_| SealError::DoesNotOpen)?;
         let mut buffer = sealed[NONCE_LEN..].to_vec();
         let plaintext =
             key.open_in_place(nonce, Aad::from(aad), &mut buffer).map_err(|_| SealError::DoesNotOpen)?;
@@ -206,12 +217,9 @@ mod tests {
     fn parties() -> (Sealer, Opener) {
         let workers = generate();
         let api = generate();
-        let sealer = Sealer::new(
-            "k1",
-            &public_key(&workers.public).unwrap(),
-            &private_key(&api.private).unwrap(),
-        )
-        .unwrap();
+        let sealer =
+            Sealer::new("k1", &public_key(&workers.public).unwrap(), &private_key(&api.private).unwrap())
+                .unwrap();
         let opener = Opener::new(
             BTreeMap::from([("k1".to_string(), private_key(&workers.private).unwrap())]),
             public_key(&api.public).unwrap(),

@@ -8,8 +8,8 @@ use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
 use tally_common::Deps;
 use tally_common::ballot::VoteCommand;
-use tally_common::seal::Opener;
 use tally_common::retry::{Backoff, until_ok};
+use tally_common::seal::Opener;
 use tokio_util::sync::CancellationToken;
 
 use crate::hold::Holds;
@@ -153,10 +153,12 @@ async fn take(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Messag
         if message.info().is_ok_and(|info| info.delivered > 1) {
             metrics::counter!("tally_worker_redeliveries_total").increment(1);
         }
-        let opened = VoteCommand::open(opener, message.headers.as_ref(), &message.payload).and_then(|command| {
-            let on_subject = message.subject.rsplit('.').next() == Some(command.election_id.to_string().as_str());
-            if on_subject { Ok(command) } else { Err("election differs from the subject's".into()) }
-        });
+        let opened =
+            VoteCommand::open(opener, message.headers.as_ref(), &message.payload).and_then(|command| {
+                let on_subject =
+                    message.subject.rsplit('.').next() == Some(command.election_id.to_string().as_str());
+                if on_subject { Ok(command) } else { Err("election differs from the subject's".into()) }
+            });
         match opened {
             Ok(command) => {
                 new |= !holds.knows(command.election_id);
@@ -182,7 +184,11 @@ async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
     let outcome = match record(&deps.db, &commands).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), ballots = commands.len(), "recording failed; ballots held again");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                ballots = commands.len(),
+                "recording failed; ballots held again"
+            );
             metrics::counter!("tally_worker_failures_total", "stage" => "postgres").increment(1);
             holds.restore(group);
             return false;

@@ -81,10 +81,12 @@ impl Holds {
             }
             return;
         }
-        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let (stream_sequence, redelivered) =
+            message.info().map(|i| (i.stream_sequence, i.delivered > 1)).unwrap_or((0, false));
         let queue = self.held.entry(election).or_default();
         // A redelivery of a ballot we already hold replaces the old handle.
-        if let Some(existing) = queue.iter_mut().find(|h| h.stream_sequence == stream_sequence) {
+        if redelivered && let Some(existing) = queue.iter_mut().find(|h| h.stream_sequence == stream_sequence)
+        {
             existing.message = message;
             existing.kept_alive = Instant::now();
             return;
@@ -133,7 +135,8 @@ impl Holds {
         if ids.is_empty() {
             return Ok(());
         }
-        type Row = (i64, OffsetDateTime, OffsetDateTime, Option<OffsetDateTime>, Option<OffsetDateTime>, i32, bool);
+        type Row =
+            (i64, OffsetDateTime, OffsetDateTime, Option<OffsetDateTime>, Option<OffsetDateTime>, i32, bool);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT e.election_id, e.start_at, e.end_at, e.closed_at, e.cancelled_at, e.anonymity_set,
                     EXISTS (SELECT 1 FROM runners r WHERE r.election_id = e.election_id
@@ -179,7 +182,9 @@ impl Holds {
         let finished: Vec<i64> = self
             .held
             .iter()
-            .filter(|(id, queue)| queue.is_empty() && !matches!(self.facts.get(*id), Some(Some(f)) if !f.ended))
+            .filter(|(id, queue)| {
+                queue.is_empty() && !matches!(self.facts.get(*id), Some(Some(f)) if !f.ended)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in finished {
@@ -188,7 +193,10 @@ impl Holds {
             if self.owned.remove(&id)
                 && let Some(conn) = self.lock_conn.as_mut()
             {
-                let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_NAMESPACE ^ id).execute(conn).await;
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(LOCK_NAMESPACE ^ id)
+                    .execute(conn)
+                    .await;
             }
         }
         metrics::gauge!("tally_ballots_held").set(self.count() as f64);
@@ -216,7 +224,8 @@ impl Holds {
     /// At shutdown: everything held goes back to the broker at once, for
     /// another worker to hold.
     pub async fn release_all(&mut self) {
-        let naks: Vec<_> = self.held.values().flatten().map(|b| b.message.ack_with(AckKind::Nak(None))).collect();
+        let naks: Vec<_> =
+            self.held.values().flatten().map(|b| b.message.ack_with(AckKind::Nak(None))).collect();
         futures_util::future::join_all(naks).await;
         self.held.clear();
         self.owned.clear();

@@ -185,11 +185,12 @@ async fn recorded_receipts(
     if receipts.is_empty() {
         return Ok(HashSet::new());
     }
-    let found: Vec<Uuid> = sqlx::query_scalar("SELECT receipt FROM recorded_receipts WHERE receipt = ANY($1)")
-        .bind(&receipts)
-        .fetch_all(&mut **tx)
-        .await
-        .context("looking up receipts")?;
+    let found: Vec<Uuid> =
+        sqlx::query_scalar("SELECT receipt FROM recorded_receipts WHERE receipt = ANY($1)")
+            .bind(&receipts)
+            .fetch_all(&mut **tx)
+            .await
+            .context("looking up receipts")?;
     Ok(found.into_iter().collect())
 }
 

@@ -78,8 +78,9 @@ pub async fn update(
         anonymity_set: before.anonymity_set,
     };
     let workers = &state.deps.settings.workers;
-    let draft =
-        validate(&state.deps.db, workers, Some((id, &base)), input, now).await?.map_err(ApiError::validation)?;
+    let draft = validate(&state.deps.db, workers, Some((id, &base)), input, now)
+        .await?
+        .map_err(ApiError::validation)?;
     sqlx::query(
         "UPDATE elections SET name = $2, start_at = $3, end_at = $4, vote_restriction = $5, min_age = $6,
                 results_visibility = $7, anonymity_set = $8, updated_at = now()
