@@ -31,14 +31,17 @@ async fn next(socket: &mut Socket) -> Result<serde_json::Value, u16> {
     }
 }
 
-/// Reads until a message satisfies `done`, checking versions never go back.
+/// Reads until a message satisfies `done`, checking versions never go
+/// back. Frames that hide the counts carry no version.
 async fn until(socket: &mut Socket, mut done: impl FnMut(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut version = -1;
     loop {
         let message = next(socket).await.expect("still connected");
-        let v = message["version"].as_i64().unwrap();
-        assert!(v >= version, "version went back from {version} to {v}");
-        version = v;
+        if let Some(v) = message.get("version") {
+            let v = v.as_i64().unwrap();
+            assert!(v >= version, "version went back from {version} to {v}");
+            version = v;
+        }
         if done(&message) {
             return message;
         }
@@ -79,13 +82,20 @@ async fn a_viewer_gets_a_snapshot_at_once_then_each_new_tally() {
         (Some(0), Some(0), Some(0))
     );
     assert!(first["at"].is_string());
+    assert_eq!(first["anonymity_set"], 2);
 
-    for citizen in 500..503 {
-        let voter = app.voter(citizen).await;
-        assert_eq!(app.cast(&voter.access, election, &[RUNNERS[1]]).await.status(), 202);
-    }
-    let last = until(&mut viewer, |m| m["turnout"] == 3).await;
-    assert_eq!((votes(&last, 0), votes(&last, 1)), (Some(0), Some(3)));
+    // 2K + 1 ballots: the workers commit the oldest K + 1 and hold K.
+    app.ballots_from_new_voters(election, 500, 5, RUNNERS[1]).await;
+    let live = until(&mut viewer, |m| m["turnout"].as_i64() > Some(0)).await;
+    assert_eq!((live["turnout"].as_i64(), votes(&live, 0), votes(&live, 1)), (Some(3), Some(0), Some(3)));
+    assert_eq!(live["final"], false);
+    // The close flushes the rest, and the final frame counts every ballot.
+    app.close(election).await;
+    let last = until(&mut viewer, |m| m["final"] == true).await;
+    assert_eq!(
+        (last["status"].as_str(), last["turnout"].as_i64(), votes(&last, 0), votes(&last, 1)),
+        (Some("closed"), Some(5), Some(0), Some(5))
+    );
 }
 
 #[tokio::test]
@@ -136,15 +146,22 @@ async fn visibility_rules_hold_on_the_live_feed() {
     publish_version(&app, turnout_only, 3).await;
     publish_version(&app, after_close, 3).await;
 
+    // Turnout only: the turnout, but no counts and no version (it counts
+    // commits, so it would tell how often the counts moved).
     let mut viewer = watch(&app, turnout_only).await;
-    let message = until(&mut viewer, |m| m["version"] == 3).await;
-    assert_eq!(message["turnout"], 3);
+    let message = until(&mut viewer, |m| m["turnout"] == 3).await;
+    assert!(message.get("version").is_none(), "{message}");
     assert!(message["posts"][0]["runners"][0].get("votes").is_none(), "{message}");
 
+    // After close: the snapshot, taken after the tally was written, shows
+    // only the status.
     let mut viewer = watch(&app, after_close).await;
-    let message = until(&mut viewer, |m| m["version"] == 3).await;
+    let message = next(&mut viewer).await.unwrap();
+    assert_eq!(message["status"], "open");
     assert!(
-        message.get("turnout").is_none() && message["posts"][0]["runners"][0].get("votes").is_none(),
+        message.get("turnout").is_none()
+            && message.get("version").is_none()
+            && message["posts"][0]["runners"][0].get("votes").is_none(),
         "{message}"
     );
 
@@ -169,6 +186,7 @@ async fn visibility_rules_hold_on_the_live_feed() {
         (closed["status"].as_str(), closed["turnout"].as_i64(), votes(&closed, 0)),
         (Some("closed"), Some(3), Some(3))
     );
+    assert_eq!(closed["version"], 3);
 }
 
 #[tokio::test]
@@ -222,11 +240,12 @@ async fn viewers_end_at_the_final_tally_across_a_broadcaster_restart() {
 
     let voter = app.voter(601).await;
     app.cast(&voter.access, election, &[RUNNERS[0]]).await;
+    app.close(election).await;
     app.recorded(election, 2).await;
     let restarted = crate::helpers::start_with(&app, settings, crate::helpers::BROADCASTER_ONLY).await;
     let mut viewer = watch(&restarted, election).await;
-    let message = until(&mut viewer, |m| m["turnout"] == 2).await;
-    assert_eq!(votes(&message, 0), Some(2));
+    let message = until(&mut viewer, |m| m["final"] == true).await;
+    assert_eq!((message["turnout"].as_i64(), votes(&message, 0)), (Some(2), Some(2)));
 }
 
 async fn until_close(socket: &mut Socket) -> u16 {
@@ -255,15 +274,18 @@ async fn viewers_converge_after_redis_goes_away_and_comes_back_empty() {
         .query_async(&mut app.deps().await.redis)
         .await
         .unwrap();
-    for citizen in 700..703 {
-        let voter = app.voter(citizen).await;
-        app.cast(&voter.access, election, &[RUNNERS[1]]).await;
-    }
+    // 2K + 1 ballots: one group of K + 1 is committed while the
+    // broadcaster cannot hear of it.
+    app.ballots_from_new_voters(election, 700, 5, RUNNERS[1]).await;
     app.recorded(election, 3).await;
     proxy.restore();
-    // The same connection, without reconnecting, reaches the final tally.
+    // The same connection, without reconnecting, reaches the current tally...
     let message = until(&mut viewer, |m| m["turnout"] == 3).await;
     assert_eq!(votes(&message, 1), Some(3));
+    // ...and then the final one.
+    app.close(election).await;
+    let message = until(&mut viewer, |m| m["final"] == true).await;
+    assert_eq!((message["turnout"].as_i64(), votes(&message, 1)), (Some(5), Some(5)));
     viewer.close(None).await.ok();
     let _ = viewer.send(Message::Close(None)).await;
 }

@@ -32,6 +32,7 @@ async fn admins_create_elections_and_manage_runners_with_an_audit_trail() {
     assert_eq!(election["min_age"], 18, "default minimum age");
     assert_eq!(election["status"], "scheduled");
     assert_eq!(election["results_visibility"], "turnout_only");
+    assert_eq!(election["anonymity_set"], 20, "default K from workers.anonymity_set");
 
     let runners = format!("/v1/elections/{id}/runners");
     let added = app
@@ -283,6 +284,7 @@ async fn results_follow_the_visibility() {
 
     let hidden_counts = app.get_json(&format!("/v1/elections/{turnout_only}/results")).await;
     assert_eq!(hidden_counts["turnout"], 5);
+    assert!(hidden_counts.get("version").is_none(), "the version counts commits: {hidden_counts}");
     assert!(hidden_counts["posts"][0]["runners"][0].get("votes").is_none(), "{hidden_counts}");
 
     let hidden =

@@ -82,13 +82,27 @@ async fn jetstream_publish_is_acked_deduplicated_and_consumed() {
     let js = bus::jetstream(client, &settings.nats);
     let stream = bus::ensure_votes_stream(&js, &settings.nats).await.expect("stream created");
     bus::ensure_votes_stream(&js, &settings.nats).await.expect("ensuring twice is harmless");
+    // Beside it, the quarantine for messages no worker can open.
+    let quarantine = js
+        .get_stream(format!("{}_QUARANTINE", settings.nats.stream))
+        .await
+        .expect("the quarantine stream is created with the votes stream");
+    assert_eq!(
+        quarantine.cached_info().config.subjects,
+        [format!("quarantine.{}.*", settings.nats.subject_prefix)]
+    );
 
     let subject = bus::ballot_subject(&settings.nats, 7);
     let timeout = Duration::from_secs(2);
+    let msg_id = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, "7:1");
+        headers
+    };
     let first =
-        bus::publish_acked(&js, subject.clone(), "7:1", "hello".into(), timeout).await.expect("stored");
+        bus::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("stored");
     let again =
-        bus::publish_acked(&js, subject.clone(), "7:1", "hello".into(), timeout).await.expect("acked");
+        bus::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("acked");
     assert_eq!((first, again), (Stored::New, Stored::Duplicate));
 
     let consumer = stream

@@ -90,9 +90,10 @@ fn no_sql_is_built_from_strings() {
     assert!(offenders.is_empty(), "SQL built from strings:\n{}", offenders.join("\n"));
 }
 
-/// Ballot secrecy in the code itself: no statement reads the voter roll
-/// and the ballot box together, so no endpoint or command (an admin's
-/// included) can pair a citizen with a choice.
+/// Ballot secrecy in the code itself: no statement reads the ballot box
+/// together with the voter roll or the recorded receipts, so no endpoint
+/// or command (an admin's included) can pair a citizen, or a receipt a
+/// coercer was shown, with a choice.
 #[test]
 fn no_query_joins_the_voter_roll_to_the_ballot_box() {
     let mut stack: Vec<std::path::PathBuf> =
@@ -111,11 +112,13 @@ fn no_query_joins_the_voter_roll_to_the_ballot_box() {
                     .split(".fetch")
                     .next()
                     .unwrap_or_default();
-                assert!(
-                    !(sql.contains("voter_roll") && sql.contains("ballot_box")),
-                    "{} reads the voter roll with the ballot box",
-                    path.display()
-                );
+                for other in ["voter_roll", "recorded_receipts"] {
+                    assert!(
+                        !(sql.contains(other) && sql.contains("ballot_box")),
+                        "{} reads {other} with the ballot box",
+                        path.display()
+                    );
+                }
             }
         }
     }

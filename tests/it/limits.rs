@@ -1,6 +1,7 @@
 //! Rate limits shared through Redis: per client address on every route,
-//! per citizen on ballots, refresh and eligibility, per address on live
-//! connections; 429 with Retry-After and RateLimit-* headers.
+//! per citizen on refresh and eligibility (never on ballots), per address
+//! on live connections; receipts per address inside each process. 429
+//! with Retry-After and RateLimit-* headers.
 
 use tally::app::Roles;
 
@@ -23,8 +24,7 @@ async fn every_route_is_limited_per_client_across_replicas() {
     }
     // The third request goes to the other replica: the budget is shared.
     assert_eq!(other.client.get(format!("{}/v1/elections", other.api)).send().await.unwrap().status(), 200);
-    let refused =
-        app.client.get(format!("{}/v1/receipts/{}", app.api, uuid::Uuid::new_v4())).send().await.unwrap();
+    let refused = app.client.get(format!("{}/v1/elections/1/results", app.api)).send().await.unwrap();
     assert_eq!(refused.status(), 429);
     assert!(header(&refused, "retry-after").is_some_and(|s| (1..=20).contains(&s)));
     assert_eq!(header(&refused, "ratelimit-remaining"), Some(0));
@@ -33,21 +33,27 @@ async fn every_route_is_limited_per_client_across_replicas() {
     assert_eq!(live.status(), 429, "the broadcaster's routes share the address's budget");
 }
 
+/// A ballot request from `address` (the app trusts loopback as a proxy).
+async fn cast_from(app: &TestApp, token: &str, election: i64, address: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/elections/{election}/ballots", app.api))
+        .bearer_auth(token)
+        .header("x-forwarded-for", address)
+        .json(&serde_json::json!({"selections": [RUNNERS[0]]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn a_citizen_is_limited_on_ballots_refresh_and_eligibility() {
+async fn a_citizen_is_limited_on_refresh_and_eligibility() {
     let app = spawn_app_with(Roles::ALL, |s| {
-        s.limits.ballots_per_citizen_per_minute = 2;
         s.limits.eligibility_per_citizen_per_minute = 1;
         s.limits.refresh_per_citizen_per_minute = 1;
     })
     .await;
     let voter = app.voter(4101).await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
-    assert_eq!(app.cast(&voter.access, election, &[RUNNERS[0]]).await.status(), 202);
-    assert_eq!(code_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await.0, 409);
-    let third = app.cast(&voter.access, election, &[RUNNERS[0]]).await;
-    assert_eq!((third.status().as_u16(), header(&third, "retry-after").is_some()), (429, true));
-
     let path = format!("/v1/elections/{election}/eligibility");
     assert_eq!(app.get_as(&path, &voter.access).await.status(), 200);
     assert_eq!(code_of(app.get_as(&path, &voter.access).await).await, (429, "rate_limited".into()));
@@ -58,9 +64,94 @@ async fn a_citizen_is_limited_on_ballots_refresh_and_eligibility() {
     let again = refresh(renewed["refresh_token"].as_str().unwrap().to_owned()).await;
     assert_eq!(code_of(again).await, (429, "rate_limited".into()));
 
-    // Another citizen from the same address is not affected.
+    // Another citizen is not affected.
     let other = app.voter(4102).await;
-    assert_eq!(app.cast(&other.access, election, &[RUNNERS[1]]).await.status(), 202);
+    assert_eq!(app.get_as(&path, &other.access).await.status(), 200);
+}
+
+/// Ballots have no per-citizen limit (its Redis timestamp would date the
+/// ballot; one ballot per citizen is enforced anyway): a citizen who
+/// retries from many addresses always hears "already voted". The
+/// per-address limit still holds on the ballot route.
+#[tokio::test]
+async fn ballots_are_limited_per_address_not_per_citizen() {
+    let setup = spawn_app().await;
+    let election = insert_election(&setup.db, ElectionSpec::default()).await;
+    let voters = [setup.voter(4111).await, setup.voter(4112).await, setup.voter(4113).await];
+    // Ballots go through an API replica behind a (loopback) proxy, with a
+    // budget of three requests a minute per address.
+    let mut settings = setup.settings.clone();
+    settings.limits.per_client_per_minute = 3;
+    settings.http.trusted_proxies = vec!["127.0.0.0/8".into(), "::1".into()];
+    let app = start_with(&setup, settings, API_ONLY).await;
+
+    assert_eq!(cast_from(&app, &voters[0].access, election, "198.51.100.1").await.status(), 202);
+    // More retries than the old per-citizen limit allowed (10 a minute),
+    // each from a fresh address: never 429.
+    for n in 0..12 {
+        let address = format!("203.0.113.{}", n + 1);
+        assert_eq!(
+            code_of(cast_from(&app, &voters[0].access, election, &address).await).await,
+            (409, "already_voted".into()),
+            "retry {n}"
+        );
+    }
+    let mut redis = app.deps().await.redis;
+    let limit_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:rl:*", app.settings.redis.key_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Only the per-address limits and the logins of the set-up left keys.
+    let scope = |key: &str| key.split(':').nth(2).unwrap_or_default().to_string();
+    assert!(
+        limit_keys.iter().all(|k| ["client", "login-ip", "login-citizen"].contains(&scope(k).as_str())),
+        "no ballot limit is keyed by the citizen: {limit_keys:?}"
+    );
+
+    // One address: three requests a minute, whoever sends them.
+    let address = "198.51.100.2";
+    assert_eq!(cast_from(&app, &voters[1].access, election, address).await.status(), 202);
+    assert_eq!(
+        code_of(cast_from(&app, &voters[1].access, election, address).await).await,
+        (409, "already_voted".into())
+    );
+    assert_eq!(cast_from(&app, &voters[2].access, election, address).await.status(), 202);
+    let refused = cast_from(&app, &voters[2].access, election, address).await;
+    assert!(header(&refused, "retry-after").is_some());
+    assert_eq!(code_of(refused).await, (429, "rate_limited".into()));
+}
+
+/// Receipt look-ups are limited per address inside each process: a
+/// shared Redis key would record when each receipt was polled.
+#[tokio::test]
+async fn receipt_lookups_are_limited_per_address_in_the_process() {
+    let app = spawn_app_with(Roles::ALL, |s| s.limits.receipts_per_client_per_minute = 2).await;
+    let other = app.another_instance(API_ONLY).await;
+    let lookup = |app: &TestApp| {
+        let url = format!("{}/v1/receipts/{}", app.api, uuid::Uuid::new_v4());
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    for _ in 0..2 {
+        let answer = lookup(&app).await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.json::<serde_json::Value>().await.unwrap()["status"], "pending");
+    }
+    let refused = lookup(&app).await;
+    assert!(header(&refused, "retry-after").is_some_and(|s| (1..=60).contains(&s)));
+    assert_eq!(code_of(refused).await, (429, "rate_limited".into()));
+    // Not counted against the address's shared budget, and not in Redis:
+    // other routes and other replicas still answer this address.
+    assert_eq!(app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap().status(), 200);
+    assert_eq!(lookup(&other).await.status(), 200, "each replica counts on its own");
+    let mut redis = app.deps().await.redis;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", app.settings.redis.key_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(keys.iter().all(|k| !k.contains("receipt") && !k.contains("pending")), "{keys:?}");
 }
 
 #[tokio::test]

@@ -79,6 +79,8 @@ async fn synthetic_load(
         app.cast(&voter.access, election, &[RUNNERS[0]]).await; // refused: already voted
     }
     app.client.get(format!("{}/v1/me", app.api)).bearer_auth("not-a-token").send().await.unwrap();
+    // Workers hold the last K ballots until the end.
+    app.close(election).await;
     app.recorded(election, 10).await;
     viewer
 }

@@ -85,8 +85,11 @@ async fn the_docs_page_renders_the_document() {
 async fn generated_requests_get_documented_answers() {
     // Over a thousand requests from one address in seconds: the per-client
     // limit would answer most of them 429 (documented, but not the point).
-    let app =
-        crate::helpers::spawn_app_with(tally::app::Roles::ALL, |s| s.limits.per_client_per_minute = 0).await;
+    let app = crate::helpers::spawn_app_with(tally::app::Roles::ALL, |s| {
+        s.limits.per_client_per_minute = 0;
+        s.limits.receipts_per_client_per_minute = 0;
+    })
+    .await;
     let admin = app.admin(6001).await;
     crate::helpers::insert_election(&app.db, crate::helpers::ElectionSpec::default()).await;
     let report = std::env::temp_dir().join(format!("{}-schemathesis", app.ns.id));

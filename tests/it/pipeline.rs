@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tally_common::ballot::VoteCommand;
+use time::OffsetDateTime;
 
 use crate::helpers::{
     API_ONLY, ElectionSpec, Proxy, RUNNERS, WORKERS_ONLY, code_of, eventually, insert_election, spawn_app,
@@ -30,7 +31,14 @@ async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
     let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
     assert_eq!(receipt.len(), 36);
     assert!(!receipt.contains("100"));
+    // One ballot is fewer than K: the workers hold it until the end, and
+    // the receipt says only that it is pending, naming no election.
+    assert_eq!(
+        app.get_json(&format!("/v1/receipts/{receipt}")).await,
+        serde_json::json!({"receipt": receipt, "status": "pending"})
+    );
 
+    app.close(election).await;
     let event =
         tokio::time::timeout(Duration::from_secs(10), events.on_message().next()).await.unwrap().unwrap();
     let event: tally_common::tally::TallyEvent =
@@ -48,7 +56,11 @@ async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
         app.totals(election).await,
         (vec![(RUNNERS[0], 1), (RUNNERS[1], 0)], vec![(RUNNERS[0], 1), (RUNNERS[1], 0)])
     );
-    let results = app.get_json(&format!("/v1/elections/{election}/results")).await;
+    let results = eventually("the final results", || async {
+        let results = app.get_json(&format!("/v1/elections/{election}/results")).await;
+        (results["final"] == true).then_some(results)
+    })
+    .await;
     assert_eq!(
         (results["turnout"].as_i64(), results["posts"][0]["runners"][0]["votes"].as_i64()),
         (Some(1), Some(1))
@@ -57,14 +69,23 @@ async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
         app.get_as(&format!("/v1/elections/{election}/ballot"), &voter.access).await.json().await.unwrap();
     assert_eq!(mine["voted"], true);
 
-    // Nothing stored links the voter to the choice.
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'ballot_box' ORDER BY 1",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    assert_eq!(columns, ["election_id", "receipt", "selections"]);
+    // Nothing stored links the voter to the choice, nor the receipt to it:
+    // the ballot box is keyed by an id of its own.
+    let columns = |table: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 ORDER BY 1",
+        )
+        .bind(table)
+        .fetch_all(&app.db)
+    };
+    assert_eq!(columns("ballot_box").await.unwrap(), ["ballot_id", "election_id", "selections"]);
+    assert_eq!(columns("recorded_receipts").await.unwrap(), ["election_id", "receipt"]);
+    let ballot_id: uuid::Uuid = sqlx::query_scalar("SELECT ballot_id FROM ballot_box WHERE election_id = $1")
+        .bind(election)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_ne!(ballot_id.to_string(), receipt, "the receipt does not lead to the ballot");
     // The stream keeps nothing once the ballot is recorded.
     let deps = app.deps().await;
     eventually("the stream to empty", || async { (app.queued(&deps).await == 0).then_some(()) }).await;
@@ -114,12 +135,14 @@ async fn casting_refusals() {
         .await
         .unwrap();
     assert_eq!(code_of(unauthenticated).await.0, 401);
+    // A receipt nobody was given looks like any ballot still held: pending,
+    // without an election, so the answer tells nobody which receipts exist.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let answer = app.client.get(format!("{}/v1/receipts/{unknown}", app.api)).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
     assert_eq!(
-        code_of(
-            app.client.get(format!("{}/v1/receipts/{}", app.api, uuid::Uuid::new_v4())).send().await.unwrap()
-        )
-        .await,
-        (404, "receipt_not_found".into())
+        answer.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"receipt": unknown, "status": "pending"})
     );
     let recorded: i64 =
         sqlx::query_scalar("SELECT count(*) FROM voter_roll").fetch_one(&app.db).await.unwrap();
@@ -143,8 +166,11 @@ async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
     assert_eq!(statuses, [202, 409]);
 
     // After the first is processed: refused at once, same or other choice.
+    // Workers commit only the oldest ballots beyond K, so K + 1 more
+    // ballots after it (2K + 3 held in all) see it recorded.
     let first = receipt_of(app.cast(&voters[1].access, election, &[RUNNERS[0]]).await).await;
-    app.settled(&first).await;
+    let others = app.ballots_from_new_voters(election, 122, 3, RUNNERS[1]).await;
+    assert_eq!(app.settled(&first).await["status"], "recorded");
     for choice in RUNNERS {
         assert_eq!(
             code_of(second_api.cast(&voters[1].access, election, &[choice]).await).await,
@@ -165,15 +191,16 @@ async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
         if response.status() == 202 { Some(receipt_of(response).await) } else { None }
     })
     .await;
+    app.close(election).await;
     let status = app.settled(&again).await;
     assert_eq!(
         (status["status"].as_str(), status["reason"].as_str()),
         (Some("rejected"), Some("already_voted"))
     );
 
-    app.recorded(election, 2).await;
+    app.recorded(election, 2 + others.len() as i64).await;
     let (pg, cached) = app.totals(election).await;
-    assert_eq!(pg.iter().map(|(_, n)| n).sum::<i64>(), 2);
+    assert_eq!(pg.iter().map(|(_, n)| n).sum::<i64>(), 2 + others.len() as i64);
     assert_eq!(pg, cached);
 }
 
@@ -191,18 +218,21 @@ async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
 
     // A worker that commits the batch and dies before acking.
     let deps = app.deps().await;
+    let opener = app.settings.sealing.opener().unwrap();
     let consumer = tally_workers::consume::consumer(&deps).await.unwrap();
     let mut batch =
         consumer.fetch().max_messages(100).expires(Duration::from_secs(1)).messages().await.unwrap();
     let mut commands = Vec::new();
     while let Some(Ok(message)) = batch.next().await {
-        commands.push(VoteCommand::decode(&message.payload).unwrap());
+        commands.push(VoteCommand::open(&opener, message.headers.as_ref(), &message.payload).unwrap());
     }
     assert_eq!(commands.len(), 10);
     let outcome = tally_workers::record::record(&deps.db, &commands).await.unwrap();
     assert_eq!(outcome.voters.len(), 10);
 
-    // A healthy worker gets the same messages again after the ack wait.
+    // A healthy worker gets the same messages again after the ack wait;
+    // the election ends, so it holds none of them back.
+    app.close(election).await;
     let _workers = app.another_instance(WORKERS_ONLY).await;
     eventually("the redelivered batch to be acked", || async {
         (app.queued(&deps).await == 0).then_some(())
@@ -229,6 +259,7 @@ async fn reconcile_restores_a_flushed_tally_and_voter_set() {
         app.cast(&voter.access, election, &[RUNNERS[usize::from(citizen < 142)]]).await;
         voters.push(voter);
     }
+    app.close(election).await;
     app.recorded(election, 6).await;
     let (pg, _) = app.totals(election).await;
     let mut redis = app.deps().await.redis;
@@ -287,6 +318,9 @@ async fn a_worker_killed_mid_run_loses_and_doubles_nothing() {
     let accepted = futures_util::future::join_all(casts).await.iter().filter(|r| r.status() == 202).count();
     assert_eq!(accepted, 60);
     doomed.abort();
+    // The survivor takes over what the doomed worker held once the
+    // election ends (its lock went with its connection).
+    app.close(election).await;
     app.recorded(election, 60).await;
     let (pg, cached) = app.totals(election).await;
     assert_eq!(pg, vec![(RUNNERS[0], 60), (RUNNERS[1], 0)]);
@@ -321,6 +355,7 @@ async fn ballots_wait_in_the_stream_while_postgres_is_down() {
         );
     }
     proxy.restore();
+    app.close(election).await;
     app.recorded(election, 20).await;
     assert_eq!(app.totals(election).await.0, vec![(RUNNERS[0], 0), (RUNNERS[1], 20)]);
     workers.stop().await;
@@ -348,39 +383,116 @@ async fn the_api_answers_503_quickly_while_nats_is_down() {
 }
 
 #[tokio::test]
-async fn undecodable_messages_become_dead_letters_without_their_bytes() {
+async fn unopenable_messages_are_quarantined_whole_and_never_counted() {
     let app = spawn_app().await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let deps = app.deps().await;
     let subject = tally_common::bus::ballot_subject(&app.settings.nats, election);
+
+    // Garbage, and a well-formed ballot sealed by someone who knows the
+    // workers' public key but not the API's private key.
     let junk = bytes::Bytes::from_static(b"{\"citizen_id\": 7, \"selections\": \"secret choice\"");
-    tally_common::bus::publish_acked(
-        &deps.jetstream,
-        subject.clone(),
-        "junk-1",
-        junk.clone(),
-        Duration::from_secs(2),
+    let mut junk_headers = async_nats::HeaderMap::new();
+    junk_headers.insert(async_nats::header::NATS_MESSAGE_ID, "junk-1");
+    junk_headers.insert("X-Test", "garbage");
+    let sealing = &app.settings.sealing;
+    let forger = tally_common::seal::Sealer::new(
+        &sealing.key_id,
+        &tally_common::seal::public_key(&sealing.public_keys[&sealing.key_id]).unwrap(),
+        &tally_common::seal::private_key(&tally_common::seal::generate().private).unwrap(),
     )
-    .await
     .unwrap();
-    eventually("the dead letter", || async {
-        let rows: Vec<(String, i32, String)> =
-            sqlx::query_as("SELECT subject, payload_size, error FROM dead_letters")
+    let forged = VoteCommand {
+        receipt: uuid::Uuid::new_v4(),
+        election_id: election,
+        citizen_id: 7,
+        selections: vec![RUNNERS[0]],
+        accepted_at: OffsetDateTime::now_utc(),
+    }
+    .seal(&forger, 1);
+    let sent = [(junk_headers, junk.clone()), (forged.headers.clone(), forged.payload.clone())];
+    for (headers, payload) in sent.iter().cloned() {
+        tally_common::bus::publish_acked(
+            &deps.jetstream,
+            subject.clone(),
+            headers,
+            payload,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    }
+
+    // Noted in dead_letters by subject and error only: no bytes, no size.
+    let rows = eventually("both dead letters", || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT subject, error FROM dead_letters ORDER BY id")
                 .fetch_all(&app.db)
                 .await
                 .unwrap();
-        (!rows.is_empty()).then_some(rows)
+        (rows.len() == 2).then_some(rows)
     })
-    .await
-    .into_iter()
-    .for_each(|(stored_subject, size, error)| {
-        assert_eq!((stored_subject.as_str(), size as usize), (subject.as_str(), junk.len()));
+    .await;
+    for (stored_subject, error) in rows {
+        assert_eq!(stored_subject, subject);
         assert!(!error.contains("secret choice"), "the error keeps no payload: {error}");
-    });
-    eventually("the junk to leave the stream", || async { (app.queued(&deps).await == 0).then_some(()) })
-        .await;
-    // Good ballots still flow.
+    }
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'dead_letters' ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["error", "id", "received_at", "subject"], "no payload size is kept");
+
+    // Kept whole, headers and all, in the quarantine stream.
+    let quarantine = deps
+        .jetstream
+        .get_stream(format!("{}_QUARANTINE", app.settings.nats.stream))
+        .await
+        .expect("the quarantine stream exists");
+    let kept = eventually("both messages in quarantine", || async {
+        let mut kept = Vec::new();
+        for sequence in 1..=2 {
+            kept.push(quarantine.get_raw_message(sequence).await.ok()?);
+        }
+        Some(kept)
+    })
+    .await;
+    let expected_subject = format!("quarantine.{}.{election}", app.settings.nats.subject_prefix);
+    for (headers, payload) in &sent {
+        let message =
+            kept.iter().find(|m| m.payload == *payload).expect("the message sent is kept as it was");
+        assert_eq!(message.subject.as_str(), expected_subject);
+        for (name, values) in headers.iter() {
+            if *name != async_nats::header::NATS_MESSAGE_ID {
+                assert_eq!(
+                    message.headers.get_all(name.clone()).collect::<Vec<_>>(),
+                    values.iter().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    // ...and out of the work queue.
+    eventually("the quarantined messages to leave the queue", || async {
+        (app.queued(&deps).await == 0).then_some(())
+    })
+    .await;
+
+    // Good ballots still flow; the forged one counts for nothing.
     let voter = app.voter(450).await;
-    let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
+    let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[1]]).await).await;
+    app.close(election).await;
     assert_eq!(app.settled(&receipt).await["status"], "recorded");
+    app.recorded(election, 1).await;
+    assert_eq!(
+        app.totals(election).await,
+        (vec![(RUNNERS[0], 0), (RUNNERS[1], 1)], vec![(RUNNERS[0], 0), (RUNNERS[1], 1)])
+    );
+    let forged_voter: i64 = sqlx::query_scalar("SELECT count(*) FROM voter_roll WHERE citizen_id = 7")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(forged_voter, 0, "the forger's citizen is not on the voter roll");
+    assert_eq!(quarantine.get_info().await.unwrap().state.messages, 2, "the quarantine keeps both");
 }
