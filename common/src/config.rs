@@ -563,6 +563,10 @@ impl Settings {
         if self.workers.batch_size == 0 {
             return Err(ConfigError::new("workers.batch_size", "must be at least 1"));
         }
+        if self.nats.ack_wait_secs < 3 {
+            // Held ballots are kept alive once a second, at a third of it.
+            return Err(ConfigError::new("nats.ack_wait_secs", "must be at least 3"));
+        }
         if !(2..=10_000).contains(&self.workers.anonymity_set) {
             return Err(ConfigError::new("workers.anonymity_set", "must be between 2 and 10000"));
         }

@@ -1,5 +1,6 @@
 //! The consuming loop: open, hold, commit due groups, publish tallies, ack.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,8 +12,9 @@ use tally_common::ballot::VoteCommand;
 use tally_common::retry::{Backoff, until_ok};
 use tally_common::seal::Opener;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::hold::Holds;
+use crate::hold::{HeldBallot, Holds};
 use crate::record::{Fate, record};
 
 /// How long a failed group waits before the broker offers it again.
@@ -146,28 +148,70 @@ pub async fn on_tick(deps: &Deps, holds: &mut Holds, ack_wait: Duration) -> bool
 }
 
 /// Opens each message and takes it into the hold; what cannot be opened
-/// is quarantined. Returns whether an election new to the hold appeared.
+/// is quarantined. A redelivered ballot that is already recorded or
+/// rejected is settled at once and never held: counted in a group, it
+/// would leave the group's new ballots fewer than K. Returns whether an
+/// election new to the hold appeared.
 async fn take(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Message>) -> bool {
-    let mut new = false;
+    let mut opened = Vec::with_capacity(batch.len());
     for message in batch {
-        if message.info().is_ok_and(|info| info.delivered > 1) {
+        let redelivered = message.info().is_ok_and(|info| info.delivered > 1);
+        if redelivered {
             metrics::counter!("tally_worker_redeliveries_total").increment(1);
         }
-        let opened =
+        let command =
             VoteCommand::open(opener, message.headers.as_ref(), &message.payload).and_then(|command| {
                 let on_subject =
                     message.subject.rsplit('.').next() == Some(command.election_id.to_string().as_str());
                 if on_subject { Ok(command) } else { Err("election differs from the subject's".into()) }
             });
-        match opened {
-            Ok(command) => {
-                new |= !holds.knows(command.election_id);
-                holds.take(deps.settings.database.url.expose(), message, command).await;
-            }
+        match command {
+            Ok(command) => opened.push((redelivered, HeldBallot::new(message, command))),
             Err(error) => quarantine(deps, message, error).await,
         }
     }
+    let again: Vec<Uuid> = opened.iter().filter(|(r, _)| *r).map(|(_, b)| b.command.receipt).collect();
+    let settled = match settled_receipts(deps, &again).await {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "cannot check redelivered ballots; handed back");
+            let (back, rest): (Vec<_>, Vec<_>) = opened.into_iter().partition(|(r, _)| *r);
+            hand_back(back.iter().map(|(_, b)| &b.message)).await;
+            opened = rest;
+            HashSet::new()
+        }
+    };
+    let mut new = false;
+    let mut done = Vec::new();
+    for (_, ballot) in opened {
+        if settled.contains(&ballot.command.receipt) {
+            done.push(ballot);
+        } else {
+            new |= !holds.knows(ballot.command.election_id);
+            holds.take(deps.settings.database.url.expose(), ballot).await;
+        }
+    }
+    // Recording them again adds no row; it rewrites Redis from Postgres's
+    // totals, which a failed Redis write may have left behind.
+    if !done.is_empty() && !commit(deps, holds, done).await {
+        tracing::warn!("redelivered ballots not settled; handed back");
+    }
     new
+}
+
+async fn settled_receipts(deps: &Deps, receipts: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
+    if receipts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT receipt FROM recorded_receipts WHERE receipt = ANY($1)
+         UNION SELECT receipt FROM rejected_ballots WHERE receipt = ANY($1)",
+    )
+    .bind(receipts)
+    .fetch_all(&deps.db)
+    .await
+    .context("looking up redelivered receipts")?;
+    Ok(found.into_iter().collect())
 }
 
 /// Commits what the hold says is due, in one transaction. Returns false
@@ -178,6 +222,10 @@ async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
         holds.settle().await;
         return true;
     }
+    commit(deps, holds, group).await
+}
+
+async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool {
     let started = Instant::now();
     metrics::histogram!("tally_worker_batch_size").record(group.len() as f64);
     let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
@@ -197,8 +245,8 @@ async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
     if let Err(e) =
         tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false).await
     {
-        // Postgres has the group; a redelivery finds every ballot already
-        // recorded and rewrites Redis from Postgres's totals.
+        // Postgres has the group; its redelivery is settled at once (see
+        // `take`) and rewrites Redis from Postgres's totals.
         tracing::warn!(error = format!("{e:#}"), "tally write failed; group handed back");
         metrics::counter!("tally_worker_failures_total", "stage" => "redis").increment(1);
         hand_back(group.iter().map(|b| &b.message)).await;
@@ -217,7 +265,7 @@ async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
     let acks = group.iter().map(|b| b.message.ack());
     for result in futures_util::future::join_all(acks).await {
         if let Err(e) = result {
-            // Harmless: the ballot is recorded; a redelivery is skipped.
+            // Harmless: the ballot is recorded; a redelivery is settled.
             tracing::debug!(error = %e, "ack not sent");
         }
     }

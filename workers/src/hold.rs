@@ -36,6 +36,13 @@ pub struct HeldBallot {
     kept_alive: Instant,
 }
 
+impl HeldBallot {
+    pub fn new(message: Message, command: VoteCommand) -> HeldBallot {
+        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        HeldBallot { message, command, stream_sequence, kept_alive: Instant::now() }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Facts {
     pub anonymity_set: usize,
@@ -73,25 +80,25 @@ impl Holds {
 
     /// Takes a ballot into this worker's hold, or hands it back when
     /// another worker owns its election.
-    pub async fn take(&mut self, db_url: &str, message: Message, command: VoteCommand) {
-        let election = command.election_id;
+    pub async fn take(&mut self, db_url: &str, ballot: HeldBallot) {
+        let election = ballot.command.election_id;
         if !self.own(db_url, election).await {
-            if let Err(e) = message.ack_with(AckKind::Nak(Some(NOT_OURS_DELAY))).await {
+            if let Err(e) = ballot.message.ack_with(AckKind::Nak(Some(NOT_OURS_DELAY))).await {
                 tracing::debug!(error = %e, "hand-back not sent");
             }
             return;
         }
-        let (stream_sequence, redelivered) =
-            message.info().map(|i| (i.stream_sequence, i.delivered > 1)).unwrap_or((0, false));
+        let redelivered = ballot.message.info().is_ok_and(|i| i.delivered > 1);
         let queue = self.held.entry(election).or_default();
         // A redelivery of a ballot we already hold replaces the old handle.
-        if redelivered && let Some(existing) = queue.iter_mut().find(|h| h.stream_sequence == stream_sequence)
+        if redelivered
+            && let Some(existing) = queue.iter_mut().find(|h| h.stream_sequence == ballot.stream_sequence)
         {
-            existing.message = message;
+            existing.message = ballot.message;
             existing.kept_alive = Instant::now();
             return;
         }
-        queue.push_back(HeldBallot { message, command, stream_sequence, kept_alive: Instant::now() });
+        queue.push_back(ballot);
         metrics::gauge!("tally_ballots_held").set(self.count() as f64);
     }
 
