@@ -206,7 +206,7 @@ async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
 
 #[tokio::test]
 async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
-    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 1).await;
+    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 3).await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let mut receipts = Vec::new();
     for citizen in 130..140 {
@@ -303,7 +303,7 @@ async fn reconcile_restores_a_flushed_tally_and_voter_set() {
 #[tokio::test]
 async fn a_worker_killed_mid_run_loses_and_doubles_nothing() {
     let app = spawn_app_with(API_ONLY, |s| {
-        s.nats.ack_wait_secs = 2;
+        s.nats.ack_wait_secs = 3;
         s.workers.batch_size = 20;
     })
     .await;

@@ -616,3 +616,47 @@ async fn two_workers_show_every_ballot_within_3k_seconds_at_one_a_second() {
     watcher.abort();
     assert_eq!(app.totals(election).await.0.iter().map(|(_, n)| n).sum::<i64>(), 25);
 }
+
+/// A worker that died after its commit and before its ack leaves ballots
+/// that come back already recorded. Counted among held ballots, they
+/// would let a later group carry a single new voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_recorded_ballot_never_shrinks_a_group() {
+    const K: i64 = 2;
+    let app = spawn_app_with(crate::helpers::API_ONLY, |s| s.nats.ack_wait_secs = 3).await;
+    let election =
+        insert_election(&app.db, ElectionSpec { anonymity_set: K as i32, ..Default::default() }).await;
+    let first = voters(&app, 8_500_001..=8_500_003, |i| RUNNERS[i % 2]).await;
+    cast_all(&app, election, &first, Duration::ZERO).await;
+
+    let deps = app.deps().await;
+    let opener = app.settings.sealing.opener().unwrap();
+    let consumer = tally_workers::consume::consumer(&deps).await.unwrap();
+    let mut batch =
+        consumer.fetch().max_messages(10).expires(Duration::from_secs(1)).messages().await.unwrap();
+    let mut commands = Vec::new();
+    while let Some(Ok(message)) = batch.next().await {
+        commands.push(
+            tally_common::ballot::VoteCommand::open(&opener, message.headers.as_ref(), &message.payload)
+                .unwrap(),
+        );
+    }
+    assert_eq!(commands.len(), 3);
+    tally_workers::record::record(&deps.db, &commands).await.unwrap();
+
+    // A healthy worker meets those three again beside new ballots.
+    let _workers = app.another_instance(crate::helpers::WORKERS_ONLY).await;
+    let later = voters(&app, 8_500_004..=8_500_008, |i| RUNNERS[i % 2]).await;
+    cast_all(&app, election, &later, Duration::from_millis(200)).await;
+    eventually("the redelivered ballots to be settled", || async {
+        (app.queued(&deps).await <= K as u64).then_some(())
+    })
+    .await;
+    let groups = group_sizes(&app, "voter_roll", election).await;
+    assert!(groups.iter().all(|n| *n > K), "a group of {groups:?} while open");
+    app.close(election).await;
+    wait_final(&app, election).await;
+    let groups = group_sizes(&app, "voter_roll", election).await;
+    assert!(groups.iter().all(|n| *n >= K), "groups {groups:?}");
+    assert_eq!(groups.iter().sum::<i64>(), 8);
+}
