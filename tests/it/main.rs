@@ -12,7 +12,7 @@ mod hostile;
 mod identity;
 mod limits;
 mod logs;
-// mod model; // TEMP: restore before finishing
+mod model;
 mod observability;
 mod openapi;
 mod pipeline;

@@ -440,7 +440,7 @@ async fn insiders_cannot_narrow_a_voter_below_k() {
         // close is the last live figure (an answer already in flight, or a
         // replica not yet told) or the final one, never the flush in part.
         let seen = seen.lock().unwrap();
-        let live = seen.iter().filter(|(at, _)| *at < closed).filter_map(|(_, b)| shown_votes(b)).last();
+        let live = seen.iter().filter(|(at, _)| *at < closed).filter_map(|(_, b)| shown_votes(b)).next_back();
         let after_close: Vec<i64> =
             seen.iter().filter(|(at, _)| *at > closed).filter_map(|(_, b)| shown_votes(b)).collect();
         assert!(

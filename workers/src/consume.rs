@@ -126,9 +126,13 @@ async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
 /// One worker step: takes a batch into the hold, then commits what is
 /// due. Returns false when a dependency failed.
 pub async fn step(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Message>) -> bool {
-    if take(deps, opener, holds, batch).await
-        && let Err(e) = holds.refresh(&deps.db).await
-    {
+    let Some(decided) = admit(deps, opener, holds, batch).await else { return false };
+    // Recording them again adds no row; it rewrites Redis from Postgres's
+    // totals, which a failed Redis write may have left behind.
+    if !decided.is_empty() && !commit(deps, holds, decided).await {
+        return false;
+    }
+    if let Err(e) = holds.refresh(deps).await {
         tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
         return false;
     }
@@ -140,7 +144,7 @@ pub async fn step(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Me
 /// no ballot arrives.
 pub async fn on_tick(deps: &Deps, holds: &mut Holds, ack_wait: Duration) -> bool {
     holds.keep_alive(ack_wait).await;
-    if let Err(e) = holds.refresh(&deps.db).await {
+    if let Err(e) = holds.refresh(deps).await {
         tracing::warn!(error = format!("{e:#}"), "cannot read held elections");
         return false;
     }
@@ -148,15 +152,21 @@ pub async fn on_tick(deps: &Deps, holds: &mut Holds, ack_wait: Duration) -> bool
 }
 
 /// Opens each message and takes it into the hold; what cannot be opened
-/// is quarantined. A redelivered ballot that is already recorded or
-/// rejected is settled at once and never held: counted in a group, it
-/// would leave the group's new ballots fewer than K. Returns whether an
-/// election new to the hold appeared.
-async fn take(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Message>) -> bool {
+/// is quarantined. A ballot whose fate is already known (a redelivery of
+/// one recorded or rejected, or a second ballot of a recorded voter) is
+/// settled at once and never held: counted in a group, it would leave the
+/// group's new voters fewer than K. Returns the ballots already decided, to be settled
+/// by the caller, or `None` when they could not be checked (the batch
+/// was then handed back).
+pub async fn admit(
+    deps: &Deps,
+    opener: &Opener,
+    holds: &mut Holds,
+    batch: Vec<Message>,
+) -> Option<Vec<HeldBallot>> {
     let mut opened = Vec::with_capacity(batch.len());
     for message in batch {
-        let redelivered = message.info().is_ok_and(|info| info.delivered > 1);
-        if redelivered {
+        if message.info().is_ok_and(|info| info.delivered > 1) {
             metrics::counter!("tally_worker_redeliveries_total").increment(1);
         }
         let command =
@@ -166,51 +176,50 @@ async fn take(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Messag
                 if on_subject { Ok(command) } else { Err("election differs from the subject's".into()) }
             });
         match command {
-            Ok(command) => opened.push((redelivered, HeldBallot::new(message, command))),
+            Ok(command) => opened.push(HeldBallot::new(message, command)),
             Err(error) => quarantine(deps, message, error).await,
         }
     }
-    let again: Vec<Uuid> = opened.iter().filter(|(r, _)| *r).map(|(_, b)| b.command.receipt).collect();
-    let settled = match settled_receipts(deps, &again).await {
+    let settled = match settled_receipts(deps, &opened).await {
         Ok(settled) => settled,
         Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "cannot check redelivered ballots; handed back");
-            let (back, rest): (Vec<_>, Vec<_>) = opened.into_iter().partition(|(r, _)| *r);
-            hand_back(back.iter().map(|(_, b)| &b.message)).await;
-            opened = rest;
-            HashSet::new()
+            tracing::warn!(error = format!("{e:#}"), "cannot check ballots against the record; handed back");
+            hand_back(opened.iter().map(|b| &b.message)).await;
+            return None;
         }
     };
-    let mut new = false;
-    let mut done = Vec::new();
-    for (_, ballot) in opened {
+    let mut decided = Vec::new();
+    for ballot in opened {
         if settled.contains(&ballot.command.receipt) {
-            done.push(ballot);
+            decided.push(ballot);
         } else {
-            new |= !holds.knows(ballot.command.election_id);
             holds.take(deps.settings.database.url.expose(), ballot).await;
         }
     }
-    // Recording them again adds no row; it rewrites Redis from Postgres's
-    // totals, which a failed Redis write may have left behind.
-    if !done.is_empty() && !commit(deps, holds, done).await {
-        tracing::warn!("redelivered ballots not settled; handed back");
-    }
-    new
+    Some(decided)
 }
 
-async fn settled_receipts(deps: &Deps, receipts: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
-    if receipts.is_empty() {
+/// Receipts of ballots whose fate is already known: recorded or rejected
+/// by an earlier delivery, or from a citizen already on the voter roll.
+async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result<HashSet<Uuid>> {
+    if ballots.is_empty() {
         return Ok(HashSet::new());
     }
+    let receipts: Vec<Uuid> = ballots.iter().map(|b| b.command.receipt).collect();
+    let elections: Vec<i64> = ballots.iter().map(|b| b.command.election_id).collect();
+    let citizens: Vec<i64> = ballots.iter().map(|b| b.command.citizen_id).collect();
     let found: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT receipt FROM recorded_receipts WHERE receipt = ANY($1)
-         UNION SELECT receipt FROM rejected_ballots WHERE receipt = ANY($1)",
+        "SELECT t.r FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS t(r, e, c)
+         WHERE EXISTS (SELECT 1 FROM recorded_receipts x WHERE x.receipt = t.r)
+            OR EXISTS (SELECT 1 FROM rejected_ballots x WHERE x.receipt = t.r)
+            OR EXISTS (SELECT 1 FROM voter_roll v WHERE v.election_id = t.e AND v.citizen_id = t.c)",
     )
-    .bind(receipts)
+    .bind(&receipts)
+    .bind(&elections)
+    .bind(&citizens)
     .fetch_all(&deps.db)
     .await
-    .context("looking up redelivered receipts")?;
+    .context("checking ballots against the record")?;
     Ok(found.into_iter().collect())
 }
 

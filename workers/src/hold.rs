@@ -19,13 +19,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{AckKind, Message};
+use futures_util::TryStreamExt;
 use sqlx::{Connection, PgConnection};
+use tally_common::Deps;
 use tally_common::ballot::VoteCommand;
 use tally_common::election::{Schedule, Status};
 use time::OffsetDateTime;
 
-/// How long another worker's ballot waits before the broker offers it again.
-const NOT_OURS_DELAY: Duration = Duration::from_millis(500);
+/// How long another worker's ballot waits before the broker offers it
+/// again: 250 to 750 ms, varied by message and delivery so that no two
+/// workers fall into step and pass a ballot back and forth for ever.
+fn not_ours_delay(message: &Message) -> Duration {
+    let (sequence, delivered) =
+        message.info().map(|i| (i.stream_sequence, i.delivered as u64)).unwrap_or((0, 0));
+    Duration::from_millis(250 + sequence.wrapping_add(delivered).wrapping_mul(7919) % 500)
+}
 /// Advisory-lock keys are election ids under this namespace.
 const LOCK_NAMESPACE: i64 = 0x5441_4c4c_0000_0000;
 
@@ -47,15 +55,23 @@ impl HeldBallot {
 pub struct Facts {
     pub anonymity_set: usize,
     pub ended: bool,
+    /// Once ended: this election's messages still in the stream, held here
+    /// or not (handed back, undelivered, or with a worker that died).
+    pub in_stream: usize,
 }
 
-/// How many of `held` ballots to commit now, oldest first.
-pub fn due(held: usize, facts: Option<Facts>) -> usize {
+/// How many voters to commit now, oldest first, when `voters` distinct
+/// citizens are held in `held` messages.
+pub fn due(voters: usize, held: usize, facts: Option<Facts>) -> usize {
     match facts {
         // Unknown elections are rejected by the recorder; nothing to hide.
-        None => held,
-        Some(Facts { ended: true, .. }) => held,
-        Some(Facts { anonymity_set: k, .. }) if held > 2 * k => held - k,
+        None => voters,
+        // After the end, one flush of everything: it waits until every
+        // ballot still in the stream is here, so no straggler is left to
+        // make a group of its own.
+        Some(Facts { ended: true, in_stream, .. }) if held >= in_stream => voters,
+        Some(Facts { ended: true, .. }) => 0,
+        Some(Facts { anonymity_set: k, .. }) if voters > 2 * k => voters - k,
         Some(_) => 0,
     }
 }
@@ -69,9 +85,9 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// Whether this election already has ballots (and facts) here.
-    pub fn knows(&self, election: i64) -> bool {
-        self.facts.contains_key(&election)
+    /// Distinct citizens held, summed over elections: what K counts.
+    pub fn voters(&self) -> usize {
+        self.held.values().map(|q| q.iter().map(|b| b.command.citizen_id).collect::<HashSet<_>>().len()).sum()
     }
 
     pub fn count(&self) -> usize {
@@ -83,7 +99,8 @@ impl Holds {
     pub async fn take(&mut self, db_url: &str, ballot: HeldBallot) {
         let election = ballot.command.election_id;
         if !self.own(db_url, election).await {
-            if let Err(e) = ballot.message.ack_with(AckKind::Nak(Some(NOT_OURS_DELAY))).await {
+            let delay = not_ours_delay(&ballot.message);
+            if let Err(e) = ballot.message.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::debug!(error = %e, "hand-back not sent");
             }
             return;
@@ -136,8 +153,9 @@ impl Holds {
         }
     }
 
-    /// Re-reads each held election's K and whether it has ended.
-    pub async fn refresh(&mut self, db: &sqlx::PgPool) -> anyhow::Result<()> {
+    /// Re-reads each held election's K, whether it has ended, and once it
+    /// has, how many of its messages the stream still holds.
+    pub async fn refresh(&mut self, deps: &Deps) -> anyhow::Result<()> {
         let ids: Vec<i64> = self.held.keys().copied().collect();
         if ids.is_empty() {
             return Ok(());
@@ -151,27 +169,46 @@ impl Holds {
              FROM elections e WHERE e.election_id = ANY($1)",
         )
         .bind(&ids)
-        .fetch_all(db)
+        .fetch_all(&deps.db)
         .await
         .context("reading held elections")?;
         let now = OffsetDateTime::now_utc();
-        self.facts = ids.iter().map(|id| (*id, None)).collect();
+        let mut facts: HashMap<i64, Option<Facts>> = ids.iter().map(|id| (*id, None)).collect();
         for (id, start_at, end_at, closed_at, cancelled_at, k, contested) in rows {
             let status = Schedule { start_at, end_at, closed_at, cancelled_at, contested }.status(now);
             let ended = matches!(status, Status::Closed | Status::Cancelled);
-            self.facts.insert(id, Some(Facts { anonymity_set: k.max(1) as usize, ended }));
+            let in_stream = if ended { in_stream(deps, id).await? } else { 0 };
+            facts.insert(id, Some(Facts { anonymity_set: k.max(1) as usize, ended, in_stream }));
         }
+        self.facts = facts;
         Ok(())
     }
 
     /// The ballots to commit now, taken out of the hold (oldest first).
-    /// Elections whose facts are not known yet are left alone.
+    /// Groups are counted in voters: a citizen's second ballot (possible
+    /// only when the API's voter set was lost) travels with their first
+    /// and counts for nothing, so it cannot thin a group. Elections whose
+    /// facts are not known yet are left alone.
     pub fn take_due(&mut self) -> Vec<HeldBallot> {
         let mut group = Vec::new();
         for (election, queue) in &mut self.held {
             let Some(facts) = self.facts.get(election) else { continue };
-            let n = due(queue.len(), *facts);
-            group.extend(queue.drain(..n));
+            let voters = queue.iter().map(|b| b.command.citizen_id).collect::<HashSet<_>>().len();
+            let n = due(voters, queue.len(), *facts);
+            if n == 0 {
+                continue;
+            }
+            let mut going: HashSet<i64> = HashSet::new();
+            for ballot in queue.iter() {
+                if going.len() == n {
+                    break;
+                }
+                going.insert(ballot.command.citizen_id);
+            }
+            let (taken, kept): (VecDeque<_>, VecDeque<_>) =
+                queue.drain(..).partition(|b| going.contains(&b.command.citizen_id));
+            *queue = kept;
+            group.extend(taken);
         }
         group
     }
@@ -183,14 +220,20 @@ impl Holds {
         }
     }
 
-    /// After a commit: forgets elections that ended and are empty, and
-    /// gives up their locks.
+    /// After a commit: forgets elections that ended and have nothing left,
+    /// here or in the stream, and gives up their locks. Until then the
+    /// lock is kept, so stragglers come here and join the flush.
     pub async fn settle(&mut self) {
         let finished: Vec<i64> = self
             .held
             .iter()
             .filter(|(id, queue)| {
-                queue.is_empty() && !matches!(self.facts.get(*id), Some(Some(f)) if !f.ended)
+                queue.is_empty()
+                    && match self.facts.get(*id) {
+                        Some(None) => true,
+                        Some(Some(f)) => f.ended && f.in_stream == 0,
+                        None => false,
+                    }
             })
             .map(|(id, _)| *id)
             .collect();
@@ -243,22 +286,47 @@ impl Holds {
     }
 }
 
+/// Messages of the election still in the stream (a work queue: every one
+/// not yet acked).
+async fn in_stream(deps: &Deps, election: i64) -> anyhow::Result<usize> {
+    let subject = tally_common::bus::ballot_subject(&deps.settings.nats, election);
+    let stream =
+        deps.jetstream.get_stream(&deps.settings.nats.stream).await.context("opening the votes stream")?;
+    let mut subjects =
+        stream.info_with_subjects(&subject).await.context("counting the election's messages")?;
+    let mut total = 0;
+    while let Some((_, count)) = subjects.try_next().await.context("counting the election's messages")? {
+        total += count;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn open(k: usize) -> Option<Facts> {
-        Some(Facts { anonymity_set: k, ended: false })
+        Some(Facts { anonymity_set: k, ended: false, in_stream: 0 })
+    }
+
+    fn ended(k: usize, in_stream: usize) -> Option<Facts> {
+        Some(Facts { anonymity_set: k, ended: true, in_stream })
     }
 
     #[test]
     fn commits_only_the_excess_over_k_once_more_than_2k_are_held() {
-        assert_eq!(due(10, open(5)), 0);
-        assert_eq!(due(11, open(5)), 6);
-        assert_eq!(due(40, open(20)), 0);
-        assert_eq!(due(41, open(20)), 21);
-        assert_eq!(due(3, Some(Facts { anonymity_set: 5, ended: true })), 3);
-        assert_eq!(due(3, None), 3);
+        assert_eq!(due(10, 10, open(5)), 0);
+        assert_eq!(due(11, 11, open(5)), 6);
+        assert_eq!(due(40, 40, open(20)), 0);
+        assert_eq!(due(41, 41, open(20)), 21);
+        assert_eq!(due(10, 14, open(5)), 0, "second ballots do not count");
+        assert_eq!(due(3, 3, None), 3);
+    }
+
+    #[test]
+    fn the_flush_after_the_end_waits_for_every_straggler() {
+        assert_eq!(due(3, 3, ended(5, 4)), 0);
+        assert_eq!(due(4, 4, ended(5, 4)), 4);
     }
 
     proptest::proptest! {
@@ -267,14 +335,14 @@ mod tests {
             let mut held = 0;
             for _ in 0..arrivals {
                 held += 1;
-                let n = due(held, open(k));
+                let n = due(held, held, open(k));
                 if n > 0 {
                     proptest::prop_assert!(n > k);
                     proptest::prop_assert_eq!(held - n, k);
                 }
                 held -= n;
             }
-            let last = due(held, Some(Facts { anonymity_set: k, ended: true }));
+            let last = due(held, held, ended(k, held));
             proptest::prop_assert!(last >= k.min(arrivals));
         }
     }
