@@ -214,22 +214,23 @@ impl Opener {
 mod tests {
     use super::*;
 
-    fn parties() -> (Sealer, Opener) {
+    /// An API sealing to the workers, the workers, and the workers' public
+    /// key (which anyone may know).
+    fn parties() -> (Sealer, Opener, PublicKey) {
         let workers = generate();
         let api = generate();
-        let sealer =
-            Sealer::new("k1", &public_key(&workers.public).unwrap(), &private_key(&api.private).unwrap())
-                .unwrap();
+        let workers_public = public_key(&workers.public).unwrap();
+        let sealer = Sealer::new("k1", &workers_public, &private_key(&api.private).unwrap()).unwrap();
         let opener = Opener::new(
             BTreeMap::from([("k1".to_string(), private_key(&workers.private).unwrap())]),
             public_key(&api.public).unwrap(),
         );
-        (sealer, opener)
+        (sealer, opener, workers_public)
     }
 
     #[test]
     fn a_sealed_ballot_opens_with_the_same_context() {
-        let (sealer, opener) = parties();
+        let (sealer, opener, _) = parties();
         let sealed = sealer.seal(b"context", b"ballot");
         assert_eq!(sealed.len(), b"ballot".len() + OVERHEAD);
         assert_eq!(opener.open("k1", sealer.encapsulated(), b"context", &sealed).unwrap(), b"ballot");
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_forged_or_replayed_ballot_does_not_open() {
-        let (sealer, opener) = parties();
+        let (sealer, opener, workers_public) = parties();
         let sealed = sealer.seal(b"election 1 citizen 7", b"ballot");
         // Replayed under another citizen: the associated data differs.
         assert_eq!(
@@ -249,7 +250,8 @@ mod tests {
         );
         // A forger who knows the workers' public key but not the API's
         // private key makes a context the workers refuse.
-        let (forger, _) = parties();
+        let forger_key = private_key(&generate().private).unwrap();
+        let forger = Sealer::new("k1", &workers_public, &forger_key).unwrap();
         let forged = forger.seal(b"election 1 citizen 7", b"ballot");
         assert_eq!(
             opener.open("k1", forger.encapsulated(), b"election 1 citizen 7", &forged),
