@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the k6 scripts against a stack of its own: a fresh database, Redis
 # prefix and stream, `tally serve` on free loopback ports, voters with
-# pre-issued tokens. Stops everything it started.
+# pre-issued tokens. Then closes the election (workers hold its last K
+# ballots until it ends) and checks that every accepted ballot was
+# recorded once. Stops everything it started.
 #   scripts/load.sh smoke   # seconds, small numbers, thresholds enforced (make test)
 #   scripts/load.sh full    # the load run (make load)
 set -euo pipefail
@@ -22,8 +24,10 @@ export TALLY_HTTP__API_ADDR="127.0.0.1:${API_PORT}"
 export TALLY_HTTP__BROADCASTER_ADDR="127.0.0.1:${LIVE_PORT}"
 export TALLY_HTTP__ADMIN_ADDR="127.0.0.1:${ADMIN_PORT}"
 export TALLY_BROADCASTER__MAX_VIEWERS_PER_IP=100000
-# k6 runs from one address: per-client limits off, per-citizen limits on.
+# k6 runs from one address: per-client limits off (the in-process receipt
+# limit too, since every voter polls a receipt), per-citizen limits on.
 export TALLY_LIMITS__PER_CLIENT_PER_MINUTE=0
+export TALLY_LIMITS__RECEIPTS_PER_CLIENT_PER_MINUTE=0
 export TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE=0
 export TALLY_LOG__FILTER=warn
 
@@ -59,10 +63,43 @@ echo "==> viewers.js and vote.js together ($VIEWERS viewers, $VOTERS voters)"
 VIEWERS_PID=$!
 status=0
 "$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e VOTERS_FILE="$WORK/voters.json" -e VUS="$VUS" \
-  deploy/k6/vote.js || status=1
+  --summary-export "$WORK/vote-summary.json" deploy/k6/vote.js || status=1
 wait "$VIEWERS_PID" || status=1
 cat "$WORK/viewers.txt"
 echo "==> browse.js"
 "$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e ELECTION="$ELECTION" -e VUS="$VUS" -e DURATION="$BROWSE" \
   deploy/k6/browse.js || status=1
+
+# Workers hold at least K ballots of an open election and record them only
+# when it ends: close it as an admin's close does (the row, then the
+# announcement every replica listens to), wait for the final results, and
+# check that each accepted ballot was recorded exactly once.
+echo "==> closing election $ELECTION; every accepted ballot must then be recorded once"
+sql() { psql -q -tA -h 127.0.0.1 -U postgres -d "tally_${ID}" -c "$1"; }
+sql "UPDATE elections SET closed_at = now(), updated_at = now() WHERE election_id = ${ELECTION}" >/dev/null
+redis-cli PUBLISH "${ID}-control:elections" "$ELECTION" >/dev/null
+RESULTS="http://127.0.0.1:${API_PORT}/v1/elections/${ELECTION}/results"
+FINAL=""
+for _ in $(seq 1 300); do
+  FINAL=$(curl -fs "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["turnout"] if r.get("final") else "")' 2>/dev/null || true)
+  [ -n "$FINAL" ] && break
+  sleep 0.1
+done
+ACCEPTED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["root_group"]["checks"]["ballot accepted"]["passes"])' \
+  "$WORK/vote-summary.json" 2>/dev/null || echo "?")
+ROLL=$(sql "SELECT count(*) FROM voter_roll WHERE election_id = ${ELECTION}")
+BOX=$(sql "SELECT count(*) FROM ballot_box WHERE election_id = ${ELECTION}")
+RECEIPTS=$(sql "SELECT count(*) FROM recorded_receipts WHERE election_id = ${ELECTION}")
+# Without faults every commit holds more than K ballots, and the close
+# flush at least K: no transaction id pairs fewer than K voters.
+K=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["anonymity_set"])' "$WORK/voters.json")
+SMALLEST=$(sql "SELECT COALESCE(min(n), 0) FROM (SELECT count(*) AS n FROM voter_roll WHERE election_id = ${ELECTION} GROUP BY xmin::text) AS groups")
+echo "accepted $ACCEPTED, final turnout ${FINAL:-none}, voter roll $ROLL, ballot box $BOX, recorded receipts $RECEIPTS; smallest commit $SMALLEST (K = $K)"
+if [ -z "$FINAL" ]; then
+  echo "FAIL: the results were not final within 30 s of the close"; status=1
+elif [ "$FINAL" != "$ACCEPTED" ] || [ "$ROLL" != "$ACCEPTED" ] || [ "$BOX" != "$ACCEPTED" ] || [ "$RECEIPTS" != "$ACCEPTED" ]; then
+  echo "FAIL: accepted ballots and recorded ones differ"; status=1
+elif [ "$SMALLEST" -lt "$K" ] && [ "$ACCEPTED" -ge "$K" ]; then
+  echo "FAIL: a commit recorded only $SMALLEST voters, fewer than K = $K"; status=1
+fi
 exit $status

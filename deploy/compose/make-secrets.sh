@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Writes .env and secrets/jwt_signing_key with random values for
-# `docker compose up`, unless they already exist. Neither is committed.
+# Writes .env and the files under secrets/ with random values for
+# `docker compose up`, unless they already exist. None is committed.
+#   secrets/jwt_signing_key                     API and workers
+#   secrets/sealing_private_key                 workers only (X25519, key id `main`)
+#   secrets/sealing_public_key                  the API
+#   secrets/sealing_api_private_key             the API only
+#   secrets/sealing_api_public_key              workers
+# The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
+# base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 random() { openssl rand -hex 32; }
@@ -15,3 +22,17 @@ if [ ! -f secrets/jwt_signing_key ]; then
   chmod 644 secrets/jwt_signing_key  # read by the image's non-root user
   echo "wrote secrets/jwt_signing_key"
 fi
+
+# The last 32 bytes of the DER encodings are the raw X25519 keys.
+base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+x25519_pair() { # name: writes secrets/<name>_private_key and secrets/<name>_public_key
+  local private="secrets/$1_private_key" public="secrets/$1_public_key" pem
+  [ -f "$private" ] && [ -f "$public" ] && return
+  pem=$(openssl genpkey -algorithm X25519)
+  printf '%s\n' "$pem" | openssl pkey -outform DER | tail -c 32 | base64url > "$private"
+  printf '%s\n' "$pem" | openssl pkey -pubout -outform DER | tail -c 32 | base64url > "$public"
+  chmod 644 "$private" "$public"  # read by the image's non-root user
+  echo "wrote $private and $public"
+}
+x25519_pair sealing
+x25519_pair sealing_api

@@ -1,7 +1,10 @@
 //! End to end: N ballots through a running stack (all roles in a child
 //! process) from M concurrent connections, the clock stopped when the
-//! Redis tally shows all of them. Then the same machine and schema with
-//! the naive design: one synchronous Postgres transaction per vote.
+//! Redis tally shows all of them. Workers hold the last K ballots of an
+//! open election, so once every ballot has its answer the election is
+//! closed, and the clock stops at the tally that the close flush
+//! publishes. Then the same machine and schema with the naive design: one
+//! synchronous Postgres transaction per vote.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +16,7 @@ use tally_common::Settings;
 use tally_common::tally::TallyEvent;
 use uuid::Uuid;
 
-use super::provision::{RUNNERS, next_voter_id, open_election, provision, retire};
+use super::provision::{RUNNERS, close, next_voter_id, open_election, provision, retire};
 use super::{free_port, spawn_tally};
 
 pub struct Options {
@@ -30,10 +33,20 @@ pub struct Report {
     pub ballots: u64,
     pub connections: usize,
     pub offered_rate: Option<u32>,
+    /// The election's K: tallies move in steps of more than K ballots.
+    pub anonymity_set: i32,
     pub accepted: u64,
     pub refused: u64,
+    /// From the first ballot to the tally that counts every accepted one,
+    /// the close and its flush included.
     pub seconds_to_tally: f64,
     pub votes_per_sec: f64,
+    /// Ballots the tally did not count yet when the last answer came and
+    /// the election was closed: those the workers held (K to 2K once they
+    /// have caught up) and any still on their way to a worker.
+    pub uncounted_at_close: i64,
+    /// From the close to the tally that counts every accepted ballot.
+    pub close_to_tally_ms: f64,
     pub api_p50_ms: f64,
     pub api_p99_ms: f64,
     pub api_p999_ms: f64,
@@ -62,21 +75,34 @@ pub async fn run(
 
     // Every tally event: when, and how many ballots it counts.
     let client = tally_common::store::client(&settings.redis)?;
+    let redis = tally_common::store::connect(&settings.redis).await?;
     let mut pubsub = client.get_async_pubsub().await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
     pubsub.subscribe(keys.tally_channel(election)).await?;
-    let total = provisioned.tokens.len() as i64;
+    // Every ballot counts until the senders are done; then every accepted one.
+    let (target, mut wanted) = tokio::sync::watch::channel(provisioned.tokens.len() as i64);
     let events = tokio::spawn(async move {
         let mut seen: Vec<(Instant, i64)> = Vec::new();
         let mut messages = pubsub.on_message();
-        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+        loop {
+            let counted = seen.iter().map(|(_, turnout)| *turnout).max().unwrap_or(0);
+            if counted >= *wanted.borrow_and_update() {
+                break;
+            }
+            let message = tokio::select! {
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                message = tokio::time::timeout(Duration::from_secs(30), messages.next()) => message,
+            };
+            let Ok(Some(message)) = message else { break };
             if let Ok(event) =
                 serde_json::from_str::<TallyEvent>(&message.get_payload::<String>().unwrap_or_default())
             {
                 seen.push((Instant::now(), event.turnout));
-                if event.turnout >= total {
-                    break;
-                }
             }
         }
         seen
@@ -126,9 +152,16 @@ pub async fn run(
         accepted_at.extend(a);
         refused += r;
     }
+    // The last K or more ballots are held until the election ends.
+    let _ = target.send(accepted_at.len() as i64);
+    let closed_at = Instant::now();
+    let counted_before_close = tally_common::tally::read(&redis, &keys, election).await?.turnout;
+    close(&db, &redis, &keys, election).await?;
     let seen = events.await?;
     let tallied_at = seen.iter().find(|(_, turnout)| *turnout >= accepted_at.len() as i64).map(|(at, _)| *at);
     let seconds = tallied_at.map_or(f64::NAN, |at| (at - started).as_secs_f64());
+    let close_to_tally_ms =
+        tallied_at.map_or(f64::NAN, |at| at.saturating_duration_since(closed_at).as_secs_f64() * 1000.0);
 
     // The k-th accepted ballot is visible once a tally counts k ballots.
     accepted_at.sort();
@@ -144,16 +177,18 @@ pub async fn run(
     }
     latencies.sort();
     visible.sort();
-    retire(&db, election).await?;
 
     let mut report = Report {
         ballots: options.voters,
         connections: options.connections,
         offered_rate: options.rate,
+        anonymity_set: provisioned.anonymity_set,
         accepted: accepted_at.len() as u64,
         refused,
         seconds_to_tally: seconds,
         votes_per_sec: accepted_at.len() as f64 / seconds,
+        uncounted_at_close: accepted_at.len() as i64 - counted_before_close,
+        close_to_tally_ms,
         api_p50_ms: quantile_ms(&latencies, 0.5),
         api_p99_ms: quantile_ms(&latencies, 0.99),
         api_p999_ms: quantile_ms(&latencies, 0.999),
@@ -170,9 +205,11 @@ pub async fn run(
 }
 
 /// One transaction per vote, as a design without the queue would do it:
-/// voter roll, ballot box and the runner's total, committed each time.
+/// voter roll, ballot box (its own random id), the recorded receipt and
+/// the runner's total, committed each time. (It hides nobody: a
+/// transaction id pairs each voter with their ballot.)
 async fn naive(db: &sqlx::PgPool, votes: u64, connections: usize, first: i64) -> anyhow::Result<f64> {
-    let election = open_election(db, "Benchmark election (one transaction per vote)").await?;
+    let election = open_election(db, "Benchmark election (one transaction per vote)", 2).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections.min(64) as u32)
         .connect_with(db.connect_options().as_ref().clone())
@@ -195,10 +232,15 @@ async fn naive(db: &sqlx::PgPool, votes: u64, connections: usize, first: i64) ->
                     .bind(first + i as i64)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO ballot_box (receipt, election_id, selections) VALUES ($1, $2, $3)")
+                sqlx::query("INSERT INTO ballot_box (ballot_id, election_id, selections) VALUES ($1, $2, $3)")
                     .bind(Uuid::new_v4())
                     .bind(election)
                     .bind(vec![runner])
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO recorded_receipts (receipt, election_id) VALUES ($1, $2)")
+                    .bind(Uuid::new_v4())
+                    .bind(election)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query("UPDATE runners SET total_votes = total_votes + 1 WHERE election_id = $1 AND citizen_id = $2")

@@ -53,10 +53,12 @@ impl Latencies {
 }
 
 /// Every benchmark's load comes from one address: per-address limits
-/// would measure themselves, so processes under test run without them
-/// (per-citizen limits stay on).
-pub const ONE_ADDRESS_LOAD: [(&str, &str); 2] = [
+/// would measure themselves, so processes under test run without them,
+/// the in-process receipt limit included (the accounting looks up every
+/// voter's receipt). Per-citizen limits stay on.
+pub const ONE_ADDRESS_LOAD: [(&str, &str); 3] = [
     ("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0"),
+    ("TALLY_LIMITS__RECEIPTS_PER_CLIENT_PER_MINUTE", "0"),
     ("TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE", "0"),
 ];
 
@@ -115,6 +117,23 @@ pub async fn probe_ready(addr: &str) -> anyhow::Result<()> {
     let answer = tokio::time::timeout(Duration::from_secs(3), ask).await??;
     anyhow::ensure!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "not ready");
     Ok(())
+}
+
+/// The value of an unlabelled metric on a process's admin listener; `None`
+/// when the process does not answer or does not export it.
+pub async fn metric(admin: u16, name: &str) -> Option<f64> {
+    let text = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse::<f64>().ok())
 }
 
 /// Resident memory of a process, from /proc.

@@ -1,12 +1,17 @@
 //! Synthetic voters for load: registry citizens and user accounts written
 //! in bulk, an open election, and access tokens minted directly with the
 //! configured key, so that password hashing is not what gets measured.
+//!
+//! Workers hold the last K ballots of an open election (its anonymity
+//! set) until it ends, so anything that waits for every ballot to be
+//! recorded calls `close` first.
 
 use anyhow::Context;
 use sqlx::PgPool;
 use tally_common::Settings;
 use tally_common::auth::TokenKeys;
 use tally_common::domain::Role;
+use tally_common::store::{Keys, Redis};
 use time::macros::date;
 use uuid::Uuid;
 
@@ -17,11 +22,16 @@ pub const RUNNERS: [i64; 2] = [990_000_001, 990_000_002];
 /// Bench voters' ids start here, far from demo and registry ids.
 pub const FIRST_VOTER: i64 = 800_000_000;
 
+/// Printed as JSON by `tally bench provision` for k6 and
+/// `../shared/perf/ratio.sh`: keep `election_id`, `runners` and `tokens`.
 #[derive(serde::Serialize)]
 pub struct Provisioned {
     pub election_id: i64,
     pub runners: Vec<i64>,
     pub tokens: Vec<String>,
+    /// K: live counts move in steps of more than this many ballots, and
+    /// the last K or more are recorded only once the election ends.
+    pub anonymity_set: i32,
 }
 
 /// The first unused bench voter id, so each run's voters are new and all
@@ -36,7 +46,8 @@ pub async fn next_voter_id(db: &PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
-/// `voters` adults with accounts, ids from `first`, and a new open election.
+/// `voters` adults with accounts, ids from `first`, and a new open election
+/// whose anonymity set is `workers.anonymity_set`.
 pub async fn provision(settings: &Settings, voters: u64, first: i64) -> anyhow::Result<Provisioned> {
     let db = tally_common::db::pool(&settings.database)?;
     let mut id = first;
@@ -67,18 +78,19 @@ pub async fn provision(settings: &Settings, voters: u64, first: i64) -> anyhow::
         .context("creating bench accounts")?;
         id = chunk_end;
     }
-    let election_id = open_election(&db, "Benchmark election").await?;
+    let anonymity_set = settings.workers.anonymity_set;
+    let election_id = open_election(&db, "Benchmark election", anonymity_set).await?;
     let keys = TokenKeys::from_settings(&settings.auth);
     let tokens = (first..end)
         .map(|citizen| {
             keys.sign(&keys.claims(citizen, Uuid::new_v4(), Role::Voter, "Capital", date!(1980 - 01 - 01)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Provisioned { election_id, runners: RUNNERS.to_vec(), tokens })
+    Ok(Provisioned { election_id, runners: RUNNERS.to_vec(), tokens, anonymity_set })
 }
 
-/// An open election with the two bench runners.
-pub async fn open_election(db: &PgPool, name: &str) -> anyhow::Result<i64> {
+/// An open election with the two bench runners and anonymity set `k`.
+pub async fn open_election(db: &PgPool, name: &str, k: i32) -> anyhow::Result<i64> {
     for (id, runner) in RUNNERS.iter().zip(["Bench Runner A", "Bench Runner B"]) {
         sqlx::query(
             "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
@@ -90,9 +102,11 @@ pub async fn open_election(db: &PgPool, name: &str) -> anyhow::Result<i64> {
         .await?;
     }
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at) VALUES ($1, now(), now() + interval '1 day') RETURNING election_id",
+        "INSERT INTO elections (name, start_at, end_at, anonymity_set)
+         VALUES ($1, now(), now() + interval '1 day', $2) RETURNING election_id",
     )
     .bind(name)
+    .bind(k)
     .fetch_one(db)
     .await?;
     for runner in RUNNERS {
@@ -105,7 +119,30 @@ pub async fn open_election(db: &PgPool, name: &str) -> anyhow::Result<i64> {
     Ok(id)
 }
 
-/// Ends a bench election so it does not linger in live lists.
+/// Closes the election now, as `POST /v1/elections/{id}/close` does, and
+/// announces the change on the elections channel so that API replicas
+/// stop taking its ballots and broadcasters push its final frame. Workers
+/// notice the end within about a second and flush the ballots they hold.
+pub async fn close(db: &PgPool, redis: &Redis, keys: &Keys, election_id: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE elections SET closed_at = now(), updated_at = now()
+         WHERE election_id = $1 AND closed_at IS NULL AND cancelled_at IS NULL",
+    )
+    .bind(election_id)
+    .execute(db)
+    .await
+    .context("closing the election")?;
+    redis::cmd("PUBLISH")
+        .arg(keys.elections_channel())
+        .arg(election_id)
+        .query_async::<i64>(&mut redis.clone())
+        .await
+        .context("announcing the close")?;
+    Ok(())
+}
+
+/// Ends a bench election so it does not linger in live lists. Its held
+/// ballots are flushed and count for nothing: use `close` to count them.
 pub async fn retire(db: &PgPool, election_id: i64) -> anyhow::Result<()> {
     sqlx::query("UPDATE elections SET cancelled_at = now() WHERE election_id = $1")
         .bind(election_id)

@@ -1,4 +1,4 @@
-//! Fan-out: K WebSocket viewers on one broadcaster process (started as a
+//! Fan-out: N WebSocket viewers on one broadcaster process (started as a
 //! child, so its memory is measured alone) while tallies change at a given
 //! rate. Reports the broadcaster's RSS, messages per second and the delay
 //! from a tally's publication in Redis to its arrival at a viewer.
@@ -47,7 +47,11 @@ pub async fn run(
     let db = tally_common::db::pool(&settings.database)?;
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
-    let election = super::provision::open_election(&db, "Benchmark election (viewers)").await?;
+    // Tallies are written to Redis directly here, as a worker's commits
+    // would be; the election's K does not pace them.
+    let election =
+        super::provision::open_election(&db, "Benchmark election (viewers)", settings.workers.anonymity_set)
+            .await?;
 
     let (port, admin) = (free_port()?, free_port()?);
     let broadcaster_settings = [

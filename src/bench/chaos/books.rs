@@ -1,5 +1,11 @@
 //! The system's books after a run: what Postgres, Redis and the stream
 //! hold, and the checks of every voter's answers against them.
+//!
+//! Workers hold at least K ballots of an open election and commit only
+//! groups of more than K, so a run settles twice: live (the stores and
+//! viewers agree, with no more than 2K accepted ballots still held), then,
+//! after the election is closed and the held ballots flushed, finally
+//! (every accepted ballot recorded and every viewer on the final tally).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -19,6 +25,8 @@ pub struct Books {
     /// Ballot-box rows per runner.
     pub ballot_box: BTreeMap<i64, i64>,
     pub ballot_box_rows: i64,
+    /// `recorded_receipts` rows of the election.
+    pub receipt_rows: i64,
     /// `runners.total_votes` and `elections.turnout`.
     pub recorded: Seen,
     pub redis: Seen,
@@ -52,8 +60,13 @@ impl Books {
             .bind(election)
             .fetch_one(db)
             .await?;
+        let receipt_rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM recorded_receipts WHERE election_id = $1")
+                .bind(election)
+                .fetch_one(db)
+                .await?;
         let receipts: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT receipt, NULL FROM ballot_box WHERE election_id = $1
+            "SELECT receipt, NULL FROM recorded_receipts WHERE election_id = $1
              UNION ALL SELECT receipt, reason FROM rejected_ballots WHERE election_id = $1",
         )
         .bind(election)
@@ -68,6 +81,7 @@ impl Books {
             roll: roll.into_iter().collect(),
             ballot_box: ballot_box.into_iter().collect(),
             ballot_box_rows,
+            receipt_rows,
             recorded: Seen { turnout, votes: recorded_votes },
             redis: Seen { turnout: cached.turnout, votes: redis_votes },
             resolved_receipts: receipts.into_iter().collect(),
@@ -85,27 +99,122 @@ impl Books {
         viewers: impl Fn() -> Vec<Option<Seen>>,
         within: std::time::Duration,
     ) -> anyhow::Result<Books> {
+        Books::settle_until(db, redis, keys, election, within, |books| books.settled(logs, &viewers())).await
+    }
+
+    /// Reads the books until `done` says so or `within` passes.
+    pub async fn settle_until(
+        db: &PgPool,
+        redis: &Redis,
+        keys: &Keys,
+        election: i64,
+        within: std::time::Duration,
+        done: impl Fn(&Books) -> bool,
+    ) -> anyhow::Result<Books> {
         let deadline = std::time::Instant::now() + within;
         loop {
             let books = Books::read(db, redis, keys, election).await?;
-            if books.settled(logs, &viewers()) || std::time::Instant::now() > deadline {
+            if done(&books) || std::time::Instant::now() > deadline {
                 return Ok(books);
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
 
-    /// Whether every store and viewer agrees and no accepted ballot waits.
-    pub fn settled(&self, logs: &[VoterLog], viewers: &[Option<Seen>]) -> bool {
-        let counts_agree = self.redis == self.recorded
+    /// Whether Postgres's ballot box, its totals and Redis agree.
+    fn counts_agree(&self) -> bool {
+        self.redis == self.recorded
             && self.ballot_box_rows == self.recorded.turnout
-            && self.recorded.votes.iter().all(|(r, n)| self.ballot_box.get(r).copied().unwrap_or(0) == *n);
+            && self.receipt_rows == self.recorded.turnout
+            && self.recorded.votes.iter().all(|(r, n)| self.ballot_box.get(r).copied().unwrap_or(0) == *n)
+    }
+
+    /// Accepted ballots (202) whose receipt is neither recorded nor rejected.
+    pub fn unresolved(&self, logs: &[VoterLog]) -> usize {
+        logs.iter()
+            .filter(|log| log.outcome() == Outcome::Accepted)
+            .filter_map(|log| log.receipt)
+            .filter(|receipt| !self.resolved_receipts.contains_key(receipt))
+            .count()
+    }
+
+    /// Whether every store and viewer agrees and no accepted ballot waits:
+    /// the final state, once the election has ended.
+    pub fn settled(&self, logs: &[VoterLog], viewers: &[Option<Seen>]) -> bool {
         let nothing_pending = logs
             .iter()
             .filter_map(|log| log.receipt)
             .all(|receipt| self.resolved_receipts.contains_key(&receipt));
-        counts_agree && nothing_pending && viewers.iter().all(|seen| seen.as_ref() == Some(&self.recorded))
+        self.counts_agree()
+            && nothing_pending
+            && viewers.iter().all(|seen| seen.as_ref() == Some(&self.recorded))
     }
+
+    /// The live state while the election is open: stores and viewers
+    /// agree, and what is still unrecorded is no more than workers may
+    /// hold once quiet (2K: a commit happens as soon as more are held).
+    pub fn settled_live(&self, logs: &[VoterLog], viewers: &[Option<Seen>], anonymity_set: usize) -> bool {
+        self.counts_agree()
+            && self.unresolved(logs) <= 2 * anonymity_set
+            && viewers.iter().all(|seen| seen.as_ref() == Some(&self.recorded))
+    }
+}
+
+/// Voter-roll rows per commit (transaction id) of the election, in commit
+/// order: each group is what an insider reading system columns sees.
+pub async fn commit_groups(db: &PgPool, election: i64) -> anyhow::Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM voter_roll WHERE election_id = $1
+         GROUP BY xmin::text::bigint ORDER BY xmin::text::bigint",
+    )
+    .bind(election)
+    .fetch_all(db)
+    .await?)
+}
+
+/// What the stream and the workers' consumer hold: a snapshot for a run
+/// that did not settle, to tell where the missing ballots wait.
+#[derive(Debug, Default, Serialize)]
+pub struct Queue {
+    pub stream_messages: u64,
+    pub consumer_pending: u64,
+    pub consumer_ack_pending: usize,
+    pub consumer_redelivered: usize,
+    pub consumer_waiting_pulls: usize,
+}
+
+pub async fn queue(nats: &tally_common::config::NatsSettings) -> anyhow::Result<Queue> {
+    let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
+    let stream_messages = js.get_stream(&nats.stream).await?.info().await?.state.messages;
+    let info: serde_json::Value =
+        js.request(format!("CONSUMER.INFO.{}.{}", nats.stream, nats.consumer), &()).await?;
+    let number = |field: &str| info[field].as_u64().unwrap_or(0);
+    Ok(Queue {
+        stream_messages,
+        consumer_pending: number("num_pending"),
+        consumer_ack_pending: number("num_ack_pending") as usize,
+        consumer_redelivered: number("num_redelivered") as usize,
+        consumer_waiting_pulls: number("num_waiting") as usize,
+    })
+}
+
+/// Counts the messages in the quarantine stream (`<stream>_QUARANTINE`),
+/// ballots that no worker could open: every ballot of a run is valid, so
+/// any is a violation.
+pub async fn note_quarantine(
+    report: &mut Accounting,
+    nats: &tally_common::config::NatsSettings,
+) -> anyhow::Result<()> {
+    let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
+    let name = tally_common::bus::quarantine_stream_config(nats).name;
+    report.quarantined = match js.get_stream(&name).await {
+        Ok(mut stream) => stream.info().await?.state.messages,
+        Err(_) => 0,
+    };
+    if report.quarantined > 0 {
+        report.violations.push(format!("{} valid ballots were quarantined", report.quarantined));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -117,6 +226,8 @@ pub struct Accounting {
     pub stored_earlier: usize,
     pub recorded: usize,
     pub unknown_recorded: usize,
+    /// Messages set aside in the quarantine stream.
+    pub quarantined: u64,
     pub statuses: BTreeMap<u16, u64>,
     pub violations: Vec<String>,
 }
@@ -161,12 +272,14 @@ pub async fn account(
             report.violations.push(problem);
         }
     }
-    if books.roll.len() as i64 != books.recorded.turnout || books.ballot_box_rows != books.recorded.turnout {
+    let turnout = books.recorded.turnout;
+    if books.roll.len() as i64 != turnout || books.ballot_box_rows != turnout || books.receipt_rows != turnout
+    {
         report.violations.push(format!(
-            "roll {} / ballot box {} / turnout {} disagree",
+            "roll {} / ballot box {} / recorded receipts {} / turnout {turnout} disagree",
             books.roll.len(),
             books.ballot_box_rows,
-            books.recorded.turnout
+            books.receipt_rows,
         ));
     }
     if books.dead_letters != 0 {

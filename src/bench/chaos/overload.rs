@@ -2,7 +2,8 @@
 //! with the workers stopped for a while so the stream fills to its limit.
 //! The API must keep answering quickly (202, or 503/429 with
 //! `Retry-After`), its memory must stay bounded, the stream must not grow
-//! past its limit, and every ballot that got 202 must still be recorded.
+//! past its limit, and every ballot that got 202 must still be recorded
+//! (counted after the election is closed: workers hold its last K).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use super::cpu::{Quota, pin};
 use super::voters::{Pace, Voters, ballots};
 use crate::bench::cluster::Cluster;
 use crate::bench::infra::private_stack;
-use crate::bench::provision::{FIRST_VOTER, provision};
+use crate::bench::provision::{FIRST_VOTER, close, provision};
 use crate::bench::rss_bytes;
 
 pub struct Options {
@@ -92,6 +93,11 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     );
     let probed = probing.finish().await;
     let capacity = probed.iter().filter(|l| l.statuses == [202]).count() as f64 / PROBE.as_secs_f64();
+    // The probe's election ends here, so that the ballots workers hold for
+    // it are flushed instead of staying in the stream through the run.
+    let redis = tally_common::store::connect(&settings.redis).await?;
+    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    close(&db, &redis, &keys, probe.election_id).await?;
 
     let offered = (2.0 * capacity).max(100.0) as u32;
     let first = FIRST_VOTER + PROBE_VOTERS as i64;
@@ -142,12 +148,13 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let logs = voting.finish().await;
     let offered_ratio = offered_per_sec / capacity.max(1.0);
 
-    let redis = tally_common::store::connect(&settings.redis).await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    // Every ballot counts once the election is closed and the held ones flushed.
+    close(&db, &redis, &keys, voters.election_id).await?;
     let books =
         Books::settle(&db, &redis, &keys, voters.election_id, &logs, Vec::new, Duration::from_secs(120))
             .await?;
     let mut votes = books::account(&books, &logs, &voters.tokens, port, voters.election_id).await?;
+    books::note_quarantine(&mut votes, &settings.nats).await?;
     let refusals_without_retry_after = answers.without_retry_after.load(std::sync::atomic::Ordering::Relaxed);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let mut problems = Vec::new();

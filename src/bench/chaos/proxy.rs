@@ -2,8 +2,9 @@
 //! front of two API, two worker and two broadcaster processes on loopback.
 //! Ballots and live viewers go through the proxy; one API replica is
 //! killed mid-run. Both replicas must have served, viewers must end on the
-//! final tally, TLS and request ids must pass through, and no accepted
-//! ballot may be lost.
+//! final tally (after the election is closed, since workers hold its last
+//! K ballots until then), TLS and request ids must pass through, and no
+//! accepted ballot may be lost.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +22,7 @@ use super::voters::{Pace, Voters, ballots};
 use crate::bench::cluster::Cluster;
 use crate::bench::free_port;
 use crate::bench::infra::{private_stack, wait_for_port};
-use crate::bench::provision::{FIRST_VOTER, provision};
+use crate::bench::provision::{FIRST_VOTER, close, provision};
 
 pub struct Options {
     pub voters: u64,
@@ -41,6 +42,14 @@ pub struct Report {
     pub request_id_echoed: bool,
     pub viewers: usize,
     pub votes: Accounting,
+    /// The election's K, and voter-roll rows per commit (transaction id):
+    /// the fewest in one commit and how many commits recorded K voters or
+    /// fewer (only the close flush should). Reported, not judged.
+    pub anonymity_set: i32,
+    pub smallest_commit_group: Option<i64>,
+    pub commit_groups_of_k_or_fewer: usize,
+    /// Every commit's size, in commit order.
+    pub commit_groups: Vec<i64>,
 }
 
 pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -> anyhow::Result<Report> {
@@ -79,7 +88,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let client = reqwest::Client::new();
     let mut accepted_per_api_replica = Vec::new();
     for &i in &apis {
-        accepted_per_api_replica.push(accepted(&client, cluster.nodes[i].admin).await?);
+        let accepted = crate::bench::metric(cluster.nodes[i].admin, "tally_votes_accepted_total").await;
+        accepted_per_api_replica.push(accepted.unwrap_or(0.0) as u64);
     }
     cluster.kill(apis[0]).await;
     let logs = voting.finish().await;
@@ -87,10 +97,14 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
     let within = Duration::from_secs(60);
+    close(&db, &redis, &keys, election).await?;
     let books = Books::settle(&db, &redis, &keys, election, &logs, || audience.snapshot(), within).await?;
     let mut votes = books::account(&books, &logs, &provisioned.tokens, nginx.http, election).await?;
+    books::note_quarantine(&mut votes, &settings.nats).await?;
     if !books.settled(&logs, &audience.snapshot()) {
-        votes.violations.push("stores, receipts and viewers did not agree within 60 s".to_owned());
+        votes
+            .violations
+            .push("stores, receipts and viewers did not agree within 60 s of the close".to_owned());
     }
     if accepted_per_api_replica.contains(&0) {
         votes.violations.push(format!("an API replica served no ballots: {accepted_per_api_replica:?}"));
@@ -110,6 +124,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     if !echoed {
         votes.violations.push("the request id did not pass through the proxy".to_owned());
     }
+    let groups = books::commit_groups(&db, election).await?;
+    let k = provisioned.anonymity_set;
     stop_watching.cancel();
     audience.finish().await;
     cluster.stop().await;
@@ -121,17 +137,11 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         request_id_echoed: echoed,
         viewers: options.viewers,
         votes,
+        anonymity_set: k,
+        smallest_commit_group: groups.iter().min().copied(),
+        commit_groups_of_k_or_fewer: groups.iter().filter(|n| **n <= i64::from(k)).count(),
+        commit_groups: groups,
     })
-}
-
-/// `tally_votes_accepted_total` from a process's metrics.
-async fn accepted(client: &reqwest::Client, admin: u16) -> anyhow::Result<u64> {
-    let text = client.get(format!("http://127.0.0.1:{admin}/metrics")).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix("tally_votes_accepted_total "))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
 }
 
 /// nginx in a prefix directory of its own, on free loopback ports, with a
