@@ -224,7 +224,7 @@ async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result
 }
 
 /// Commits what the hold says is due, in one transaction. Returns false
-/// when a dependency failed; the ballots are then held again.
+/// when a dependency failed; the group is then handed back.
 async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
     let group = holds.take_due();
     if group.is_empty() {
@@ -244,10 +244,14 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool 
             tracing::warn!(
                 error = format!("{e:#}"),
                 ballots = commands.len(),
-                "recording failed; ballots held again"
+                "recording failed; group handed back"
             );
             metrics::counter!("tally_worker_failures_total", "stage" => "postgres").increment(1);
-            holds.restore(group);
+            // Handed back, not held again: the commit may have succeeded
+            // unseen (a connection lost at COMMIT), and a redelivery is
+            // checked against the record before it can count in a group.
+            hand_back(group.iter().map(|b| &b.message)).await;
+            holds.settle().await;
             return false;
         }
     };

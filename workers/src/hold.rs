@@ -34,6 +34,9 @@ fn not_ours_delay(message: &Message) -> Duration {
         message.info().map(|i| (i.stream_sequence, i.delivered as u64)).unwrap_or((0, 0));
     Duration::from_millis(250 + sequence.wrapping_add(delivered).wrapping_mul(7919) % 500)
 }
+/// After the end, how long beyond the ack wait the flush waits for
+/// stragglers: the longest hand-back delay and a tick, with room to spare.
+const STRAGGLER_MARGIN: Duration = Duration::from_secs(3);
 /// Advisory-lock keys are election ids under this namespace.
 const LOCK_NAMESPACE: i64 = 0x5441_4c4c_0000_0000;
 
@@ -58,6 +61,10 @@ pub struct Facts {
     /// Once ended: this election's messages still in the stream, held here
     /// or not (handed back, undelivered, or with a worker that died).
     pub in_stream: usize,
+    /// Once ended: whether every straggler has had time to come back (a
+    /// dead worker's after the ack wait). The stream's per-subject count
+    /// can stay too high after a broker crash; this bounds the wait.
+    pub waited_long_enough: bool,
 }
 
 /// How many voters to commit now, oldest first, when `voters` distinct
@@ -69,7 +76,11 @@ pub fn due(voters: usize, held: usize, facts: Option<Facts>) -> usize {
         // After the end, one flush of everything: it waits until every
         // ballot still in the stream is here, so no straggler is left to
         // make a group of its own.
-        Some(Facts { ended: true, in_stream, .. }) if held >= in_stream => voters,
+        Some(Facts { ended: true, in_stream, waited_long_enough, .. })
+            if held >= in_stream || waited_long_enough =>
+        {
+            voters
+        }
         Some(Facts { ended: true, .. }) => 0,
         Some(Facts { anonymity_set: k, .. }) if voters > 2 * k => voters - k,
         Some(_) => 0,
@@ -156,6 +167,7 @@ impl Holds {
     /// Re-reads each held election's K, whether it has ended, and once it
     /// has, how many of its messages the stream still holds.
     pub async fn refresh(&mut self, deps: &Deps) -> anyhow::Result<()> {
+        self.check_ownership().await;
         let ids: Vec<i64> = self.held.keys().copied().collect();
         if ids.is_empty() {
             return Ok(());
@@ -178,7 +190,14 @@ impl Holds {
             let status = Schedule { start_at, end_at, closed_at, cancelled_at, contested }.status(now);
             let ended = matches!(status, Status::Closed | Status::Cancelled);
             let in_stream = if ended { in_stream(deps, id).await? } else { 0 };
-            facts.insert(id, Some(Facts { anonymity_set: k.max(1) as usize, ended, in_stream }));
+            let schedule_end = cancelled_at.map_or(end_at, |c| c.min(end_at));
+            let ended_at = closed_at.map_or(schedule_end, |c| c.min(schedule_end));
+            let straggling = Duration::from_secs(deps.settings.nats.ack_wait_secs) + STRAGGLER_MARGIN;
+            let waited_long_enough = ended && now - ended_at > straggling;
+            facts.insert(
+                id,
+                Some(Facts { anonymity_set: k.max(1) as usize, ended, in_stream, waited_long_enough }),
+            );
         }
         self.facts = facts;
         Ok(())
@@ -213,13 +232,6 @@ impl Holds {
         group
     }
 
-    /// Puts ballots back at the front after a failed commit.
-    pub fn restore(&mut self, ballots: Vec<HeldBallot>) {
-        for ballot in ballots.into_iter().rev() {
-            self.held.entry(ballot.command.election_id).or_default().push_front(ballot);
-        }
-    }
-
     /// After a commit: forgets elections that ended and have nothing left,
     /// here or in the stream, and gives up their locks. Until then the
     /// lock is kept, so stragglers come here and join the flush.
@@ -231,7 +243,7 @@ impl Holds {
                 queue.is_empty()
                     && match self.facts.get(*id) {
                         Some(None) => true,
-                        Some(Some(f)) => f.ended && f.in_stream == 0,
+                        Some(Some(f)) => f.ended && (f.in_stream == 0 || f.waited_long_enough),
                         None => false,
                     }
             })
@@ -271,6 +283,25 @@ impl Holds {
         }
     }
 
+    /// Our locks live as long as the lock connection. If it died (Postgres
+    /// restarted, say), another worker may own our elections now: what we
+    /// hold goes back to the broker, for the new owner.
+    async fn check_ownership(&mut self) {
+        let Some(conn) = self.lock_conn.as_mut() else {
+            if !self.owned.is_empty() {
+                self.release_all().await;
+            }
+            return;
+        };
+        if self.owned.is_empty() {
+            return;
+        }
+        if let Err(e) = sqlx::query("SELECT 1").execute(conn).await {
+            tracing::warn!(error = %e, "hold-ownership connection lost; held ballots handed back");
+            self.release_all().await;
+        }
+    }
+
     /// At shutdown: everything held goes back to the broker at once, for
     /// another worker to hold.
     pub async fn release_all(&mut self) {
@@ -306,11 +337,11 @@ mod tests {
     use super::*;
 
     fn open(k: usize) -> Option<Facts> {
-        Some(Facts { anonymity_set: k, ended: false, in_stream: 0 })
+        Some(Facts { anonymity_set: k, ended: false, in_stream: 0, waited_long_enough: false })
     }
 
     fn ended(k: usize, in_stream: usize) -> Option<Facts> {
-        Some(Facts { anonymity_set: k, ended: true, in_stream })
+        Some(Facts { anonymity_set: k, ended: true, in_stream, waited_long_enough: false })
     }
 
     #[test]
@@ -327,6 +358,8 @@ mod tests {
     fn the_flush_after_the_end_waits_for_every_straggler() {
         assert_eq!(due(3, 3, ended(5, 4)), 0);
         assert_eq!(due(4, 4, ended(5, 4)), 4);
+        let late = Some(Facts { waited_long_enough: true, ..ended(5, 9).unwrap() });
+        assert_eq!(due(3, 3, late), 3, "but not beyond the ack wait");
     }
 
     proptest::proptest! {
