@@ -254,14 +254,20 @@ async fn run_case(k: i32, ops: Vec<Op>) {
                 }
             }
         }
-        // One worker owns the election's held set at a time, and a step or
-        // tick never leaves more than 2K voters held (more are committed).
+        // One worker owns the election's held set at a time, and while the
+        // election is open a step or tick never leaves more than 2K voters
+        // held (more are committed). After the end, the owner gathers
+        // stragglers for the one flush, so it may hold more.
         let holding: Vec<usize> = workers.iter().map(|w| w.holds.voters()).collect();
         assert!(
             holding.iter().filter(|n| **n > 0).count() <= 1,
             "two workers hold ballots of one election: {holding:?}"
         );
-        assert!(holding.iter().all(|n| *n <= 2 * k as usize), "more than 2K = {} held: {holding:?}", 2 * k);
+        assert!(
+            closed.is_some() || holding.iter().all(|n| *n <= 2 * k as usize),
+            "more than 2K = {} held while open: {holding:?}",
+            2 * k
+        );
     }
 
     // The end: the election closes, and healthy workers drain the queue.
