@@ -56,17 +56,20 @@ pub fn votes_stream_config(settings: &NatsSettings) -> stream::Config {
     }
 }
 
-/// Where messages no worker can open are kept, whole, for an operator to
-/// examine: never dropped, never in the work queue again.
+/// Where messages no worker can open are kept, whole and still sealed,
+/// for an operator to replay or reject: with the retention, limits and
+/// storage of `VOTES`, so a quarantined ballot lives exactly as long as a
+/// waiting one would.
 pub fn quarantine_stream_config(settings: &NatsSettings) -> stream::Config {
     stream::Config {
-        name: format!("{}_QUARANTINE", settings.stream),
+        name: quarantine_stream(settings),
         subjects: vec![format!("{}.*", quarantine_prefix(settings))],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
+        ..votes_stream_config(settings)
     }
+}
+
+pub fn quarantine_stream(settings: &NatsSettings) -> String {
+    format!("{}_QUARANTINE", settings.stream)
 }
 
 fn quarantine_prefix(settings: &NatsSettings) -> String {
@@ -90,10 +93,23 @@ pub async fn ensure_votes_stream(
     }
     let quarantine = quarantine_stream_config(settings);
     let name = quarantine.name.clone();
-    if js.get_stream(&name).await.is_ok() {
-        js.update_stream(quarantine).await.with_context(|| format!("updating stream {name}"))?;
-    } else {
-        js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
+    match js.get_stream(&name).await {
+        // An older quarantine kept its messages by limits, and the
+        // broker cannot change a stream's retention in place.
+        Ok(old) if old.cached_info().config.retention != quarantine.retention => {
+            if old.cached_info().state.messages == 0 {
+                js.delete_stream(&name).await.with_context(|| format!("replacing stream {name}"))?;
+                js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
+            } else {
+                tracing::warn!(stream = %name, "the quarantine keeps its old retention until it is empty");
+            }
+        }
+        Ok(_) => {
+            js.update_stream(quarantine).await.with_context(|| format!("updating stream {name}"))?;
+        }
+        Err(_) => {
+            js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
+        }
     }
     js.get_stream(&settings.stream).await.with_context(|| format!("opening stream {}", settings.stream))
 }
@@ -146,18 +162,26 @@ pub async fn publish_acked(
     }
 }
 
-/// Whether ballots of this election still wait in the stream. The stream
-/// is a work queue, so any message left on the election's subject is one
-/// no worker has recorded yet.
+/// Whether ballots of this election still wait: in the stream (a work
+/// queue, so any message left on the election's subject is one no worker
+/// has recorded yet) or in quarantine (accepted, and neither replayed nor
+/// rejected by an operator yet). Either way its count is not final.
 pub async fn ballots_pending(
     js: &jetstream::Context,
     settings: &NatsSettings,
     election_id: i64,
 ) -> anyhow::Result<bool> {
-    let stream = js.get_stream(&settings.stream).await.context("opening the votes stream")?;
-    match stream.get_last_raw_message_by_subject(&ballot_subject(settings, election_id)).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(e) => Err(anyhow::anyhow!("looking for pending ballots: {e}")),
+    let places = [
+        (settings.stream.clone(), ballot_subject(settings, election_id)),
+        (quarantine_stream(settings), quarantine_subject(settings, &election_id.to_string())),
+    ];
+    for (stream, subject) in places {
+        let stream = js.get_stream(&stream).await.with_context(|| format!("opening stream {stream}"))?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(anyhow::anyhow!("looking for pending ballots: {e}")),
+        }
     }
+    Ok(false)
 }

@@ -16,5 +16,6 @@ mod model;
 mod observability;
 mod openapi;
 mod pipeline;
+mod promise;
 mod registry;
 mod secrecy;

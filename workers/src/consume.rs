@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::hold::{HeldBallot, Holds};
-use crate::record::{Fate, record};
+use crate::record::{self, Fate, Refusal, record};
 
 /// How long a failed group waits before the broker offers it again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -129,7 +129,8 @@ pub async fn step(deps: &Deps, opener: &Opener, holds: &mut Holds, batch: Vec<Me
     let Some(decided) = admit(deps, opener, holds, batch).await else { return false };
     // Recording them again adds no row; it rewrites Redis from Postgres's
     // totals, which a failed Redis write may have left behind.
-    if !decided.is_empty() && !commit(deps, holds, decided).await {
+    if !decided.is_empty() && matches!(commit(deps, holds, decided, Origin::Decided).await, Committed::Failed)
+    {
         return false;
     }
     if let Err(e) = holds.refresh(deps).await {
@@ -224,22 +225,50 @@ async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result
 }
 
 /// Commits what the hold says is due, in one transaction. Returns false
-/// when a dependency failed; the group is then handed back.
+/// when a dependency failed; the group is then handed back. A group that
+/// lost a refused ballot is judged again; each pass removes one at least.
 async fn commit_due(deps: &Deps, holds: &mut Holds) -> bool {
-    let group = holds.take_due();
-    if group.is_empty() {
-        holds.settle().await;
-        return true;
+    loop {
+        let group = holds.take_due();
+        if group.is_empty() {
+            holds.settle().await;
+            return true;
+        }
+        match commit(deps, holds, group, Origin::Hold).await {
+            Committed::Yes => return true,
+            Committed::Failed => return false,
+            Committed::Isolated => continue,
+        }
     }
-    commit(deps, holds, group).await
 }
 
-async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool {
+/// Where a group came from, and so where its good ballots go when a bad
+/// one is taken out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Out of the hold: the rest goes back to it.
+    Hold,
+    /// Already decided (see `admit`): the rest goes back to the broker.
+    Decided,
+}
+
+enum Committed {
+    Yes,
+    Failed,
+    /// Postgres refused the data of some ballots; they were rejected and
+    /// the rest returned (see `Origin`).
+    Isolated,
+}
+
+async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: Origin) -> Committed {
     let started = Instant::now();
     metrics::histogram!("tally_worker_batch_size").record(group.len() as f64);
     let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
     let outcome = match record(&deps.db, &commands).await {
         Ok(outcome) => outcome,
+        Err(e) if matches!(record::refusal(&e), Refusal::Data(_)) => {
+            return isolate(deps, holds, group, origin).await;
+        }
         Err(e) => {
             tracing::warn!(
                 error = format!("{e:#}"),
@@ -252,7 +281,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool 
             // checked against the record before it can count in a group.
             hand_back(group.iter().map(|b| &b.message)).await;
             holds.settle().await;
-            return false;
+            return Committed::Failed;
         }
     };
     if let Err(e) =
@@ -264,8 +293,9 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool 
         metrics::counter!("tally_worker_failures_total", "stage" => "redis").increment(1);
         hand_back(group.iter().map(|b| &b.message)).await;
         holds.settle().await;
-        return false;
+        return Committed::Failed;
     }
+    release(deps, &outcome.released).await;
     for fate in &outcome.fates {
         match fate {
             Fate::Recorded => metrics::counter!("tally_votes_recorded_total").increment(1),
@@ -275,16 +305,107 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>) -> bool 
             }
         }
     }
-    let acks = group.iter().map(|b| b.message.ack());
-    for result in futures_util::future::join_all(acks).await {
+    ack(group.iter().map(|b| &b.message)).await;
+    holds.settle().await;
+    metrics::histogram!("tally_worker_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    Committed::Yes
+}
+
+/// Postgres refused the group for the data of some ballot: finds the
+/// culprits, rejects each with a reason its voter can read, and returns
+/// the others. Savepoints would find them faster, but each would give its
+/// rows a transaction id of their own (see `record`).
+async fn isolate(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: Origin) -> Committed {
+    let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
+    let culprits = match culprits(deps, &commands).await {
+        Ok(culprits) if !culprits.is_empty() => culprits,
+        found => {
+            let error = found.err().map_or("no single ballot is refused alone".into(), |e| format!("{e:#}"));
+            tracing::warn!(
+                error,
+                ballots = commands.len(),
+                "a refused group could not be split; handed back"
+            );
+            metrics::counter!("tally_worker_failures_total", "stage" => "postgres").increment(1);
+            hand_back(group.iter().map(|b| &b.message)).await;
+            holds.settle().await;
+            return Committed::Failed;
+        }
+    };
+    let rejected: Vec<(&VoteCommand, &'static str)> =
+        culprits.iter().map(|(i, reason)| (&commands[*i], *reason)).collect();
+    match record::reject(&deps.db, &rejected).await {
+        Ok(released) => release(deps, &released).await,
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "cannot reject refused ballots; group handed back");
+            hand_back(group.iter().map(|b| &b.message)).await;
+            holds.settle().await;
+            return Committed::Failed;
+        }
+    }
+    for (_, reason) in &culprits {
+        tracing::warn!(reason, "a ballot Postgres refuses was rejected");
+        metrics::counter!("tally_votes_rejected_total", "reason" => *reason).increment(1);
+    }
+    let (refused, rest): (Vec<_>, Vec<_>) =
+        group.into_iter().enumerate().partition(|(i, _)| culprits.iter().any(|(c, _)| c == i));
+    ack(refused.iter().map(|(_, b)| &b.message)).await;
+    let rest: Vec<HeldBallot> = rest.into_iter().map(|(_, b)| b).collect();
+    match origin {
+        Origin::Hold => holds.restore(rest),
+        Origin::Decided => hand_back(rest.iter().map(|b| &b.message)).await,
+    }
+    Committed::Isolated
+}
+
+/// The ballots Postgres refuses on their own, with the reason for each:
+/// table by table, halving only the parts a probe (rolled back) finds
+/// refused. The ballot box is probed in an order unrelated to the voter
+/// roll's, so not even the order of probes in the WAL pairs the two.
+async fn culprits(deps: &Deps, commands: &[VoteCommand]) -> anyhow::Result<Vec<(usize, &'static str)>> {
+    let mut found: Vec<(usize, &'static str)> = Vec::new();
+    for table in [record::Table::VoterRoll, record::Table::BallotBox] {
+        let mut order: Vec<usize> =
+            (0..commands.len()).filter(|i| !found.iter().any(|(f, _)| f == i)).collect();
+        if table == record::Table::BallotBox {
+            order.sort_by_cached_key(|_| Uuid::new_v4());
+        }
+        let mut suspects = vec![order];
+        while let Some(part) = suspects.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let ballots: Vec<VoteCommand> = part.iter().map(|&i| commands[i].clone()).collect();
+            let Err(e) = record::probe(&deps.db, table, &ballots).await else { continue };
+            match record::refusal(&e) {
+                Refusal::Transient => return Err(e),
+                Refusal::Data(reason) if part.len() == 1 => found.push((part[0], reason)),
+                Refusal::Data(_) => {
+                    let (left, right) = part.split_at(part.len() / 2);
+                    suspects.push(left.to_vec());
+                    suspects.push(right.to_vec());
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Frees rejected voters in the voter set. Logged only on failure: the
+/// voter is then refused as having voted, and can read why on the receipt.
+async fn release(deps: &Deps, voters: &[(i64, i64)]) {
+    if let Err(e) = tally_common::tally::release_voters(&deps.redis, &deps.keys, voters).await {
+        tracing::warn!(error = format!("{e:#}"), "rejected voters stay in the voter set");
+    }
+}
+
+async fn ack<'a>(messages: impl Iterator<Item = &'a Message>) {
+    for result in futures_util::future::join_all(messages.map(|m| m.ack())).await {
         if let Err(e) = result {
-            // Harmless: the ballot is recorded; a redelivery is settled.
+            // Harmless: the ballot is settled; a redelivery is settled again.
             tracing::debug!(error = %e, "ack not sent");
         }
     }
-    holds.settle().await;
-    metrics::histogram!("tally_worker_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-    true
 }
 
 async fn hand_back<'a>(messages: impl Iterator<Item = &'a Message>) {
@@ -296,7 +417,7 @@ async fn hand_back<'a>(messages: impl Iterator<Item = &'a Message>) {
 /// whole, headers and all, to the quarantine stream for an operator, noted
 /// by subject and error (never its bytes or size), and only then acked.
 async fn quarantine(deps: &Deps, message: Message, error: String) {
-    metrics::counter!("tally_dead_letters_total").increment(1);
+    metrics::counter!("tally_quarantined_ballots_total").increment(1);
     tracing::warn!(subject = %message.subject, error = %error, "ballot quarantined: it cannot be opened or checked");
     let election = message.subject.rsplit('.').next().unwrap_or("unknown").to_string();
     let subject = tally_common::bus::quarantine_subject(&deps.settings.nats, &election);

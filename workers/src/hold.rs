@@ -232,6 +232,15 @@ impl Holds {
         group
     }
 
+    /// Puts ballots that `take_due` gave out back at the front of the
+    /// hold, in their order: their group lost a ballot Postgres refused,
+    /// and what is left is judged again against K.
+    pub fn restore(&mut self, ballots: Vec<HeldBallot>) {
+        for ballot in ballots.into_iter().rev() {
+            self.held.entry(ballot.command.election_id).or_default().push_front(ballot);
+        }
+    }
+
     /// After a commit: forgets elections that ended and have nothing left,
     /// here or in the stream, and gives up their locks. Until then the
     /// lock is kept, so stragglers come here and join the flush.

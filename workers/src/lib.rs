@@ -22,7 +22,7 @@ fn register_metrics() {
         "tally_votes_recorded_total",
         "tally_votes_duplicates_skipped_total",
         "tally_worker_redeliveries_total",
-        "tally_dead_letters_total",
+        "tally_quarantined_ballots_total",
         "tally_reconcile_drift_total",
     ] {
         metrics::counter!(name).increment(0);
@@ -30,7 +30,14 @@ fn register_metrics() {
     zero_counters(
         "tally_votes_rejected_total",
         "reason",
-        &["already_voted", "election_closed", "invalid_selection", "unknown_election"],
+        &[
+            "already_voted",
+            "election_closed",
+            "invalid_selection",
+            "unknown_election",
+            "not_registered",
+            "unrecordable",
+        ],
     );
     zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis"]);
     metrics::gauge!("tally_reconcile_drift").set(0.0);

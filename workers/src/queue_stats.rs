@@ -1,7 +1,11 @@
 //! The queue as the broker sees it, exported as gauges: how many ballots
-//! wait, how many are delivered but unacked, how much the stream holds.
+//! wait, how many are delivered but unacked, how much the stream holds,
+//! and how many of each election's ballots are in quarantine.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use futures_util::TryStreamExt;
 
 use tally_common::Deps;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +14,7 @@ const EVERY: Duration = Duration::from_secs(5);
 
 pub async fn poll(deps: Deps, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(EVERY);
+    let mut quarantined = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -18,7 +23,31 @@ pub async fn poll(deps: Deps, shutdown: CancellationToken) {
         if let Err(e) = sample(&deps).await {
             tracing::debug!(error = format!("{e:#}"), "queue statistics unavailable");
         }
+        if let Err(e) = sample_quarantine(&deps, &mut quarantined).await {
+            tracing::debug!(error = format!("{e:#}"), "quarantine statistics unavailable");
+        }
     }
+}
+
+/// `tally_quarantined_ballots{election}`: what the quarantine holds now,
+/// per election, so the alert can name the election that cannot be final.
+/// An election seen before and now empty is set to zero, not dropped.
+async fn sample_quarantine(deps: &Deps, seen: &mut HashSet<String>) -> anyhow::Result<()> {
+    let settings = &deps.settings.nats;
+    let stream = deps.jetstream.get_stream(tally_common::bus::quarantine_stream(settings)).await?;
+    let all = tally_common::bus::quarantine_subject(settings, "*");
+    let mut subjects = stream.info_with_subjects(&all).await?;
+    let mut now = HashSet::new();
+    while let Some((subject, count)) = subjects.try_next().await? {
+        let election = subject.rsplit('.').next().unwrap_or_default().to_string();
+        metrics::gauge!("tally_quarantined_ballots", "election" => election.clone()).set(count as f64);
+        now.insert(election);
+    }
+    for gone in seen.difference(&now) {
+        metrics::gauge!("tally_quarantined_ballots", "election" => gone.clone()).set(0.0);
+    }
+    seen.extend(now);
+    Ok(())
 }
 
 async fn sample(deps: &Deps) -> anyhow::Result<()> {

@@ -37,6 +37,37 @@ pub struct BatchOutcome {
     pub totals: Vec<Totals>,
     /// (election, citizen) of each ballot recorded now.
     pub voters: Vec<(i64, i64)>,
+    /// (election, citizen) of voters whose ballot was rejected and who are
+    /// not on the voter roll: nothing of theirs counts, so the voter set
+    /// must stop saying they voted.
+    pub released: Vec<(i64, i64)>,
+}
+
+/// Why Postgres refused a group, as far as the worker must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The data of some ballot (SQLSTATE classes 22 and 23): another try
+    /// fails the same way, so the culprit must be found. The reason is
+    /// what its voter reads on the receipt.
+    Data(&'static str),
+    /// Anything else (a lost connection, a failover, a full disk): the
+    /// group is blameless and is tried again whole.
+    Transient,
+}
+
+/// Classifies an error from `record` or `probe`.
+pub fn refusal(error: &anyhow::Error) -> Refusal {
+    let code = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<sqlx::Error>())
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code().map(|c| c.into_owned()));
+    match code.as_deref() {
+        // A voter removed from the registry while their ballot waited.
+        Some("23503") => Refusal::Data("not_registered"),
+        Some(code) if code.starts_with("22") || code.starts_with("23") => Refusal::Data("unrecordable"),
+        _ => Refusal::Transient,
+    }
 }
 
 struct ElectionFacts {
@@ -44,11 +75,56 @@ struct ElectionFacts {
     runners: Vec<Runner>,
 }
 
+/// Records a group of ballots in one transaction.
 pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<BatchOutcome> {
     let mut tx = db.begin().await.context("starting a batch")?;
+    let outcome = write(&mut tx, commands).await?;
+    tx.commit().await.context("committing a batch")?;
+    Ok(outcome)
+}
+
+/// The tables a probe may write; see `probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    VoterRoll,
+    BallotBox,
+}
+
+/// Writes one table's rows for these ballots, then rolls back: tells
+/// whether Postgres accepts them. One table per transaction, because even
+/// an aborted transaction leaves its rows, with one transaction id, in the
+/// WAL: a probe holding a voter-roll row and a ballot-box row would pair
+/// a citizen with a choice there.
+pub async fn probe(db: &PgPool, table: Table, commands: &[VoteCommand]) -> anyhow::Result<()> {
+    let mut tx = db.begin().await.context("starting a probe")?;
+    match table {
+        Table::VoterRoll => insert_voter_roll(&mut tx, commands.iter()).await.map(drop)?,
+        Table::BallotBox => insert_ballots(&mut tx, commands.iter()).await?,
+    }
+    tx.rollback().await.context("rolling a probe back")?;
+    Ok(())
+}
+
+/// Rejects ballots that no group can hold, each with the reason its voter
+/// reads on the receipt. Returns the voters this frees (see
+/// `BatchOutcome::released`).
+pub async fn reject(
+    db: &PgPool,
+    rejected: &[(&VoteCommand, &'static str)],
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut tx = db.begin().await.context("starting a rejection")?;
+    let commands: Vec<VoteCommand> = rejected.iter().map(|(c, _)| (*c).clone()).collect();
+    let fates: Vec<Fate> = rejected.iter().map(|(_, reason)| Fate::Rejected(reason)).collect();
+    insert_rejections(&mut tx, &commands, &fates).await?;
+    let released = released_voters(&mut tx, &commands, &fates).await?;
+    tx.commit().await.context("committing a rejection")?;
+    Ok(released)
+}
+
+async fn write(tx: &mut Transaction<'_, Postgres>, commands: &[VoteCommand]) -> anyhow::Result<BatchOutcome> {
     let election_ids: Vec<i64> =
         commands.iter().map(|c| c.election_id).collect::<BTreeSet<_>>().into_iter().collect();
-    let elections = lock_elections(&mut tx, &election_ids).await?;
+    let elections = lock_elections(tx, &election_ids).await?;
 
     let mut fates: Vec<Option<Fate>> = vec![None; commands.len()];
     let mut candidates: Vec<usize> = Vec::new();
@@ -76,7 +152,7 @@ pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<Bat
         }
     }
 
-    let inserted = insert_voter_roll(&mut tx, candidates.iter().map(|&i| &commands[i])).await?;
+    let inserted = insert_voter_roll(tx, candidates.iter().map(|&i| &commands[i])).await?;
     let mut recorded: Vec<usize> = Vec::new();
     let mut conflicting: Vec<usize> = Vec::new();
     for &i in &candidates {
@@ -86,7 +162,7 @@ pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<Bat
             conflicting.push(i);
         }
     }
-    let known = recorded_receipts(&mut tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
+    let known = recorded_receipts(tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
     for &i in &conflicting {
         fates[i] = Some(if known.contains(&commands[i].receipt) {
             Fate::AlreadyRecorded
@@ -98,17 +174,44 @@ pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<Bat
         fates[i] = Some(Fate::Recorded);
     }
 
-    insert_ballots(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
-    insert_receipts(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
-    add_counts(&mut tx, recorded.iter().map(|&i| &commands[i])).await?;
+    insert_ballots(tx, recorded.iter().map(|&i| &commands[i])).await?;
+    insert_receipts(tx, recorded.iter().map(|&i| &commands[i])).await?;
+    add_counts(tx, recorded.iter().map(|&i| &commands[i])).await?;
     let fates: Vec<Fate> =
         fates.into_iter().map(|f| f.unwrap_or(Fate::Rejected("invalid_selection"))).collect();
-    insert_rejections(&mut tx, commands, &fates).await?;
-    let totals = read_totals(&mut tx, &election_ids, commands, &fates).await?;
-    tx.commit().await.context("committing a batch")?;
+    insert_rejections(tx, commands, &fates).await?;
+    let released = released_voters(tx, commands, &fates).await?;
+    let totals = read_totals(tx, &election_ids, commands, &fates).await?;
 
     let voters = recorded.iter().map(|&i| (commands[i].election_id, commands[i].citizen_id)).collect();
-    Ok(BatchOutcome { fates, totals, voters })
+    Ok(BatchOutcome { fates, totals, voters, released })
+}
+
+/// Voters of ballots rejected for a reason of their own (not a second
+/// ballot) who, in this same transaction, have no voter-roll row.
+async fn released_voters(
+    tx: &mut Transaction<'_, Postgres>,
+    commands: &[VoteCommand],
+    fates: &[Fate],
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let (elections, citizens): (Vec<i64>, Vec<i64>) = commands
+        .iter()
+        .zip(fates)
+        .filter(|(_, fate)| matches!(fate, Fate::Rejected(reason) if *reason != "already_voted"))
+        .map(|(c, _)| (c.election_id, c.citizen_id))
+        .unzip();
+    if elections.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT DISTINCT t.e, t.c FROM UNNEST($1::bigint[], $2::bigint[]) AS t(e, c)
+         WHERE NOT EXISTS (SELECT 1 FROM voter_roll v WHERE v.election_id = t.e AND v.citizen_id = t.c)",
+    )
+    .bind(&elections)
+    .bind(&citizens)
+    .fetch_all(&mut **tx)
+    .await
+    .context("finding rejected voters with no ballot on the roll")
 }
 
 /// Locks the batch's elections in id order: workers recording the same
