@@ -59,6 +59,29 @@ enum Command {
     /// Ballot-sealing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Accepted ballots no worker could open: list, replay or reject them.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineCommand {
+    /// Election, reason and key id of each quarantined ballot; opens none.
+    List {
+        #[arg(long)]
+        election: Option<i64>,
+    },
+    /// Put them back in the work queue, once workers that can open them run.
+    Replay {
+        #[arg(long)]
+        election: Option<i64>,
+    },
+    /// Reject an election's quarantined ballots as `unreadable`, so its
+    /// count can be final.
+    Reject {
+        #[arg(long)]
+        election: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +345,37 @@ impl Command {
                     "reconciled {} elections: drift {}, {} tallies rewritten, {} voters restored to voter sets",
                     report.elections, report.drift, report.repaired, report.voters_restored
                 );
+                Ok(())
+            }
+            Command::Quarantine(command) => {
+                let shutdown = tally_common::shutdown::on_signal();
+                let readiness = tally_common::health::Readiness::default();
+                let Some(deps) =
+                    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await?
+                else {
+                    return Ok(());
+                };
+                use tally_workers::quarantine;
+                match command {
+                    QuarantineCommand::List { election } => {
+                        let found = quarantine::list(&deps, election).await?;
+                        println!("{:>10}  {:>10}  {:<8}  reason", "sequence", "election", "key");
+                        for q in &found {
+                            println!("{:>10}  {:>10}  {:<8}  {}", q.sequence, q.election, q.key_id, q.reason);
+                        }
+                        println!("{} quarantined", found.len());
+                    }
+                    QuarantineCommand::Replay { election } => {
+                        println!("replayed {}", quarantine::replay(&deps, election).await?);
+                    }
+                    QuarantineCommand::Reject { election } => {
+                        let done = quarantine::reject(&deps, election).await?;
+                        println!(
+                            "rejected {} (reason on the receipt) and {} that no key here opens",
+                            done.with_receipt, done.without_receipt
+                        );
+                    }
+                }
                 Ok(())
             }
             Command::Citizens(command) => {

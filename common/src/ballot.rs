@@ -42,9 +42,17 @@ impl VoteCommand {
     /// Seals the ballot with `slots` selection places, the number of posts
     /// of its election, so every ballot of an election has one length.
     pub fn seal(&self, sealer: &Sealer, slots: usize) -> SealedBallot {
+        self.seal_as(sealer, slots, (SCHEMA_MAJOR, SCHEMA_MINOR), &[])
+    }
+
+    /// Seals in the layout of another version: `appended` goes after the
+    /// selections, where a later minor version puts what it adds. What a
+    /// newer or older API would publish, for compatibility tests and the
+    /// rolling-upgrade fault.
+    pub fn seal_as(&self, sealer: &Sealer, slots: usize, version: (u8, u8), appended: &[u8]) -> SealedBallot {
         let mut clear = Vec::with_capacity(CLEAR_LEN);
-        clear.push(SCHEMA_MAJOR);
-        clear.push(SCHEMA_MINOR);
+        clear.push(version.0);
+        clear.push(version.1);
         clear.extend_from_slice(&self.election_id.to_be_bytes());
         clear.extend_from_slice(&self.citizen_id.to_be_bytes());
         let slots = slots.max(self.selections.len());
@@ -56,6 +64,7 @@ impl VoteCommand {
         for i in 0..slots {
             plain.extend_from_slice(&self.selections.get(i).copied().unwrap_or(0).to_be_bytes());
         }
+        plain.extend_from_slice(appended);
         let sealed = sealer.seal(&associated_data(&clear, sealer.key_id()), &plain);
         let mut payload = clear;
         payload.extend_from_slice(&sealed);
@@ -222,6 +231,17 @@ mod tests {
         let mut future = sealed.payload.to_vec();
         future[0] = SCHEMA_MAJOR + 1;
         assert!(VoteCommand::open(&opener, Some(&sealed.headers), &future).unwrap_err().contains("major"));
+    }
+
+    #[test]
+    fn a_newer_minor_version_opens_and_its_additions_are_ignored() {
+        let (sealer, opener) = parties();
+        let original = command(9, vec![1, 3]);
+        let newer = original.seal_as(&sealer, 3, (SCHEMA_MAJOR, SCHEMA_MINOR + 1), b"a field of tomorrow");
+        assert_eq!(VoteCommand::open(&opener, Some(&newer.headers), &newer.payload), Ok(original.clone()));
+        let next_major = original.seal_as(&sealer, 3, (SCHEMA_MAJOR + 1, 0), &[]);
+        let refused = VoteCommand::open(&opener, Some(&next_major.headers), &next_major.payload);
+        assert_eq!(refused, Err(format!("unknown schema major version {}", SCHEMA_MAJOR + 1)));
     }
 
     #[test]

@@ -4,13 +4,18 @@
 
 use std::time::Duration;
 
-use tally_common::ballot::VoteCommand;
+use tally::app::Roles;
+use tally_common::ballot::{self, SealedBallot, VoteCommand};
 use tally_common::bus;
+use tally_common::seal::Sealer;
+use tally_common::secret::Secret;
+use tally_workers::quarantine;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::helpers::{
     API_ONLY, ElectionSpec, RUNNERS, TestApp, WORKERS_ONLY, eventually, insert_election, spawn_app_with,
+    start_with,
 };
 
 /// Registers citizens `first..first + n` straight in the registry.
@@ -30,8 +35,16 @@ async fn register(app: &TestApp, first: i64, n: i64) {
 /// Publishes a ballot sealed as the API seals it, and notes its voter in
 /// the voter set as the API does after the broker's ack.
 async fn publish(app: &TestApp, deps: &tally_common::Deps, command: &VoteCommand) {
-    let sealer = app.settings.sealing.sealer().unwrap();
-    let sealed = command.seal(&sealer, 1);
+    let sealed = command.seal(&app.settings.sealing.sealer().unwrap(), 1);
+    publish_sealed(app, deps, command, sealed).await;
+}
+
+async fn publish_sealed(
+    app: &TestApp,
+    deps: &tally_common::Deps,
+    command: &VoteCommand,
+    sealed: SealedBallot,
+) {
     let stored = bus::publish_acked(
         &deps.jetstream,
         bus::ballot_subject(&app.settings.nats, command.election_id),
@@ -126,5 +139,117 @@ async fn one_poison_ballot_among_999_good_ones() {
     .await
     .unwrap();
     assert!(smallest >= 20, "a group of {smallest} voters");
+    workers.stop().await;
+}
+
+/// During a rolling upgrade an API one minor version ahead adds a field;
+/// the workers of today record its ballots all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ballot_from_a_newer_api_is_recorded() {
+    let app = spawn_app_with(Roles::ALL, |_| {}).await;
+    let deps = app.deps().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    register(&app, 5_200_000, 3).await;
+    let sealer = app.settings.sealing.sealer().unwrap();
+    let newer = (ballot::SCHEMA_MAJOR, ballot::SCHEMA_MINOR + 1);
+    let mut receipts = Vec::new();
+    for citizen in 5_200_000..5_200_003 {
+        let command = ballot(election, citizen, RUNNERS[0]);
+        publish_sealed(&app, &deps, &command, command.seal_as(&sealer, 1, newer, b"\x01\x02a later field"))
+            .await;
+        receipts.push(command.receipt);
+    }
+    app.close(election).await;
+    for receipt in receipts {
+        assert_eq!(app.settled(&receipt.to_string()).await["status"], "recorded");
+    }
+    app.recorded(election, 3).await;
+    let quarantined: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&app.db).await.unwrap();
+    assert_eq!(quarantined, 0);
+}
+
+fn is_final(results: &serde_json::Value) -> bool {
+    results["final"] == true
+}
+
+/// Ballots no worker can open wait in quarantine, and the election is not
+/// final until an operator replays them (once workers have the key) or
+/// rejects them; a rejected one says why on its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantined_ballots_hold_the_final_count_until_replayed_or_rejected() {
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    let old_workers = app.another_instance(WORKERS_ONLY).await;
+    let deps = app.deps().await;
+    let replayed = insert_election(&app.db, ElectionSpec::default()).await;
+    let rejected = insert_election(&app.db, ElectionSpec::default()).await;
+    register(&app, 5_300_000, 4).await;
+    // A key the API was pointed at before the workers were given it.
+    let rotated = tally_common::seal::generate();
+    let early = Sealer::new(
+        "k2",
+        &tally_common::seal::public_key(&rotated.public).unwrap(),
+        &tally_common::seal::private_key(app.settings.sealing.api_private_key.expose()).unwrap(),
+    )
+    .unwrap();
+    let x = ballot(replayed, 5_300_000, RUNNERS[1]);
+    publish_sealed(&app, &deps, &x, x.seal(&early, 1)).await;
+    let z = ballot(rejected, 5_300_001, RUNNERS[1]);
+    publish_sealed(&app, &deps, &z, z.seal(&early, 1)).await;
+    // And one from a future major version nobody here reads.
+    let y = ballot(rejected, 5_300_002, RUNNERS[0]);
+    let future = y.seal_as(&app.settings.sealing.sealer().unwrap(), 1, (ballot::SCHEMA_MAJOR + 1, 0), &[]);
+    publish_sealed(&app, &deps, &y, future).await;
+
+    let listed = eventually("three ballots in quarantine", || async {
+        let listed = quarantine::list(&deps, None).await.unwrap();
+        (listed.len() == 3).then_some(listed)
+    })
+    .await;
+    let keys: Vec<&str> = listed.iter().map(|q| q.key_id.as_str()).collect();
+    assert_eq!(keys.iter().filter(|k| **k == "k2").count(), 2, "{listed:?}");
+    assert!(listed.iter().any(|q| q.reason.contains("major")), "{listed:?}");
+    assert!(listed.iter().all(|q| q.election == replayed.to_string() || q.election == rejected.to_string()));
+
+    app.close(replayed).await;
+    app.close(rejected).await;
+    let results = |election: i64| {
+        let app = &app;
+        async move { app.get_json(&format!("/v1/elections/{election}/results")).await }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!is_final(&results(replayed).await), "final with a ballot in quarantine");
+    assert!(!is_final(&results(rejected).await), "final with ballots in quarantine");
+
+    // The workers are upgraded with the key; the operator replays.
+    old_workers.stop().await;
+    let mut upgraded = app.settings.clone();
+    upgraded.sealing.private_keys.insert("k2".into(), Secret::new(rotated.private.clone()));
+    let workers = start_with(&app, upgraded.clone(), WORKERS_ONLY).await;
+    assert_eq!(quarantine::replay(&deps, Some(replayed)).await.unwrap(), 1);
+    eventually("the replayed election to be final", || async {
+        is_final(&results(replayed).await).then_some(())
+    })
+    .await;
+    app.recorded(replayed, 1).await;
+    assert_eq!(app.settled(&x.receipt.to_string()).await["status"], "recorded");
+
+    // The other election's are rejected: the one a key here opens says so
+    // on its receipt and frees its voter; the future one cannot.
+    let operator = tally_common::Deps { settings: std::sync::Arc::new(upgraded), ..deps.clone() };
+    let done = quarantine::reject(&operator, rejected).await.unwrap();
+    assert_eq!((done.with_receipt, done.without_receipt), (1, 1));
+    let status = app.settled(&z.receipt.to_string()).await;
+    assert_eq!(
+        (status["status"].as_str(), status["reason"].as_str()),
+        (Some("rejected"), Some("unreadable"))
+    );
+    assert!(!in_voter_set(&app, &deps, rejected, z.citizen_id).await);
+    eventually("the rejected election to be final", || async {
+        is_final(&results(rejected).await).then_some(())
+    })
+    .await;
+    assert_eq!(results(rejected).await["turnout"], 0);
+    assert!(quarantine::list(&deps, None).await.unwrap().is_empty());
     workers.stop().await;
 }

@@ -178,7 +178,7 @@ pub async fn admit(
             });
         match command {
             Ok(command) => opened.push(HeldBallot::new(message, command)),
-            Err(error) => quarantine(deps, message, error).await,
+            Err(error) => crate::quarantine::set_aside(deps, message, error).await,
         }
     }
     let settled = match settled_receipts(deps, &opened).await {
@@ -411,44 +411,4 @@ async fn ack<'a>(messages: impl Iterator<Item = &'a Message>) {
 async fn hand_back<'a>(messages: impl Iterator<Item = &'a Message>) {
     let naks = messages.map(|m| m.ack_with(AckKind::Nak(Some(RETRY_DELAY))));
     futures_util::future::join_all(naks).await;
-}
-
-/// A message no worker can open or check is never dropped: it is copied
-/// whole, headers and all, to the quarantine stream for an operator, noted
-/// by subject and error (never its bytes or size), and only then acked.
-async fn quarantine(deps: &Deps, message: Message, error: String) {
-    metrics::counter!("tally_quarantined_ballots_total").increment(1);
-    tracing::warn!(subject = %message.subject, error = %error, "ballot quarantined: it cannot be opened or checked");
-    let election = message.subject.rsplit('.').next().unwrap_or("unknown").to_string();
-    let subject = tally_common::bus::quarantine_subject(&deps.settings.nats, &election);
-    // Every header but the dedup id, which would make the quarantine drop
-    // a second copy of the same citizen's message.
-    let mut headers = async_nats::HeaderMap::new();
-    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
-        if *name != async_nats::header::NATS_MESSAGE_ID {
-            for value in values {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-    }
-    let kept = async {
-        deps.jetstream.publish_with_headers(subject, headers, message.payload.clone()).await?.await?;
-        sqlx::query("INSERT INTO dead_letters (subject, error) VALUES ($1, $2)")
-            .bind(message.subject.as_str())
-            .bind(&error)
-            .execute(&deps.db)
-            .await?;
-        anyhow::Ok(())
-    }
-    .await;
-    let kind = match kept {
-        Ok(()) => AckKind::Ack,
-        Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "quarantine failed; the message stays in the queue");
-            AckKind::Nak(Some(RETRY_DELAY))
-        }
-    };
-    if let Err(e) = message.ack_with(kind).await {
-        tracing::debug!(error = %e, "quarantine ack not sent");
-    }
 }

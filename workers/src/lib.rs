@@ -6,6 +6,7 @@
 
 pub mod consume;
 pub mod hold;
+pub mod quarantine;
 pub mod queue_stats;
 pub mod reconcile;
 pub mod record;
