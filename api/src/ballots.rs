@@ -134,9 +134,9 @@ pub async fn cast(
     )
     .await;
     metrics::histogram!("tally_publish_duration_seconds").record(started.elapsed().as_secs_f64());
-    match stored {
-        Ok(Stored::New) => {}
-        Ok(Stored::Duplicate) => {
+    let sequence = match stored {
+        Ok(Stored::New(sequence)) => sequence,
+        Ok(Stored::Duplicate(_)) => {
             return Err(
                 refused("already_voted").with_detail("a ballot of yours for this election is already queued")
             );
@@ -144,9 +144,29 @@ pub async fn cast(
         Err(e) => {
             let kind = if matches!(e, PublishError::Timeout) { "timeout" } else { "refused" };
             metrics::counter!("tally_publish_failures_total", "kind" => kind).increment(1);
-            return Err(
-                ApiError::unavailable(e, 1).with_detail("the ballot was not stored; it is safe to retry")
-            );
+            let detail = match e {
+                PublishError::Timeout => {
+                    "the queue did not confirm in time: the ballot may or may not be stored; \
+                     see GET /v1/elections/{id}/ballot before casting again"
+                }
+                PublishError::Refused(_) => "the queue refused the ballot; it was not stored",
+            };
+            return Err(ApiError::unavailable(e, 1).with_detail(detail));
+        }
+    };
+    // The close is the election's fence in the stream: a ballot stored
+    // after it does not count, so its voter hears so now, not later.
+    match state.fences.is_late(&state.deps, election_id, sequence).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(refused("election_not_open")
+                .with_detail("the election closed before your ballot reached the queue; it does not count"));
+        }
+        Err(e) => {
+            return Err(ApiError::unavailable(e, 1).with_detail(
+                "the ballot was stored, but whether before the close is not known yet; \
+                 see GET /v1/elections/{id}/ballot and the receipt route",
+            ));
         }
     }
     // Before answering, so a second ballot is refused at once.

@@ -7,6 +7,7 @@ pub mod ballots;
 pub mod catalog_sync;
 pub mod election_cache;
 pub mod elections;
+pub mod fences;
 pub mod limits;
 pub mod openapi;
 pub mod state;

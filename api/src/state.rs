@@ -6,6 +6,7 @@ use tally_common::auth::{Passwords, TokenKeys, Verifier};
 use tally_common::seal::Sealer;
 
 use crate::election_cache::ElectionCache;
+use crate::fences::Fences;
 use crate::limits::PerAddress;
 
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct ApiState {
     /// This process's HPKE context: every ballot it accepts is sealed with it.
     pub sealer: Arc<Sealer>,
     pub receipt_limit: PerAddress,
+    pub fences: Fences,
 }
 
 impl ApiState {
@@ -30,7 +32,16 @@ impl ApiState {
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
-        Ok(ApiState { deps, tokens, passwords, verifier, elections, sealer, receipt_limit })
+        Ok(ApiState {
+            deps,
+            tokens,
+            passwords,
+            verifier,
+            elections,
+            sealer,
+            receipt_limit,
+            fences: Fences::default(),
+        })
     }
 }
 

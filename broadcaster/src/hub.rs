@@ -115,17 +115,10 @@ impl Hub {
         Ok(Counts::recorded(election))
     }
 
+    /// Whether the workers have marked the election final (read afresh).
     async fn is_final(&self, election: &Election, status: Status) -> bool {
         status == Status::Closed
-            && matches!(
-                tally_common::bus::ballots_pending(
-                    &self.deps.jetstream,
-                    &self.deps.settings.nats,
-                    election.id
-                )
-                .await,
-                Ok(false)
-            )
+            && matches!(catalog::load(&self.deps.db, election.id).await, Ok(Some(e)) if e.final_at.is_some())
     }
 
     /// A tally event from Redis.
@@ -191,22 +184,27 @@ impl Hub {
                 self.feeds.lock().unwrap_or_else(|e| e.into_inner()).remove(&election_id);
                 return;
             }
-            let (election, status, was_final) = {
+            let (election, was_final) = {
                 let state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
-                (state.election.clone(), state.election.status(OffsetDateTime::now_utc()), state.is_final)
+                (state.election.clone(), state.is_final)
             };
-            let is_final = if was_final { true } else { self.is_final(&election, status).await };
-            let final_counts = if is_final && !was_final {
-                // The recorded totals, straight from Postgres.
-                catalog::load(&self.deps.db, election_id).await.ok().flatten()
-            } else {
+            // Until final, the election afresh each tick: a close or the
+            // workers' final mark may not have been announced to us.
+            let fresh = if was_final {
                 None
+            } else {
+                catalog::load(&self.deps.db, election_id).await.ok().flatten().map(Arc::new)
             };
+            let election = fresh.clone().unwrap_or(election);
+            let status = election.status(OffsetDateTime::now_utc());
+            let is_final = was_final || (status == Status::Closed && election.final_at.is_some());
             let mut state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(recorded) = final_counts
-                && recorded.tally_version >= state.counts.version
-            {
-                state.counts = Counts::recorded(&recorded);
+            if let Some(fresh) = fresh {
+                // Final: the recorded totals, straight from Postgres.
+                if is_final && fresh.tally_version >= state.counts.version {
+                    state.counts = Counts::recorded(&fresh);
+                }
+                state.election = fresh;
             }
             if status != state.status || is_final != state.is_final {
                 state.status = status;

@@ -44,7 +44,7 @@ pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstre
 pub fn votes_stream_config(settings: &NatsSettings) -> stream::Config {
     stream::Config {
         name: settings.stream.clone(),
-        subjects: vec![format!("{}.*", settings.subject_prefix)],
+        subjects: vec![format!("{}.*", settings.subject_prefix), crate::fence::subjects(settings)],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
@@ -121,10 +121,19 @@ pub fn ballot_subject(settings: &NatsSettings, election_id: i64) -> String {
 /// The outcome of a publish the broker acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
-    New,
+    /// Stored at this stream sequence.
+    New(u64),
     /// The broker already held a message with this `Nats-Msg-Id` inside its
-    /// duplicate window and dropped this one.
-    Duplicate,
+    /// duplicate window, at this sequence, and dropped this one.
+    Duplicate(u64),
+}
+
+impl Stored {
+    pub fn sequence(self) -> u64 {
+        match self {
+            Stored::New(sequence) | Stored::Duplicate(sequence) => sequence,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,31 +166,41 @@ pub async fn publish_acked(
     match tokio::time::timeout(timeout, sent).await {
         Err(_) => Err(PublishError::Timeout),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(ack)) if ack.duplicate => Ok(Stored::Duplicate),
-        Ok(Ok(_)) => Ok(Stored::New),
+        Ok(Ok(ack)) if ack.duplicate => Ok(Stored::Duplicate(ack.sequence)),
+        Ok(Ok(ack)) => Ok(Stored::New(ack.sequence)),
     }
 }
 
-/// Whether ballots of this election still wait: in the stream (a work
-/// queue, so any message left on the election's subject is one no worker
-/// has recorded yet) or in quarantine (accepted, and neither replayed nor
-/// rejected by an operator yet). Either way its count is not final.
-pub async fn ballots_pending(
+/// Whether the election has ballots in quarantine: accepted, and neither
+/// replayed nor rejected by an operator yet, so its count is not final.
+pub async fn quarantined(
     js: &jetstream::Context,
     settings: &NatsSettings,
     election_id: i64,
 ) -> anyhow::Result<bool> {
-    let places = [
-        (settings.stream.clone(), ballot_subject(settings, election_id)),
-        (quarantine_stream(settings), quarantine_subject(settings, &election_id.to_string())),
-    ];
-    for (stream, subject) in places {
-        let stream = js.get_stream(&stream).await.with_context(|| format!("opening stream {stream}"))?;
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
-            Err(e) => return Err(anyhow::anyhow!("looking for pending ballots: {e}")),
-        }
+    let stream = js.get_stream(quarantine_stream(settings)).await.context("opening the quarantine")?;
+    match stream
+        .get_last_raw_message_by_subject(&quarantine_subject(settings, &election_id.to_string()))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("looking for quarantined ballots: {e}")),
     }
-    Ok(false)
+}
+
+/// Ballots waiting in the votes stream, over every election: what no
+/// worker has acked yet. Fences are not counted.
+pub async fn ballots_waiting(js: &jetstream::Context, settings: &NatsSettings) -> anyhow::Result<u64> {
+    use futures_util::TryStreamExt;
+    let stream = js.get_stream(&settings.stream).await.context("opening the votes stream")?;
+    let mut subjects = stream
+        .info_with_subjects(format!("{}.*", settings.subject_prefix))
+        .await
+        .context("counting waiting ballots")?;
+    let mut total = 0;
+    while let Some((_, count)) = subjects.try_next().await.context("counting waiting ballots")? {
+        total += count as u64;
+    }
+    Ok(total)
 }

@@ -30,6 +30,10 @@ pub struct Election {
     /// K: workers commit this election's ballots in groups of more than K
     /// and hold K back until the end.
     pub anonymity_set: i32,
+    /// Set by the workers once every ballot stored before the election's
+    /// fence is recorded or rejected (see `fence`): only then are its
+    /// counts final.
+    pub final_at: Option<OffsetDateTime>,
     pub runners: Vec<Runner>,
 }
 
@@ -76,6 +80,7 @@ type ElectionRow = (
     i64,
     i64,
     i32,
+    Option<OffsetDateTime>,
 );
 
 /// The election columns, with a literal tail: SQL fixed at compile time.
@@ -83,7 +88,8 @@ macro_rules! select_elections {
     ($tail:literal) => {
         concat!(
             "SELECT election_id, name, start_at, end_at, vote_restriction, min_age,
-             results_visibility, closed_at, cancelled_at, tally_version, turnout, anonymity_set FROM elections ",
+             results_visibility, closed_at, cancelled_at, tally_version, turnout, anonymity_set, final_at
+             FROM elections ",
             $tail
         )
     };
@@ -167,6 +173,7 @@ fn assemble(row: ElectionRow, runners: Vec<Runner>) -> anyhow::Result<Election> 
         tally_version,
         turnout,
         anonymity_set,
+        final_at,
     ) = row;
     Ok(Election {
         id,
@@ -182,6 +189,7 @@ fn assemble(row: ElectionRow, runners: Vec<Runner>) -> anyhow::Result<Election> 
         tally_version,
         turnout,
         anonymity_set,
+        final_at,
         runners,
     })
 }

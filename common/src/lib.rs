@@ -13,6 +13,7 @@ pub mod domain;
 pub mod election;
 pub mod error;
 pub mod extract;
+pub mod fence;
 pub mod health;
 pub mod http;
 pub mod process;

@@ -304,9 +304,13 @@ async fn results_follow_the_visibility() {
     .execute(&app.db)
     .await
     .unwrap();
-    let closed = app.get_json(&format!("/v1/elections/{after_close}/results")).await;
+    // Final once the workers have fenced it and found nothing waiting.
+    let closed = eventually("the closed election to be final", || async {
+        let closed = app.get_json(&format!("/v1/elections/{after_close}/results")).await;
+        (closed["final"] == true).then_some(closed)
+    })
+    .await;
     assert_eq!(closed["status"], "closed");
-    assert_eq!(closed["final"], true);
     assert_eq!((closed["turnout"].as_i64(), closed["version"].as_i64()), (Some(7), Some(9)));
     assert_eq!(closed["posts"][0]["runners"][0]["votes"], 7);
     assert_eq!(closed["posts"][0]["runners"][1]["votes"], 0);

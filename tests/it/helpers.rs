@@ -539,8 +539,7 @@ impl TestApp {
     /// Ballots still in the stream (the stream is a work queue, so these
     /// are the ones no worker has acked).
     pub async fn queued(&self, deps: &tally_common::Deps) -> u64 {
-        let stream = deps.jetstream.get_stream(&self.settings.nats.stream).await.expect("stream");
-        stream.cached_info().state.messages
+        tally_common::bus::ballots_waiting(&deps.jetstream, &self.settings.nats).await.expect("stream")
     }
 }
 pub const API_AND_WORKERS: Roles = Roles { api: true, workers: true, broadcaster: false };

@@ -212,7 +212,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
                     }),
                 )
                 .await;
-                if outcome == Stored::New {
+                if matches!(outcome, Stored::New(_)) {
                     let cast = Cast { voter, runner: RUNNERS[choice], in_time: closed.is_none() };
                     stored.insert(command.receipt, cast);
                 }
@@ -250,7 +250,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
             }
             Op::Close => {
                 if closed.is_none() {
-                    closed = Some(close(&db, election).await);
+                    closed = Some(close(&deps, election).await);
                 }
             }
         }
@@ -272,7 +272,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
 
     // The end: the election closes, and healthy workers drain the queue.
     if closed.is_none() {
-        closed = Some(close(&db, election).await);
+        closed = Some(close(&deps, election).await);
     }
     let closed = closed.unwrap();
     // The close flush: it waits for every straggler (handed back, not yet
@@ -478,7 +478,7 @@ async fn crash(deps: &Deps, opener: &Opener, worker: &mut Worker, max: usize, at
     let group = worker.holds.take_due();
     if !group.is_empty() && at != Crash::BeforeCommit {
         let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
-        let outcome = tally_workers::record::record(&deps.db, &commands).await.unwrap();
+        let outcome = tally_workers::record::record(&deps.db, &commands, &[]).await.unwrap();
         if at == Crash::AfterRedis {
             tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false)
                 .await
@@ -491,14 +491,17 @@ async fn crash(deps: &Deps, opener: &Opener, worker: &mut Worker, max: usize, at
     worker.holds.release_all().await;
 }
 
-/// Closes the election as an admin would, noting the groups committed so far.
-async fn close(db: &PgPool, election: i64) -> Closed {
+/// Closes the election as an admin would, and raises its fence as a
+/// worker's next round would: ballots stored from here on are late.
+/// Notes the groups committed so far.
+async fn close(deps: &Deps, election: i64) -> Closed {
     sqlx::query("UPDATE elections SET closed_at = now(), updated_at = now() WHERE election_id = $1")
         .bind(election)
-        .execute(db)
+        .execute(&deps.db)
         .await
         .unwrap();
-    Closed { groups_before: groups(db, "voter_roll", election).await.into_keys().collect() }
+    tally_workers::close::step(deps).await.unwrap();
+    Closed { groups_before: groups(&deps.db, "voter_roll", election).await.into_keys().collect() }
 }
 
 /// A table's rows of the election by the transaction that wrote them.
@@ -523,8 +526,7 @@ async fn tally_version(db: &PgPool, election: i64) -> i64 {
 
 /// Ballots no worker has acked yet (the stream is a work queue).
 async fn queued(deps: &Deps) -> u64 {
-    let mut stream = deps.jetstream.get_stream(&deps.settings.nats.stream).await.unwrap();
-    stream.info().await.unwrap().state.messages
+    tally_common::bus::ballots_waiting(&deps.jetstream, &deps.settings.nats).await.unwrap()
 }
 
 /// Cases the random search once found, kept as fixed regressions.

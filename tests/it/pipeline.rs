@@ -227,7 +227,7 @@ async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
         commands.push(VoteCommand::open(&opener, message.headers.as_ref(), &message.payload).unwrap());
     }
     assert_eq!(commands.len(), 10);
-    let outcome = tally_workers::record::record(&deps.db, &commands).await.unwrap();
+    let outcome = tally_workers::record::record(&deps.db, &commands, &[]).await.unwrap();
     assert_eq!(outcome.voters.len(), 10);
 
     // A healthy worker gets the same messages again after the ack wait;

@@ -17,6 +17,7 @@ use crate::helpers::{
     API_ONLY, ElectionSpec, RUNNERS, TestApp, WORKERS_ONLY, eventually, insert_election, spawn_app_with,
     start_with,
 };
+use crate::secrecy::{poll_results, shown_votes, watch};
 
 /// Registers citizens `first..first + n` straight in the registry.
 async fn register(app: &TestApp, first: i64, n: i64) {
@@ -54,7 +55,7 @@ async fn publish_sealed(
     )
     .await
     .unwrap();
-    assert_eq!(stored, bus::Stored::New);
+    assert!(matches!(stored, bus::Stored::New(_)), "{stored:?}");
     let _: i64 = redis::cmd("SADD")
         .arg(app.keys().voters(command.election_id))
         .arg(command.citizen_id)
@@ -252,4 +253,79 @@ async fn quarantined_ballots_hold_the_final_count_until_replayed_or_rejected() {
     assert_eq!(results(rejected).await["turnout"], 0);
     assert!(quarantine::list(&deps, None).await.unwrap().is_empty());
     workers.stop().await;
+}
+
+/// Ballots cast every 25 ms while the election closes, through an API
+/// replica that has not heard of the close (its cache says open): every
+/// 202 is in the final count, ballots stored after the fence are refused
+/// with 409 at once, and no count moves once `final: true` is shown, on
+/// REST or in live frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_202_around_the_close_is_in_the_final_count() {
+    let app = spawn_app_with(Roles::ALL, |s| s.limits.per_client_per_minute = 0).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut voters = Vec::new();
+    for citizen in 5_400_000..5_400_100 {
+        voters.push((citizen, app.voter(citizen).await));
+    }
+    let frames = watch(&app, election).await;
+    let (results, poller) = poll_results(&app, election);
+
+    let mut accepted: Vec<(String, i64)> = Vec::new();
+    let mut refused = 0;
+    let mut accepted_after_close = 0;
+    for (i, (citizen, voter)) in voters.iter().enumerate() {
+        if i == 40 {
+            // Closed in Postgres only, unannounced: the API goes on
+            // accepting until the fence says otherwise.
+            sqlx::query("UPDATE elections SET closed_at = now() WHERE election_id = $1")
+                .bind(election)
+                .execute(&app.db)
+                .await
+                .unwrap();
+        }
+        let choice = RUNNERS[(*citizen % 2) as usize];
+        let answer = app.cast(&voter.access, election, &[choice]).await;
+        match answer.status().as_u16() {
+            202 => {
+                let body: serde_json::Value = answer.json().await.unwrap();
+                accepted.push((body["receipt"].as_str().unwrap().to_string(), choice));
+                accepted_after_close += usize::from(i >= 40);
+            }
+            409 => {
+                let body: serde_json::Value = answer.json().await.unwrap();
+                assert_eq!(body["code"], "election_not_open", "{body}");
+                refused += 1;
+            }
+            other => panic!("ballot of {citizen}: {other} {}", answer.text().await.unwrap()),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(accepted_after_close > 0, "the close was not straddled");
+
+    let last = eventually("the election to be final", || async {
+        let body = app.get_json(&format!("/v1/elections/{election}/results")).await;
+        (body["final"] == true).then_some(body)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    poller.abort();
+    let n = accepted.len() as i64;
+    assert_eq!(last["turnout"], n, "every 202 is counted, and nothing else");
+    assert!(refused > 0, "no ballot reached the stream after the fence");
+    for runner in RUNNERS {
+        let chosen = accepted.iter().filter(|(_, c)| *c == runner).count() as i64;
+        let (pg, _) = app.totals(election).await;
+        assert_eq!(pg.iter().find(|(r, _)| *r == runner).unwrap().1, chosen, "runner {runner}");
+    }
+    for (receipt, _) in &accepted {
+        assert_eq!(app.settled(receipt).await["status"], "recorded");
+    }
+    for (what, seen) in [("results", &results), ("frames", &frames)] {
+        let seen = seen.lock().unwrap();
+        let after: Vec<Option<i64>> =
+            seen.iter().skip_while(|(_, b)| b["final"] != true).map(|(_, b)| shown_votes(b)).collect();
+        assert!(!after.is_empty(), "{what}: saw final");
+        assert!(after.iter().all(|v| *v == Some(n)), "{what}: a count moved after final: {after:?}");
+    }
 }

@@ -264,7 +264,17 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
     let started = Instant::now();
     metrics::histogram!("tally_worker_batch_size").record(group.len() as f64);
     let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
-    let outcome = match record(&deps.db, &commands).await {
+    let late = match late(deps, &group).await {
+        Ok(late) => late,
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "cannot read fences; group handed back");
+            metrics::counter!("tally_worker_failures_total", "stage" => "nats").increment(1);
+            hand_back(group.iter().map(|b| &b.message)).await;
+            holds.settle().await;
+            return Committed::Failed;
+        }
+    };
+    let outcome = match record(&deps.db, &commands, &late).await {
         Ok(outcome) => outcome,
         Err(e) if matches!(record::refusal(&e), Refusal::Data(_)) => {
             return isolate(deps, holds, group, origin).await;
@@ -309,6 +319,29 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
     holds.settle().await;
     metrics::histogram!("tally_worker_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Committed::Yes
+}
+
+/// For each ballot, whether the broker stored it after its election's
+/// first fence. Read from the stream itself, at commit time: a fence
+/// stored before a ballot we hold is always found.
+async fn late(deps: &Deps, group: &[HeldBallot]) -> anyhow::Result<Vec<bool>> {
+    let settings = &deps.settings.nats;
+    let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
+    let mut fences: std::collections::HashMap<i64, Option<u64>> = std::collections::HashMap::new();
+    let mut late = Vec::with_capacity(group.len());
+    for ballot in group {
+        let election = ballot.command.election_id;
+        let fence = match fences.get(&election) {
+            Some(fence) => *fence,
+            None => {
+                let fence = tally_common::fence::first(&votes, settings, election).await?;
+                fences.insert(election, fence);
+                fence
+            }
+        };
+        late.push(fence.is_some_and(|f| ballot.stored_at() > f));
+    }
+    Ok(late)
 }
 
 /// Postgres refused the group for the data of some ballot: finds the

@@ -52,6 +52,19 @@ impl HeldBallot {
         let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         HeldBallot { message, command, stream_sequence, kept_alive: Instant::now() }
     }
+
+    /// Where the broker first stored it, to compare with its election's
+    /// fence: for a ballot replayed from quarantine, where the original
+    /// was stored.
+    pub fn stored_at(&self) -> u64 {
+        let replayed = self
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::quarantine::STORED_AT_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        replayed.map_or(self.stream_sequence, |first| first.min(self.stream_sequence))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! to Redis, and only then acks. A crash anywhere in that sequence leads to
 //! redelivery and the same end state.
 
+pub mod close;
 pub mod consume;
 pub mod hold;
 pub mod quarantine;
@@ -40,7 +41,7 @@ fn register_metrics() {
             "unrecordable",
         ],
     );
-    zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis"]);
+    zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis", "nats"]);
     metrics::gauge!("tally_reconcile_drift").set(0.0);
     metrics::gauge!("tally_ballots_held").set(0.0);
 }
@@ -53,8 +54,10 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> 
         shutdown.clone(),
     ));
     let stats = tokio::spawn(queue_stats::poll(deps.clone(), shutdown.clone()));
+    let closer = tokio::spawn(close::periodically(deps.clone(), shutdown.clone()));
     let consumed = consume::run(&deps, &shutdown).await;
     reconciler.abort();
     stats.abort();
+    closer.abort();
     consumed
 }

@@ -1,7 +1,7 @@
 //! The quarantine: accepted ballots that no worker could open or check,
 //! kept whole and still sealed in `<stream>_QUARANTINE` until an operator
 //! replays or rejects them. Nothing here is ever dropped on its own, and
-//! an election with ballots here is not final (see `bus::ballots_pending`).
+//! an election with ballots here is not final (see `close`).
 
 use anyhow::Context;
 use async_nats::jetstream::{AckKind, Message};
@@ -12,6 +12,10 @@ use tally_common::bus;
 /// Why a worker set the message aside, in the words of its error (which
 /// never quote what the ballot holds).
 pub const REASON_HEADER: &str = "Tally-Quarantine-Reason";
+/// Where the votes stream first stored the message. A replay is stored
+/// again, after the election's fence perhaps; this keeps its place
+/// before it (see `consume::late`).
+pub const STORED_AT_HEADER: &str = "Tally-Stored-At";
 /// How long to wait for the broker's ack of a copy or a replay.
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -27,6 +31,10 @@ pub async fn set_aside(deps: &Deps, message: Message, error: String) {
     // a second copy of the same citizen's message.
     let mut headers = copy_headers(message.headers.as_ref(), async_nats::header::NATS_MESSAGE_ID.as_ref());
     headers.insert(REASON_HEADER, error.as_str());
+    if headers.get(STORED_AT_HEADER).is_none() {
+        let stored_at = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        headers.insert(STORED_AT_HEADER, stored_at.to_string().as_str());
+    }
     let kept = async {
         bus::publish_acked(&deps.jetstream, subject, headers, message.payload.clone(), PUBLISH_TIMEOUT)
             .await?;

@@ -75,10 +75,13 @@ struct ElectionFacts {
     runners: Vec<Runner>,
 }
 
-/// Records a group of ballots in one transaction.
-pub async fn record(db: &PgPool, commands: &[VoteCommand]) -> anyhow::Result<BatchOutcome> {
+/// Records a group of ballots in one transaction. `late[i]` says the
+/// broker stored ballot `i` after its election's fence (see
+/// `tally_common::fence`): it is rejected as `election_closed`. A short or
+/// empty `late` means none is.
+pub async fn record(db: &PgPool, commands: &[VoteCommand], late: &[bool]) -> anyhow::Result<BatchOutcome> {
     let mut tx = db.begin().await.context("starting a batch")?;
-    let outcome = write(&mut tx, commands).await?;
+    let outcome = write(&mut tx, commands, late).await?;
     tx.commit().await.context("committing a batch")?;
     Ok(outcome)
 }
@@ -121,7 +124,11 @@ pub async fn reject(
     Ok(released)
 }
 
-async fn write(tx: &mut Transaction<'_, Postgres>, commands: &[VoteCommand]) -> anyhow::Result<BatchOutcome> {
+async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    commands: &[VoteCommand],
+    late: &[bool],
+) -> anyhow::Result<BatchOutcome> {
     let election_ids: Vec<i64> =
         commands.iter().map(|c| c.election_id).collect::<BTreeSet<_>>().into_iter().collect();
     let elections = lock_elections(tx, &election_ids).await?;
@@ -132,9 +139,13 @@ async fn write(tx: &mut Transaction<'_, Postgres>, commands: &[VoteCommand]) -> 
     for (i, command) in commands.iter().enumerate() {
         let verdict = match elections.get(&command.election_id) {
             None => Err("unknown_election"),
-            // Judged by when the API accepted it, so a backlog processed
-            // after closing still counts what arrived in time.
-            Some(e) if e.schedule.status(command.accepted_at) != Status::Open => Err("election_closed"),
+            // The end is the fence, not a clock: see `tally_common::fence`.
+            Some(_) if late.get(i).copied().unwrap_or(false) => Err("election_closed"),
+            // Before the start, or cancelled: no clock of ours says the
+            // end, but the API's said it was open when it was not.
+            Some(e) if !matches!(e.schedule.status(command.accepted_at), Status::Open | Status::Closed) => {
+                Err("election_closed")
+            }
             Some(e) if check_selections(&command.selections, &e.runners).is_err() => Err("invalid_selection"),
             Some(_) => Ok(()),
         };

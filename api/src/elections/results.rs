@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use serde::Serialize;
-use tally_common::catalog::Election;
+use tally_common::catalog::{self, Election};
 use tally_common::election::{Status, Visibility};
 use tally_common::{ApiError, Json, Path, tally};
 use time::OffsetDateTime;
@@ -55,15 +55,25 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
         return Err(ApiError::forbidden("results_hidden")
             .with_detail("results are published when the election closes"));
     }
-    let (version, turnout, counts, is_final) = if ended {
-        let pending = ballots_pending(&state, id).await?;
-        let votes = election.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect();
-        (election.tally_version, election.turnout, votes, status == Status::Closed && !pending)
+    // Final only once the workers say so; the counts are read after that
+    // mark, so they are the final ones.
+    let recorded = if ended {
+        catalog::load(&state.deps.db, id).await.map_err(|e| ApiError::unavailable(e, 1))?
     } else {
-        let snapshot = tally::read(&state.deps.redis, &state.deps.keys, id)
-            .await
-            .map_err(|e| ApiError::unavailable(e, 1))?;
-        (snapshot.version, snapshot.turnout, snapshot.votes, false)
+        None
+    };
+    let (version, turnout, counts, is_final) = match recorded {
+        Some(recorded) => {
+            let votes = recorded.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect();
+            let is_final = status == Status::Closed && recorded.final_at.is_some();
+            (recorded.tally_version, recorded.turnout, votes, is_final)
+        }
+        None => {
+            let snapshot = tally::read(&state.deps.redis, &state.deps.keys, id)
+                .await
+                .map_err(|e| ApiError::unavailable(e, 1))?;
+            (snapshot.version, snapshot.turnout, snapshot.votes, false)
+        }
     };
     let shown = election.visibility.shown(status, is_final);
     Ok(Json(Results {
@@ -92,10 +102,4 @@ fn posts(election: &Election, votes: impl Fn(i64) -> Option<i64>) -> Vec<PostRes
                 .collect(),
         })
         .collect()
-}
-
-async fn ballots_pending(state: &ApiState, election_id: i64) -> Result<bool, ApiError> {
-    tally_common::bus::ballots_pending(&state.deps.jetstream, &state.deps.settings.nats, election_id)
-        .await
-        .map_err(|e| ApiError::unavailable(e, 1))
 }

@@ -185,7 +185,7 @@ pub struct Queue {
 
 pub async fn queue(nats: &tally_common::config::NatsSettings) -> anyhow::Result<Queue> {
     let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
-    let stream_messages = js.get_stream(&nats.stream).await?.info().await?.state.messages;
+    let stream_messages = tally_common::bus::ballots_waiting(&js, nats).await?;
     let info: serde_json::Value =
         js.request(format!("CONSUMER.INFO.{}.{}", nats.stream, nats.consumer), &()).await?;
     let number = |field: &str| info[field].as_u64().unwrap_or(0);

@@ -1,0 +1,99 @@
+//! Ending elections: every worker, every second, raises the fence of each
+//! election that is closed or past its end (see `tally_common::fence`),
+//! and marks an election final once none of its ballots is left to record
+//! or in quarantine. Postgres's clock decides when; the stream's order
+//! decides which ballots count.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tally_common::{Deps, bus, fence};
+use tokio_util::sync::CancellationToken;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+pub async fn periodically(deps: Deps, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(e) = step(&deps).await {
+            tracing::warn!(error = format!("{e:#}"), "cannot end elections this round");
+        }
+    }
+}
+
+/// One round: fences, then final marks.
+pub async fn step(deps: &Deps) -> anyhow::Result<()> {
+    let settings = &deps.settings.nats;
+    let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
+    let ended: Vec<i64> = sqlx::query_scalar(
+        "SELECT election_id FROM elections
+         WHERE fence_seq IS NULL AND cancelled_at IS NULL AND (closed_at IS NOT NULL OR end_at <= now())",
+    )
+    .fetch_all(&deps.db)
+    .await
+    .context("finding ended elections")?;
+    let timeout = Duration::from_millis(settings.publish_timeout_ms);
+    for election in ended {
+        let sequence = fence::raise(&deps.jetstream, &votes, settings, election, timeout).await?;
+        sqlx::query(
+            "UPDATE elections SET fence_seq = $2, fenced_at = now()
+             WHERE election_id = $1 AND fence_seq IS NULL",
+        )
+        .bind(election)
+        .bind(sequence as i64)
+        .execute(&deps.db)
+        .await
+        .context("noting a fence")?;
+        tracing::info!(election, sequence, "election fenced");
+    }
+    // The publish timeout after the fence: an API still waiting for an
+    // ack it will turn into 409 or 202 has had its answer by then.
+    let fenced: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT election_id, fence_seq FROM elections
+         WHERE fence_seq IS NOT NULL AND final_at IS NULL
+           AND fenced_at <= now() - make_interval(secs => $1::double precision)",
+    )
+    .bind(timeout.as_secs_f64())
+    .fetch_all(&deps.db)
+    .await
+    .context("finding fenced elections")?;
+    for (election, _) in fenced {
+        if waiting(deps, &votes, election).await? {
+            continue;
+        }
+        if bus::quarantined(&deps.jetstream, settings, election).await? {
+            continue;
+        }
+        let marked =
+            sqlx::query("UPDATE elections SET final_at = now() WHERE election_id = $1 AND final_at IS NULL")
+                .bind(election)
+                .execute(&deps.db)
+                .await
+                .context("marking an election final")?;
+        if marked.rows_affected() == 1 {
+            tracing::info!(election, "election final");
+        }
+    }
+    Ok(())
+}
+
+/// Whether any ballot of the election still waits in the stream (a work
+/// queue: recorded and rejected ones are gone). Late ones count too: a
+/// replayed ballot can be stored after the fence and still be on time.
+async fn waiting(
+    deps: &Deps,
+    votes: &async_nats::jetstream::stream::Stream<()>,
+    election: i64,
+) -> anyhow::Result<bool> {
+    let subject = bus::ballot_subject(&deps.settings.nats, election);
+    match votes.get_first_raw_message_by_subject(subject, 1).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("looking for waiting ballots: {e}")),
+    }
+}
