@@ -4,6 +4,7 @@
 //! eligibility from the token's claims, and "already voted" from a Redis
 //! set. The ballot is acknowledged (202) only once JetStream has stored it.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ApiState;
+use crate::idempotency::{self, Keyed, Match};
 #[allow(unused_imports)]
 use crate::openapi::Problem;
 
@@ -42,24 +44,30 @@ pub struct BallotAccepted {
 }
 
 #[utoipa::path(post, path = "/v1/elections/{id}/ballots", tag = "ballots", security(("bearer" = [])),
-    request_body = BallotRequest, params(("id" = i64, Path, description = "Election id")),
+    request_body = BallotRequest,
+    params(
+        ("id" = i64, Path, description = "Election id"),
+        ("Idempotency-Key" = Option<Uuid>, Header, description = "A UUID the client chooses for this ballot. A retry with the same key and selections (after a timeout, a 503 or a lost connection) gets the same 202 and receipt; the ballot counts once."),
+    ),
     responses(
-        (status = 202, description = "Stored in the queue; it will be recorded exactly once", body = BallotAccepted),
+        (status = 202, description = "Stored in the queue before the election's close; it will be counted exactly once, or rejected with a reason shown on the receipt", body = BallotAccepted),
+        (status = 400, description = "invalid_idempotency_key: not a UUID", content_type = "application/problem+json", body = Problem),
         (status = 401, description = "not signed in", content_type = "application/problem+json", body = Problem),
         (status = 403, description = "not_eligible, with a reason", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem),
-        (status = 409, description = "election_not_open or already_voted", content_type = "application/problem+json", body = Problem),
-        (status = 422, description = "invalid_selection", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "election_not_open (also when the ballot reached the queue after the close: it does not count) or already_voted", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "invalid_selection, or idempotency_key_mismatch: the key was used for other selections", content_type = "application/problem+json", body = Problem),
         (status = 429, description = "rate_limited, with Retry-After and RateLimit-* headers", content_type = "application/problem+json", body = Problem),
-        (status = 503, description = "unavailable: the queue did not confirm; retry after Retry-After", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "unavailable; the detail says whether the ballot may have been stored. Retry after Retry-After, with the same Idempotency-Key", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn cast(
     State(state): State<ApiState>,
     SignedUser(voter): SignedUser,
     ClientIp(client): ClientIp,
     Path(election_id): Path<i64>,
+    headers: HeaderMap,
     Json(request): Json<BallotRequest>,
-) -> Result<(StatusCode, HeaderMap, Json<BallotAccepted>), ApiError> {
+) -> Result<Accepted, ApiError> {
     let election =
         state.elections.get(election_id).await?.ok_or_else(|| {
             ApiError::not_found("election_not_found").with_detail("no election with this id")
@@ -83,14 +91,36 @@ pub async fn cast(
     }
     check_selections(&request.selections, &election.runners)
         .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
+    let (receipt, intent) = match idempotency::key(&headers)? {
+        Some(key) => {
+            let keyed = Keyed::new(
+                state.receipt_key.as_ref(),
+                election_id,
+                voter.citizen_id,
+                key,
+                &request.selections,
+            );
+            (keyed.receipt, keyed.intent)
+        }
+        None => (Uuid::new_v4(), idempotency::KEYLESS.to_string()),
+    };
+    let keyed = intent != idempotency::KEYLESS;
     // One round trip: the per-address limit, whether the session is still
-    // valid, and whether this voter has voted. No limit is keyed by the
-    // citizen: its timestamp would date this ballot in Redis, and one
-    // ballot per citizen is enforced anyway.
+    // valid, and the voter's reservation (see `idempotency`). No limit is
+    // keyed by the citizen: its timestamp would date this ballot in Redis,
+    // and one ballot per citizen is enforced anyway.
     let quota = Quota::per_minute(state.deps.settings.limits.per_client_per_minute);
     let mut checks = redis::pipe();
     state.verifier.revocation_check(&mut checks, voter.session_id);
-    checks.cmd("SISMEMBER").arg(state.deps.keys.voters(election_id)).arg(voter.citizen_id);
+    // Loaded in the same round trip: Redis may have restarted since.
+    checks.load_script(&RESERVE_SCRIPT).ignore();
+    checks.invoke_script(
+        RESERVE_SCRIPT
+            .key(state.deps.keys.voters(election_id))
+            .key(state.deps.keys.intents(election_id))
+            .arg(voter.citizen_id)
+            .arg(&intent),
+    );
     if !quota.is_off() {
         rate_limit::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
     }
@@ -99,30 +129,55 @@ pub async fn cast(
     };
     let replies: Vec<redis::Value> =
         checks.query_async(&mut state.deps.redis.clone()).await.map_err(unavailable)?;
+    let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
+    let (voted, held, reserved_now): (bool, String, bool) =
+        redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     let shown = match replies.get(2) {
         Some(reply) => {
-            rate_limit::read(quota, redis::from_redis_value(reply).map_err(unavailable)?).enforce("client")?
+            let decision = rate_limit::read(quota, redis::from_redis_value(reply).map_err(unavailable)?);
+            match decision.enforce("client") {
+                Ok(shown) => shown,
+                Err(limited) => {
+                    if reserved_now {
+                        release(&state, election_id, voter.citizen_id, &intent).await;
+                    }
+                    return Err(limited);
+                }
+            }
         }
         None => rate_limit::Decision::unlimited(),
     };
-    let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
-    let voted: bool = redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     if revoked {
+        if reserved_now {
+            release(&state, election_id, voter.citizen_id, &intent).await;
+        }
         return Err(tally_common::auth::Verifier::revoked());
     }
-    if voted {
-        return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
+    if !reserved_now {
+        match (held.is_empty(), idempotency::compare(&held, &intent)) {
+            (true, _) | (false, Match::OtherBallot) => {
+                return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
+            }
+            (false, Match::OtherSelections) => {
+                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch")
+                    .with_detail("this Idempotency-Key was used for other selections"));
+            }
+            // A retry of a ballot stored before the close and noted.
+            (false, Match::Same) if voted => return Ok(accepted(receipt, &shown)),
+            // A retry whose first attempt's fate is unknown: publish
+            // again; the broker's dedup or the workers keep one.
+            (false, Match::Same) => {}
+        }
     }
 
     let command = VoteCommand {
-        receipt: Uuid::new_v4(),
+        receipt,
         election_id,
         citizen_id: voter.citizen_id,
         selections: request.selections,
         accepted_at: now,
     };
     let settings = &state.deps.settings.nats;
-    let receipt = command.receipt;
     let started = std::time::Instant::now();
     let sealed = command.seal(&state.sealer, election.ballot_slots());
     let stored = bus::publish_acked(
@@ -136,6 +191,9 @@ pub async fn cast(
     metrics::histogram!("tally_publish_duration_seconds").record(started.elapsed().as_secs_f64());
     let sequence = match stored {
         Ok(Stored::New(sequence)) => sequence,
+        // The reservation is ours, so what the broker holds under this
+        // voter's id is this ballot, from an earlier attempt.
+        Ok(Stored::Duplicate(sequence)) if keyed => sequence,
         Ok(Stored::Duplicate(_)) => {
             return Err(
                 refused("already_voted").with_detail("a ballot of yours for this election is already queued")
@@ -144,13 +202,22 @@ pub async fn cast(
         Err(e) => {
             let kind = if matches!(e, PublishError::Timeout) { "timeout" } else { "refused" };
             metrics::counter!("tally_publish_failures_total", "kind" => kind).increment(1);
-            let detail = match e {
-                PublishError::Timeout => {
-                    "the queue did not confirm in time: the ballot may or may not be stored; \
-                     see GET /v1/elections/{id}/ballot before casting again"
+            let detail = match (&e, keyed) {
+                (PublishError::Refused(_), _) => "the queue refused the ballot; it was not stored",
+                (PublishError::Timeout, true) => {
+                    "the queue did not confirm in time; send the ballot again with the same \
+                     Idempotency-Key to learn whether it was stored"
                 }
-                PublishError::Refused(_) => "the queue refused the ballot; it was not stored",
+                (PublishError::Timeout, false) => {
+                    "the queue did not confirm in time; the ballot may have been stored. Sending it \
+                     again is safe: one ballot per voter counts (an Idempotency-Key keeps the receipt)"
+                }
             };
+            // A keyed reservation stays for the retry; a keyless one cannot
+            // be claimed by any retry, so it goes.
+            if matches!(e, PublishError::Refused(_)) || !keyed {
+                release(&state, election_id, voter.citizen_id, &intent).await;
+            }
             return Err(ApiError::unavailable(e, 1).with_detail(detail));
         }
     };
@@ -172,9 +239,32 @@ pub async fn cast(
     // Before answering, so a second ballot is refused at once.
     remember_voter(&state, &command).await;
     metrics::counter!("tally_votes_accepted_total").increment(1);
+    Ok(accepted(receipt, &shown))
+}
+
+type Accepted = (StatusCode, HeaderMap, Json<BallotAccepted>);
+
+fn accepted(receipt: Uuid, shown: &rate_limit::Decision) -> Accepted {
     let mut headers = HeaderMap::new();
     shown.write_headers(&mut headers);
-    Ok((StatusCode::ACCEPTED, headers, Json(BallotAccepted { receipt, status: "pending" })))
+    (StatusCode::ACCEPTED, headers, Json(BallotAccepted { receipt, status: "pending" }))
+}
+
+static RESERVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(idempotency::RESERVE));
+
+/// Gives up a reservation this request made, when its ballot was refused
+/// before it could be stored.
+async fn release(state: &ApiState, election_id: i64, citizen_id: i64, intent: &str) {
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(idempotency::RELEASE));
+    let released = SCRIPT
+        .key(state.deps.keys.intents(election_id))
+        .arg(citizen_id)
+        .arg(intent)
+        .invoke_async::<i64>(&mut state.deps.redis.clone())
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "a reservation stays in Redis; the voter may retry with the same key");
+    }
 }
 
 fn refused(code: &'static str) -> ApiError {

@@ -8,6 +8,7 @@ pub mod catalog_sync;
 pub mod election_cache;
 pub mod elections;
 pub mod fences;
+pub mod idempotency;
 pub mod limits;
 pub mod openapi;
 pub mod state;

@@ -20,6 +20,8 @@ pub struct ApiState {
     pub sealer: Arc<Sealer>,
     pub receipt_limit: PerAddress,
     pub fences: Fences,
+    /// The secret receipts derived from an Idempotency-Key are keyed with.
+    pub receipt_key: Arc<[u8]>,
 }
 
 impl ApiState {
@@ -32,7 +34,9 @@ impl ApiState {
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
+        let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         Ok(ApiState {
+            receipt_key,
             deps,
             tokens,
             passwords,

@@ -61,11 +61,16 @@ pub struct SealingSettings {
     /// from the API.
     pub api_private_key: Secret,
     pub api_public_key: String,
+    /// The API's secret for receipts derived from a client's
+    /// Idempotency-Key (at least 32 bytes). With it, nobody without the
+    /// client's key can derive a receipt from a citizen.
+    pub receipt_key: Secret,
 }
 
 /// Seeds of the development keys. Production refuses the keys they make.
 const DEV_WORKERS_SEED: &str = "tally-development-workers-sealing-key";
 const DEV_API_SEED: &str = "tally-development-api-sealing-key";
+const DEV_RECEIPT_KEY: &str = "tally-development-receipt-key-never-use-in-production";
 
 impl Default for SealingSettings {
     fn default() -> Self {
@@ -77,6 +82,7 @@ impl Default for SealingSettings {
             private_keys: BTreeMap::from([("dev".to_string(), Secret::new(workers.private))]),
             api_private_key: Secret::new(api.private),
             api_public_key: api.public,
+            receipt_key: Secret::new(DEV_RECEIPT_KEY),
         }
     }
 }
@@ -99,6 +105,18 @@ impl SealingSettings {
             .map_err(|e| ConfigError::new("sealing.api_private_key", e.to_string()))?;
         crate::seal::Sealer::new(&self.key_id, &public, &private)
             .map_err(|e| ConfigError::new("sealing.key_id", e.to_string()))
+    }
+
+    /// The API's receipt key, present and long enough.
+    pub fn receipt_key(&self) -> Result<&[u8], ConfigError> {
+        let key = self.receipt_key.expose().as_bytes();
+        if key.len() < 32 {
+            return Err(ConfigError::new(
+                "sealing.receipt_key",
+                "is missing or shorter than 32 bytes; the API needs its own (openssl rand -base64 32)",
+            ));
+        }
+        Ok(key)
     }
 
     /// The workers' opener, with every live private key.
@@ -482,6 +500,9 @@ impl Settings {
             }
             if sealing.api_public_key == dev.api_public_key {
                 sealing.api_public_key = String::new();
+            }
+            if sealing.receipt_key.expose() == DEV_RECEIPT_KEY {
+                sealing.receipt_key = Secret::new("");
             }
         }
     }

@@ -54,6 +54,12 @@ impl Keys {
         format!("{}:voters:{{{election_id}}}", self.prefix)
     }
 
+    /// Hash: citizen → the ballot they reserved before publishing (see
+    /// `api::idempotency`). Same hash slot as the voter set.
+    pub fn intents(&self, election_id: i64) -> String {
+        format!("{}:intents:{{{election_id}}}", self.prefix)
+    }
+
     /// Pub/sub channel carrying this election's tally events.
     pub fn tally_channel(&self, election_id: i64) -> String {
         format!("{}:{election_id}", self.prefix)

@@ -140,9 +140,9 @@ pub async fn apply(
     Ok(applied.iter().filter(|a| **a == 1).count())
 }
 
-/// Takes voters out of their elections' voter sets: their ballot was
-/// rejected and nothing of theirs is on the voter roll, so the API must
-/// not go on refusing them as having voted.
+/// Takes voters out of their elections' voter sets and reservations:
+/// their ballot was rejected and nothing of theirs is on the voter roll,
+/// so the API must not go on refusing them as having voted.
 pub async fn release_voters(redis: &Redis, keys: &Keys, voters: &[(i64, i64)]) -> anyhow::Result<()> {
     if voters.is_empty() {
         return Ok(());
@@ -153,7 +153,8 @@ pub async fn release_voters(redis: &Redis, keys: &Keys, voters: &[(i64, i64)]) -
     }
     let mut pipe = redis::pipe();
     for (election, citizens) in by_election {
-        pipe.cmd("SREM").arg(keys.voters(election)).arg(citizens).ignore();
+        pipe.cmd("SREM").arg(keys.voters(election)).arg(&citizens).ignore();
+        pipe.cmd("HDEL").arg(keys.intents(election)).arg(&citizens).ignore();
     }
     pipe.query_async::<()>(&mut redis.clone())
         .await

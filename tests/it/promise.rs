@@ -329,3 +329,117 @@ async fn every_202_around_the_close_is_in_the_final_count() {
         assert!(after.iter().all(|v| *v == Some(n)), "{what}: a count moved after final: {after:?}");
     }
 }
+
+/// A ballot cast with an Idempotency-Key, as a client sends it.
+async fn cast_keyed(
+    app: &TestApp,
+    token: &str,
+    election: i64,
+    key: &str,
+    selections: &[i64],
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/elections/{election}/ballots", app.api))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({ "selections": selections }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn status_and_body(answer: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap())
+}
+
+/// The same key and ballot get the same 202 and receipt; the same key
+/// with other selections, another key or no key are refused; a key that
+/// is not a UUID is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_with_the_same_key_is_the_same_ballot() {
+    let app = spawn_app_with(Roles::ALL, |_| {}).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let voter = app.voter(5_500_000).await;
+    let key = Uuid::new_v4().to_string();
+
+    let (status, bad) =
+        status_and_body(cast_keyed(&app, &voter.access, election, "7", &[RUNNERS[0]]).await).await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_idempotency_key")));
+    let (status, first) =
+        status_and_body(cast_keyed(&app, &voter.access, election, &key, &[RUNNERS[0]]).await).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) =
+        status_and_body(cast_keyed(&app, &voter.access, election, &key, &[RUNNERS[0]]).await).await;
+    assert_eq!((status, &again["receipt"]), (202, &first["receipt"]), "{again}");
+    let (status, other) =
+        status_and_body(cast_keyed(&app, &voter.access, election, &key, &[RUNNERS[1]]).await).await;
+    assert_eq!((status, other["code"].as_str()), (422, Some("idempotency_key_mismatch")));
+    let another_key = Uuid::new_v4().to_string();
+    let (status, second) =
+        status_and_body(cast_keyed(&app, &voter.access, election, &another_key, &[RUNNERS[0]]).await).await;
+    assert_eq!((status, second["code"].as_str()), (409, Some("already_voted")));
+    let (status, keyless) = status_and_body(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
+    assert_eq!((status, keyless["code"].as_str()), (409, Some("already_voted")));
+
+    app.close(election).await;
+    let receipt = first["receipt"].as_str().unwrap();
+    assert_eq!(app.settled(receipt).await["status"], "recorded");
+    app.recorded(election, 1).await;
+}
+
+/// The API stored a keyed ballot and then lost its answer (it crashed, or
+/// the client's connection dropped): the retry, inside the broker's
+/// duplicate window or long after it, gets the same 202 and receipt, and
+/// the ballot counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_lost_answer_counts_once() {
+    let app = spawn_app_with(Roles::ALL, |s| s.nats.duplicate_window_secs = 2).await;
+    let deps = app.deps().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let secret = app.settings.sealing.receipt_key().unwrap();
+    for (citizen, wait) in [(5_600_000, Duration::ZERO), (5_600_001, Duration::from_secs(3))] {
+        let voter = app.voter(citizen).await;
+        let key = Uuid::new_v4();
+        // What the first attempt did before its answer was lost: reserve,
+        // then publish.
+        let first = tally_api::idempotency::Keyed::new(secret, election, citizen, key, &[RUNNERS[1]]);
+        let _: i64 = redis::cmd("HSET")
+            .arg(app.keys().intents(election))
+            .arg(citizen)
+            .arg(&first.intent)
+            .query_async(&mut deps.redis.clone())
+            .await
+            .unwrap();
+        let command = VoteCommand { receipt: first.receipt, ..ballot(election, citizen, RUNNERS[1]) };
+        let sealed = command.seal(&app.settings.sealing.sealer().unwrap(), 1);
+        let stored = bus::publish_acked(
+            &deps.jetstream,
+            bus::ballot_subject(&app.settings.nats, election),
+            sealed.headers,
+            sealed.payload,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(stored, bus::Stored::New(_)));
+        tokio::time::sleep(wait).await;
+
+        let (status, retry) =
+            status_and_body(cast_keyed(&app, &voter.access, election, &key.to_string(), &[RUNNERS[1]]).await)
+                .await;
+        assert_eq!(status, 202, "citizen {citizen}: {retry}");
+        assert_eq!(retry["receipt"], first.receipt.to_string());
+    }
+    app.close(election).await;
+    app.recorded(election, 2).await;
+    let rejected: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rejected_ballots").fetch_one(&app.db).await.unwrap();
+    assert_eq!(rejected, 0, "the second copy is the same ballot, not a second one");
+    let final_results = eventually("final", || async {
+        let body = app.get_json(&format!("/v1/elections/{election}/results")).await;
+        (body["final"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(final_results["turnout"], 2);
+}
