@@ -6,6 +6,7 @@
 #   secrets/sealing_public_key                  the API
 #   secrets/sealing_api_private_key             the API only
 #   secrets/sealing_api_public_key              workers
+#   secrets/sealing_receipt_key                 the API only (32 random bytes, base64)
 # The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
 # base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
@@ -21,6 +22,11 @@ if [ ! -f secrets/jwt_signing_key ]; then
   random > secrets/jwt_signing_key
   chmod 644 secrets/jwt_signing_key  # read by the image's non-root user
   echo "wrote secrets/jwt_signing_key"
+fi
+if [ ! -f secrets/sealing_receipt_key ]; then
+  openssl rand -base64 32 > secrets/sealing_receipt_key
+  chmod 644 secrets/sealing_receipt_key  # read by the image's non-root user
+  echo "wrote secrets/sealing_receipt_key"
 fi
 
 # The last 32 bytes of the DER encodings are the raw X25519 keys.

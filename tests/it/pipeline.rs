@@ -183,6 +183,7 @@ async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
     // against the voter roll.
     let _: () = redis::cmd("DEL")
         .arg(app.keys().voters(election))
+        .arg(app.keys().intents(election))
         .query_async(&mut app.deps().await.redis)
         .await
         .unwrap();

@@ -228,6 +228,11 @@ pub struct Accounting {
     pub unknown_recorded: usize,
     /// Messages set aside in the quarantine stream.
     pub quarantined: u64,
+    /// Ballots the run published itself (a newer API's, a poison's
+    /// neighbours), accounted for like the voters' 202s.
+    pub direct_ballots: usize,
+    /// Poison ballots: each must be rejected as `not_registered`.
+    pub poison_ballots: usize,
     pub statuses: BTreeMap<u16, u64>,
     pub violations: Vec<String>,
 }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::direct::{self, Direct};
 use crate::bench::cluster::Cluster;
 use crate::bench::infra::Infra;
 
@@ -20,10 +21,17 @@ pub enum Fault {
     /// SIGSTOP for longer than the ack wait, so its batch is redelivered
     /// elsewhere while it still holds it; then SIGCONT.
     PauseWorker(usize),
+    /// A rolling upgrade: ballots from an API one minor version ahead
+    /// (a field today's workers do not know) arrive while each worker is
+    /// restarted in turn.
+    RollingUpgrade,
+    /// A ballot Postgres refuses (its voter left the registry while it
+    /// waited) amid others, in one busy batch.
+    PoisonBallot,
 }
 
 /// One round touches every component at least once.
-pub const ROUND: [Fault; 11] = [
+pub const ROUND: [Fault; 13] = [
     Fault::KillWorker(0),
     Fault::KillApi(0),
     Fault::CrashNats,
@@ -34,8 +42,13 @@ pub const ROUND: [Fault; 11] = [
     Fault::CrashRedis,
     Fault::KillWorker(0),
     Fault::KillBroadcaster(1),
+    Fault::RollingUpgrade,
     Fault::KillApi(1),
+    Fault::PoisonBallot,
 ];
+
+/// Spare voters one round's direct ballots need.
+pub const SPARE_PER_ROUND: usize = direct::PER_UPGRADE + direct::PER_POISON;
 
 #[derive(Debug, Serialize)]
 pub struct Injected {
@@ -53,6 +66,7 @@ pub async fn inject(
     fault: Fault,
     cluster: &mut Cluster,
     infra: &mut Infra,
+    direct: &mut Direct,
     ack_wait: Duration,
     started: Instant,
 ) -> anyhow::Result<Injected> {
@@ -70,6 +84,19 @@ pub async fn inject(
             cluster.signal(i, "STOP")?;
             tokio::time::sleep(ack_wait + Duration::from_secs(2)).await;
             cluster.signal(i, "CONT")?;
+        }
+        Fault::RollingUpgrade => {
+            let voters = direct.take(direct::PER_UPGRADE)?;
+            let middle = voters.start + voters.len() / 2;
+            let workers = cluster.with_role("workers");
+            direct.newer(voters.start..middle).await?;
+            kill_and_restart(cluster, workers[0]).await?;
+            direct.newer(middle..voters.end).await?;
+            kill_and_restart(cluster, workers[1]).await?;
+        }
+        Fault::PoisonBallot => {
+            let voters = direct.take(direct::PER_POISON)?;
+            direct.poison(voters).await?;
         }
     }
     Ok(Injected {

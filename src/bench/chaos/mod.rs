@@ -9,6 +9,7 @@
 mod audience;
 mod books;
 mod cpu;
+mod direct;
 pub mod faults;
 pub mod overload;
 pub mod proxy;
@@ -28,7 +29,8 @@ use super::infra::private_stack;
 use super::provision::{FIRST_VOTER, close, provision};
 use audience::Audience;
 use books::{Accounting, Books};
-use faults::{Fault, Injected, ROUND};
+use direct::Direct;
+use faults::{Fault, Injected, ROUND, SPARE_PER_ROUND};
 use voters::{Pace, Voters, ballots};
 
 pub struct Options {
@@ -105,7 +107,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let schedule: Vec<Fault> = ROUND.iter().copied().cycle().take(ROUND.len() * options.rounds).collect();
     // Enough voters to keep ballots flowing through every fault.
     let per_fault = options.gap + Duration::from_secs(4);
-    let voters = (options.rate as u64 * per_fault.as_secs() * schedule.len() as u64).max(100);
+    let spare = SPARE_PER_ROUND * options.rounds;
+    let voters = (options.rate as u64 * per_fault.as_secs() * schedule.len() as u64).max(100) + spare as u64;
     let provisioned = provision(&settings, voters, FIRST_VOTER).await?;
     let election = provisioned.election_id;
 
@@ -129,18 +132,24 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let stop_watching = CancellationToken::new();
     let audience = Audience::start(lives, election, options.viewers, stop_watching.clone());
     let pace = Pace { rate: options.rate, in_flight: 128, attempts: 8 };
-    let voting =
-        Voters::start(apis.clone(), election, ballots(&provisioned, FIRST_VOTER), pace, stop_voting.clone());
+    let mut cast = ballots(&provisioned, FIRST_VOTER);
+    // The last voters are the run's own: it publishes their ballots itself.
+    let spare_voters = cast.split_off(cast.len() - spare);
+    let mut direct = Direct::new(&settings, db.clone(), election, spare_voters).await?;
+    let voting = Voters::start(apis.clone(), election, cast, pace, stop_voting.clone());
 
     let mut injected = Vec::new();
     for fault in schedule {
         tokio::time::sleep(options.gap).await;
-        injected.push(faults::inject(fault, &mut cluster, &mut infra, ACK_WAIT, started).await?);
+        injected.push(faults::inject(fault, &mut cluster, &mut infra, &mut direct, ACK_WAIT, started).await?);
         eprintln!("chaos: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
     }
     let last_fault = Instant::now();
     stop_voting.cancel();
-    let logs = voting.finish().await;
+    // In provisioned order, the run's own voters last, as `account` reads
+    // them beside the tokens.
+    let mut logs = voting.finish().await;
+    logs.extend(direct.logs.iter().cloned());
 
     let redis = tally_common::store::connect(&settings.redis).await?;
     let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
@@ -187,6 +196,9 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let mut votes = books::account(&books, &logs, &provisioned.tokens, apis[0], election).await?;
     votes.violations.append(&mut violations);
     books::note_quarantine(&mut votes, &settings.nats).await?;
+    votes.violations.extend(direct.check_poison().await?);
+    votes.direct_ballots = direct.logs.iter().filter(|l| !l.statuses.is_empty()).count();
+    votes.poison_ballots = direct.poison.len();
     let behind = viewers_seen.iter().filter(|seen| seen.as_ref() != Some(&books.recorded)).count();
     if behind > 0 {
         votes.violations.push(format!("{behind} viewers' last tally differs from the final tally"));
