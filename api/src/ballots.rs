@@ -195,6 +195,8 @@ pub async fn cast(
         // voter's id is this ballot, from an earlier attempt.
         Ok(Stored::Duplicate(sequence)) if keyed => sequence,
         Ok(Stored::Duplicate(_)) => {
+            // A keyless reservation guards nothing a retry could claim.
+            release(&state, election_id, voter.citizen_id, &intent).await;
             return Err(
                 refused("already_voted").with_detail("a ballot of yours for this election is already queued")
             );
