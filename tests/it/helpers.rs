@@ -378,6 +378,9 @@ pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
         .await
         .expect("runner citizen");
     }
+    // One transaction: an API cache loading in between would see an
+    // election with no runners, which counts as cancelled.
+    let mut tx = db.begin().await.expect("begin");
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
          VALUES ('Test election', now() + make_interval(secs => $1), now() + make_interval(secs => $2), $3, $4, $5, $6)
@@ -389,17 +392,18 @@ pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
     .bind(spec.min_age)
     .bind(spec.visibility)
     .bind(spec.anonymity_set)
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await
     .expect("insert election");
     for runner in RUNNERS {
         sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'President')")
             .bind(id)
             .bind(runner)
-            .execute(db)
+            .execute(&mut *tx)
             .await
             .expect("insert runner");
     }
+    tx.commit().await.expect("commit");
     id
 }
 

@@ -85,13 +85,23 @@ pub async fn step(deps: &Deps) -> anyhow::Result<()> {
 /// Whether any ballot of the election still waits in the stream (a work
 /// queue: recorded and rejected ones are gone). Late ones count too: a
 /// replayed ballot can be stored after the fence and still be on time.
+/// Only messages past the consumer's ack floor are looked at: below it
+/// every message was acked, and one still there is a broker's leftover
+/// (NATS 2.9 can keep acked messages after a crash) that no worker will
+/// ever be given.
 async fn waiting(
     deps: &Deps,
     votes: &async_nats::jetstream::stream::Stream<()>,
     election: i64,
 ) -> anyhow::Result<bool> {
-    let subject = bus::ballot_subject(&deps.settings.nats, election);
-    match votes.get_first_raw_message_by_subject(subject, 1).await {
+    let settings = &deps.settings.nats;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = votes
+        .get_consumer(&settings.consumer)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the workers' consumer: {e}"))?;
+    let floor = consumer.info().await.context("reading the workers' consumer")?.ack_floor.stream_sequence;
+    let subject = bus::ballot_subject(settings, election);
+    match votes.get_first_raw_message_by_subject(subject, floor + 1).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
         Err(e) => Err(anyhow::anyhow!("looking for waiting ballots: {e}")),
