@@ -333,13 +333,7 @@ impl Command {
                 Ok(())
             }
             Command::Reconcile { election } => {
-                let shutdown = tally_common::shutdown::on_signal();
-                let readiness = tally_common::health::Readiness::default();
-                let Some(deps) =
-                    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await?
-                else {
-                    return Ok(());
-                };
+                let Some(deps) = connect(settings).await? else { return Ok(()) };
                 let report = tally_workers::reconcile::reconcile(&deps, election).await?;
                 println!(
                     "reconciled {} elections: drift {}, {} tallies rewritten, {} voters restored to voter sets",
@@ -348,13 +342,7 @@ impl Command {
                 Ok(())
             }
             Command::Quarantine(command) => {
-                let shutdown = tally_common::shutdown::on_signal();
-                let readiness = tally_common::health::Readiness::default();
-                let Some(deps) =
-                    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await?
-                else {
-                    return Ok(());
-                };
+                let Some(deps) = connect(settings).await? else { return Ok(()) };
                 use tally_workers::quarantine;
                 match command {
                     QuarantineCommand::List { election } => {
@@ -393,6 +381,13 @@ impl Command {
             }
         }
     }
+}
+
+/// The shared clients for an admin command; `None` if interrupted first.
+async fn connect(settings: Settings) -> anyhow::Result<Option<tally_common::Deps>> {
+    let shutdown = tally_common::shutdown::on_signal();
+    let readiness = tally_common::health::Readiness::default();
+    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await
 }
 
 /// Prints a fault-injection report and fails the command on a violation.

@@ -269,9 +269,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "cannot read fences; group handed back");
             metrics::counter!("tally_worker_failures_total", "stage" => "nats").increment(1);
-            hand_back(group.iter().map(|b| &b.message)).await;
-            holds.settle().await;
-            return Committed::Failed;
+            return give_back(holds, &group).await;
         }
     };
     let outcome = match record(&deps.db, &commands, &late).await {
@@ -289,9 +287,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
             // Handed back, not held again: the commit may have succeeded
             // unseen (a connection lost at COMMIT), and a redelivery is
             // checked against the record before it can count in a group.
-            hand_back(group.iter().map(|b| &b.message)).await;
-            holds.settle().await;
-            return Committed::Failed;
+            return give_back(holds, &group).await;
         }
     };
     if let Err(e) =
@@ -301,9 +297,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
         // `take`) and rewrites Redis from Postgres's totals.
         tracing::warn!(error = format!("{e:#}"), "tally write failed; group handed back");
         metrics::counter!("tally_worker_failures_total", "stage" => "redis").increment(1);
-        hand_back(group.iter().map(|b| &b.message)).await;
-        holds.settle().await;
-        return Committed::Failed;
+        return give_back(holds, &group).await;
     }
     release(deps, &outcome.released).await;
     for fate in &outcome.fates {
@@ -360,9 +354,7 @@ async fn isolate(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin:
                 "a refused group could not be split; handed back"
             );
             metrics::counter!("tally_worker_failures_total", "stage" => "postgres").increment(1);
-            hand_back(group.iter().map(|b| &b.message)).await;
-            holds.settle().await;
-            return Committed::Failed;
+            return give_back(holds, &group).await;
         }
     };
     let rejected: Vec<(&VoteCommand, &'static str)> =
@@ -371,9 +363,7 @@ async fn isolate(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin:
         Ok(released) => release(deps, &released).await,
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "cannot reject refused ballots; group handed back");
-            hand_back(group.iter().map(|b| &b.message)).await;
-            holds.settle().await;
-            return Committed::Failed;
+            return give_back(holds, &group).await;
         }
     }
     for (_, reason) in &culprits {
@@ -439,6 +429,13 @@ async fn ack<'a>(messages: impl Iterator<Item = &'a Message>) {
             tracing::debug!(error = %e, "ack not sent");
         }
     }
+}
+
+/// A group that could not be committed goes back to the broker whole.
+async fn give_back(holds: &mut Holds, group: &[HeldBallot]) -> Committed {
+    hand_back(group.iter().map(|b| &b.message)).await;
+    holds.settle().await;
+    Committed::Failed
 }
 
 async fn hand_back<'a>(messages: impl Iterator<Item = &'a Message>) {
