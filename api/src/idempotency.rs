@@ -15,7 +15,7 @@ use ring::hmac;
 use tally_common::ApiError;
 use uuid::Uuid;
 
-pub const HEADER: &str = "idempotency-key";
+pub use tally_common::http::IDEMPOTENCY_KEY as HEADER;
 /// The intent of a ballot sent without a key: it reserves the voter, and
 /// no retry can claim it.
 pub const KEYLESS: &str = "-";

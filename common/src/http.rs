@@ -69,6 +69,9 @@ fn default_header(name: &'static str, value: &'static str) -> SetResponseHeaderL
     SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
 }
 
+/// What a client names a ballot by for safe retries (see `api::idempotency`).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// CORS for the configured origins only; with none, no CORS headers at all.
 fn cors(settings: &HttpSettings) -> CorsLayer {
     let origins: Vec<HeaderValue> =
@@ -79,7 +82,7 @@ fn cors(settings: &HttpSettings) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID, IDEMPOTENCY_KEY])
         .expose_headers(
             [REQUEST_ID, header::RETRY_AFTER]
                 .into_iter()

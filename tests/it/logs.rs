@@ -108,9 +108,11 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     )
     .await;
     let access3 = fresh["access_token"].as_str().expect("access").to_string();
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
     let ballot = client
         .post(format!("{api}/v1/elections/{election}/ballots"))
         .bearer_auth(&access3)
+        .header("Idempotency-Key", &idempotency_key)
         .json(&serde_json::json!({"selections": [RUNNERS[1]]}))
         .send()
         .await
@@ -177,6 +179,7 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
         ("token signature", access.rsplit('.').next().expect("signature")),
         ("the ballot's selections", &format!("[{}]", RUNNERS[1])),
         ("date of birth", "1990-01-01"),
+        ("idempotency key", idempotency_key.as_str()),
     ] {
         let leak = logs.lines().find(|l| l.contains(secret)).unwrap_or_default();
         assert!(leak.is_empty(), "the {what} appears in the logs: {leak}");
