@@ -119,7 +119,8 @@ pub async fn cast(
             .key(state.deps.keys.voters(election_id))
             .key(state.deps.keys.intents(election_id))
             .arg(voter.citizen_id)
-            .arg(&intent),
+            .arg(&intent)
+            .arg(if keyed { "1" } else { "0" }),
     );
     if !quota.is_off() {
         rate_limit::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
@@ -153,22 +154,27 @@ pub async fn cast(
         }
         return Err(tally_common::auth::Verifier::revoked());
     }
-    if !reserved_now {
-        match (held.is_empty(), idempotency::compare(&held, &intent)) {
-            (true, _) | (false, Match::OtherBallot) => {
+    // Whether this is a retry of a keyed ballot reserved earlier.
+    let retry = match (keyed, reserved_now, held.is_empty(), voted) {
+        (false, _, true, false) | (true, true, _, _) => false,
+        (false, ..) | (true, false, true, _) => {
+            return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
+        }
+        (true, false, false, _) => match idempotency::compare(&held, &intent) {
+            Match::OtherBallot => {
                 return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
             }
-            (false, Match::OtherSelections) => {
+            Match::OtherSelections => {
                 return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch")
                     .with_detail("this Idempotency-Key was used for other selections"));
             }
-            // A retry of a ballot stored before the close and noted.
-            (false, Match::Same) if voted => return Ok(accepted(receipt, &shown)),
-            // A retry whose first attempt's fate is unknown: publish
-            // again; the broker's dedup or the workers keep one.
-            (false, Match::Same) => {}
-        }
-    }
+            // Stored before the close and noted: the same answer again.
+            Match::Same if voted => return Ok(accepted(receipt, &shown)),
+            // Its first attempt's fate is unknown: publish again; the
+            // broker's dedup, or the workers past it, keep one copy.
+            Match::Same => true,
+        },
+    };
 
     let command = VoteCommand {
         receipt,
@@ -179,7 +185,13 @@ pub async fn cast(
     };
     let settings = &state.deps.settings.nats;
     let started = std::time::Instant::now();
-    let sealed = command.seal(&state.sealer, election.ballot_slots());
+    let mut sealed = command.seal(&state.sealer, election.ballot_slots());
+    if keyed {
+        // The broker's dedup then joins the copies of this ballot only: a
+        // voter freed by a rejection may cast anew under another key.
+        let id = format!("{}:{}", command.msg_id(), idempotency::key_tag(&intent));
+        sealed.headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+    }
     let stored = bus::publish_acked(
         &state.deps.jetstream,
         bus::ballot_subject(settings, election_id),
@@ -189,14 +201,11 @@ pub async fn cast(
     )
     .await;
     metrics::histogram!("tally_publish_duration_seconds").record(started.elapsed().as_secs_f64());
-    let sequence = match stored {
-        Ok(Stored::New(sequence)) => sequence,
-        // The reservation is ours, so what the broker holds under this
-        // voter's id is this ballot, from an earlier attempt.
-        Ok(Stored::Duplicate(sequence)) if keyed => sequence,
+    let (sequence, duplicate) = match stored {
+        Ok(Stored::New(sequence)) => (sequence, false),
+        // Under this key's own dedup id: a copy of this very ballot.
+        Ok(Stored::Duplicate(sequence)) if keyed => (sequence, true),
         Ok(Stored::Duplicate(_)) => {
-            // A keyless reservation guards nothing a retry could claim.
-            release(&state, election_id, voter.citizen_id, &intent).await;
             return Err(
                 refused("already_voted").with_detail("a ballot of yours for this election is already queued")
             );
@@ -215,9 +224,9 @@ pub async fn cast(
                      again is safe: one ballot per voter counts (an Idempotency-Key keeps the receipt)"
                 }
             };
-            // A keyed reservation stays for the retry; a keyless one cannot
-            // be claimed by any retry, so it goes.
-            if matches!(e, PublishError::Refused(_)) || !keyed {
+            // Not stored: the reservation goes. Maybe stored: it stays, for
+            // the retry with the same key.
+            if reserved_now && matches!(e, PublishError::Refused(_)) {
                 release(&state, election_id, voter.citizen_id, &intent).await;
             }
             return Err(ApiError::unavailable(e, 1).with_detail(detail));
@@ -225,18 +234,28 @@ pub async fn cast(
     };
     // The close is the election's fence in the stream: a ballot stored
     // after it does not count, so its voter hears so now, not later.
-    match state.fences.is_late(&state.deps, election_id, sequence).await {
-        Ok(false) => {}
-        Ok(true) => {
-            return Err(refused("election_not_open")
-                .with_detail("the election closed before your ballot reached the queue; it does not count"));
-        }
+    let late = match state.fences.is_late(&state.deps, election_id, sequence).await {
+        Ok(late) => late,
         Err(e) => {
             return Err(ApiError::unavailable(e, 1).with_detail(
                 "the ballot was stored, but whether before the close is not known yet; \
                  see GET /v1/elections/{id}/ballot and the receipt route",
             ));
         }
+    };
+    // A copy of a ballot whose earlier attempt may be stored, before the
+    // close or since rejected: its receipt tells which, so it gets that
+    // receipt; the voter set is left to the workers, who know.
+    if retry && late || reserved_now && duplicate {
+        if reserved_now {
+            release(&state, election_id, voter.citizen_id, &intent).await;
+        }
+        metrics::counter!("tally_votes_accepted_total").increment(1);
+        return Ok(accepted(receipt, &shown));
+    }
+    if late {
+        return Err(refused("election_not_open")
+            .with_detail("the election closed before your ballot reached the queue; it does not count"));
     }
     // Before answering, so a second ballot is refused at once.
     remember_voter(&state, &command).await;

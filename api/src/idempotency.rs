@@ -16,9 +16,14 @@ use tally_common::ApiError;
 use uuid::Uuid;
 
 pub use tally_common::http::IDEMPOTENCY_KEY as HEADER;
-/// The intent of a ballot sent without a key: it reserves the voter, and
-/// no retry can claim it.
+/// The intent of a ballot sent without a key: it reserves nothing.
 pub const KEYLESS: &str = "-";
+
+/// The key's part of an intent: names the key's ballot, in its dedup id,
+/// without revealing the key.
+pub fn key_tag(intent: &str) -> &str {
+    intent.split_once(':').map_or(intent, |(key, _)| key)
+}
 
 /// The client's key, if it sent one. Anything but a UUID is refused.
 pub fn key(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
@@ -66,13 +71,15 @@ impl Keyed {
     }
 }
 
-/// Reserves the voter for this intent, unless they have voted or another
-/// ballot holds the reservation. Returns whether they voted, the intent
-/// now reserved, and whether this call reserved it.
+/// Reserves the voter for this intent (when ARGV[3] is 1: keyed ballots
+/// only), unless they have voted or another ballot holds the reservation.
+/// Returns whether they voted, the intent reserved, and whether this call
+/// reserved it. A keyless ballot reserves nothing: no retry can claim it,
+/// and a reservation left by a request that died would lock its voter out.
 pub const RESERVE: &str = r"
 local voted = redis.call('SISMEMBER', KEYS[1], ARGV[1])
 local held = redis.call('HGET', KEYS[2], ARGV[1])
-if (not held) and voted == 0 then
+if (not held) and voted == 0 and ARGV[3] == '1' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
   return {0, ARGV[2], 1}
 end

@@ -95,14 +95,11 @@ pub async fn ensure_votes_stream(
     let name = quarantine.name.clone();
     match js.get_stream(&name).await {
         // An older quarantine kept its messages by limits, and the
-        // broker cannot change a stream's retention in place.
+        // broker cannot change a stream's retention in place. It is left
+        // as it is: replacing it could drop what another process copies
+        // into it meanwhile, and operators remove messages one by one.
         Ok(old) if old.cached_info().config.retention != quarantine.retention => {
-            if old.cached_info().state.messages == 0 {
-                js.delete_stream(&name).await.with_context(|| format!("replacing stream {name}"))?;
-                js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
-            } else {
-                tracing::warn!(stream = %name, "the quarantine keeps its old retention until it is empty");
-            }
+            tracing::warn!(stream = %name, "the quarantine keeps the retention it was created with");
         }
         Ok(_) => {
             js.update_stream(quarantine).await.with_context(|| format!("updating stream {name}"))?;

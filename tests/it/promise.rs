@@ -443,3 +443,42 @@ async fn a_retry_after_a_lost_answer_counts_once() {
     .await;
     assert_eq!(final_results["turnout"], 2);
 }
+
+/// A voter whose ballot the workers rejected is freed, and casts again at
+/// once (inside the broker's duplicate window) with a new key: that ballot
+/// is stored and counted, not mistaken for the rejected one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_freed_by_a_rejection_casts_again_and_counts() {
+    let app = spawn_app_with(Roles::ALL, |_| {}).await;
+    let deps = app.deps().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let citizen = 5_700_000;
+    let voter = app.voter(citizen).await;
+    register(&app, 5_700_001, 5).await;
+    // Their first ballot names a runner of no post here (no API of today
+    // sends one): the workers reject it. Five more make a group commit.
+    let rejected = VoteCommand { selections: vec![424_242], ..ballot(election, citizen, RUNNERS[0]) };
+    publish(&app, &deps, &rejected).await;
+    for other in 5_700_001..5_700_006 {
+        publish(&app, &deps, &ballot(election, other, RUNNERS[1])).await;
+    }
+    let status = app.settled(&rejected.receipt.to_string()).await;
+    assert_eq!(
+        (status["status"].as_str(), status["reason"].as_str()),
+        (Some("rejected"), Some("invalid_selection"))
+    );
+    eventually("the voter to be freed", || async {
+        (!in_voter_set(&app, &deps, election, citizen).await).then_some(())
+    })
+    .await;
+
+    let (status, again) = status_and_body(
+        cast_keyed(&app, &voter.access, election, &Uuid::new_v4().to_string(), &[RUNNERS[0]]).await,
+    )
+    .await;
+    assert_eq!(status, 202, "{again}");
+    app.close(election).await;
+    let receipt = again["receipt"].as_str().unwrap();
+    assert_eq!(app.settled(receipt).await["status"], "recorded");
+    app.recorded(election, 6).await;
+}

@@ -201,7 +201,8 @@ pub async fn admit(
 }
 
 /// Receipts of ballots whose fate is already known: recorded or rejected
-/// by an earlier delivery, or from a citizen already on the voter roll.
+/// by an earlier delivery (see below for keyed receipts), or from a
+/// citizen already on the voter roll.
 async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result<HashSet<Uuid>> {
     if ballots.is_empty() {
         return Ok(HashSet::new());
@@ -212,7 +213,11 @@ async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result
     let found: Vec<Uuid> = sqlx::query_scalar(
         "SELECT t.r FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS t(r, e, c)
          WHERE EXISTS (SELECT 1 FROM recorded_receipts x WHERE x.receipt = t.r)
-            OR EXISTS (SELECT 1 FROM rejected_ballots x WHERE x.receipt = t.r)
+            OR (EXISTS (SELECT 1 FROM rejected_ballots x WHERE x.receipt = t.r)
+                -- A receipt derived from an Idempotency-Key (version 8)
+                -- names every copy of its ballot: one copy rejected as
+                -- late says nothing of another stored before the fence.
+                AND get_byte(uuid_send(t.r), 6) >> 4 <> 8)
             OR EXISTS (SELECT 1 FROM voter_roll v WHERE v.election_id = t.e AND v.citizen_id = t.c)",
     )
     .bind(&receipts)

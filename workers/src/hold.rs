@@ -23,8 +23,6 @@ use futures_util::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tally_common::Deps;
 use tally_common::ballot::VoteCommand;
-use tally_common::election::{Schedule, Status};
-use time::OffsetDateTime;
 
 /// How long another worker's ballot waits before the broker offers it
 /// again: 250 to 750 ms, varied by message and delivery so that no two
@@ -178,35 +176,34 @@ impl Holds {
     }
 
     /// Re-reads each held election's K, whether it has ended, and once it
-    /// has, how many of its messages the stream still holds.
+    /// has, how many of its messages the stream still holds. An election
+    /// ends at its fence (see `tally_common::fence`), not by a clock: a
+    /// ballot stored before the fence still counts, and must not arrive
+    /// after the flush to make a group of its own. A cancelled one ends
+    /// at its cancellation (its ballots are all rejected).
     pub async fn refresh(&mut self, deps: &Deps) -> anyhow::Result<()> {
         self.check_ownership().await;
         let ids: Vec<i64> = self.held.keys().copied().collect();
         if ids.is_empty() {
             return Ok(());
         }
-        type Row =
-            (i64, OffsetDateTime, OffsetDateTime, Option<OffsetDateTime>, Option<OffsetDateTime>, i32, bool);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT e.election_id, e.start_at, e.end_at, e.closed_at, e.cancelled_at, e.anonymity_set,
-                    EXISTS (SELECT 1 FROM runners r WHERE r.election_id = e.election_id
-                            GROUP BY r.post HAVING count(*) >= 2)
-             FROM elections e WHERE e.election_id = ANY($1)",
+        let straggling = Duration::from_secs(deps.settings.nats.ack_wait_secs) + STRAGGLER_MARGIN;
+        let rows: Vec<(i64, i32, bool, bool)> = sqlx::query_as(
+            "SELECT election_id, anonymity_set, ended,
+                    COALESCE(ended AND now() - ended_at > make_interval(secs => $2::double precision), false)
+             FROM (SELECT election_id, anonymity_set,
+                          fence_seq IS NOT NULL OR COALESCE(cancelled_at <= now(), false) AS ended,
+                          COALESCE(fenced_at, cancelled_at) AS ended_at
+                   FROM elections WHERE election_id = ANY($1)) e",
         )
         .bind(&ids)
+        .bind(straggling.as_secs_f64())
         .fetch_all(&deps.db)
         .await
         .context("reading held elections")?;
-        let now = OffsetDateTime::now_utc();
         let mut facts: HashMap<i64, Option<Facts>> = ids.iter().map(|id| (*id, None)).collect();
-        for (id, start_at, end_at, closed_at, cancelled_at, k, contested) in rows {
-            let status = Schedule { start_at, end_at, closed_at, cancelled_at, contested }.status(now);
-            let ended = matches!(status, Status::Closed | Status::Cancelled);
+        for (id, k, ended, waited_long_enough) in rows {
             let in_stream = if ended { in_stream(deps, id).await? } else { 0 };
-            let schedule_end = cancelled_at.map_or(end_at, |c| c.min(end_at));
-            let ended_at = closed_at.map_or(schedule_end, |c| c.min(schedule_end));
-            let straggling = Duration::from_secs(deps.settings.nats.ack_wait_secs) + STRAGGLER_MARGIN;
-            let waited_long_enough = ended && now - ended_at > straggling;
             facts.insert(
                 id,
                 Some(Facts { anonymity_set: k.max(1) as usize, ended, in_stream, waited_long_enough }),
