@@ -112,8 +112,6 @@ pub async fn cast(
     let quota = Quota::per_minute(state.deps.settings.limits.per_client_per_minute);
     let mut checks = redis::pipe();
     state.verifier.revocation_check(&mut checks, voter.session_id);
-    // Loaded in the same round trip: Redis may have restarted since.
-    checks.load_script(&RESERVE_SCRIPT).ignore();
     checks.invoke_script(
         RESERVE_SCRIPT
             .key(state.deps.keys.voters(election_id))
@@ -128,8 +126,15 @@ pub async fn cast(
     let unavailable = |e: redis::RedisError| {
         ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1)
     };
-    let replies: Vec<redis::Value> =
-        checks.query_async(&mut state.deps.redis.clone()).await.map_err(unavailable)?;
+    let mut redis = state.deps.redis.clone();
+    let replies: Vec<redis::Value> = match checks.query_async(&mut redis).await {
+        // Redis restarted and forgot the script: load it, then once more.
+        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            RESERVE_SCRIPT.load_async(&mut redis).await.map_err(unavailable)?;
+            checks.query_async(&mut redis).await.map_err(unavailable)?
+        }
+        replies => replies.map_err(unavailable)?,
+    };
     let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
     let (voted, held, reserved_now): (bool, String, bool) =
         redis::from_redis_value(&replies[1]).map_err(unavailable)?;

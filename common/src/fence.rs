@@ -31,10 +31,19 @@ pub async fn first<I>(
     settings: &NatsSettings,
     election_id: i64,
 ) -> anyhow::Result<Option<u64>> {
-    match votes.get_first_raw_message_by_subject(subject(settings, election_id), 1).await {
+    let subject = subject(settings, election_id);
+    let failed =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("looking for the fence of election {election_id}: {e}");
+    // Whether there is one at all first: the broker answers that from its
+    // index of subjects, where a search from the start would walk blocks.
+    match votes.get_last_raw_message_by_subject(&subject).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(failed(&e)),
+    }
+    match votes.get_first_raw_message_by_subject(&subject, 1).await {
         Ok(message) => Ok(Some(message.sequence)),
-        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("looking for the fence of election {election_id}: {e}")),
+        Err(e) => Err(failed(&e)),
     }
 }
 

@@ -478,7 +478,8 @@ async fn crash(deps: &Deps, opener: &Opener, worker: &mut Worker, max: usize, at
     let group = worker.holds.take_due();
     if !group.is_empty() && at != Crash::BeforeCommit {
         let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
-        let outcome = tally_workers::record::record(&deps.db, &commands, &[]).await.unwrap();
+        let late = tally_workers::consume::late(deps, &group).await.unwrap();
+        let outcome = tally_workers::record::record(&deps.db, &commands, &late).await.unwrap();
         if at == Crash::AfterRedis {
             tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false)
                 .await
@@ -500,7 +501,7 @@ async fn close(deps: &Deps, election: i64) -> Closed {
         .execute(&deps.db)
         .await
         .unwrap();
-    tally_workers::close::step(deps).await.unwrap();
+    tally_workers::close::step(deps, &deps.settings.sealing.opener().unwrap()).await.unwrap();
     Closed { groups_before: groups(&deps.db, "voter_roll", election).await.into_keys().collect() }
 }
 

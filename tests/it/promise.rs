@@ -362,6 +362,8 @@ async fn a_retry_with_the_same_key_is_the_same_ballot() {
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let voter = app.voter(5_500_000).await;
     let key = Uuid::new_v4().to_string();
+    // As after a Redis restart: the reservation script must be loaded again.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut app.deps().await.redis).await.unwrap();
 
     let (status, bad) =
         status_and_body(cast_keyed(&app, &voter.access, election, "7", &[RUNNERS[0]]).await).await;

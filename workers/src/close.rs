@@ -7,12 +7,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use tally_common::ballot::VoteCommand;
+use tally_common::seal::Opener;
 use tally_common::{Deps, bus, fence};
 use tokio_util::sync::CancellationToken;
 
 const EVERY: Duration = Duration::from_secs(1);
 
-pub async fn periodically(deps: Deps, shutdown: CancellationToken) {
+pub async fn periodically(deps: Deps, opener: Opener, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -20,14 +22,14 @@ pub async fn periodically(deps: Deps, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        if let Err(e) = step(&deps).await {
+        if let Err(e) = step(&deps, &opener).await {
             tracing::warn!(error = format!("{e:#}"), "cannot end elections this round");
         }
     }
 }
 
-/// One round: fences, then final marks.
-pub async fn step(deps: &Deps) -> anyhow::Result<()> {
+/// One round: fences, then leftovers swept, then final marks.
+pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
     let settings = &deps.settings.nats;
     let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
     let ended: Vec<i64> = sqlx::query_scalar(
@@ -63,6 +65,7 @@ pub async fn step(deps: &Deps) -> anyhow::Result<()> {
     .await
     .context("finding fenced elections")?;
     for (election, _) in fenced {
+        sweep(deps, opener, &votes, election).await?;
         if waiting(deps, &votes, election).await? {
             continue;
         }
@@ -82,26 +85,59 @@ pub async fn step(deps: &Deps) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most messages of an ended election looked at in one round.
+const SWEEP_AT_MOST: usize = 2_000;
+
+/// Removes the election's messages whose fate is already settled
+/// (recorded, rejected, or their citizen on the voter roll). A broker
+/// crash can keep messages that were acked (NATS 2.9 loses the removal):
+/// no worker is given them again, and left there they would keep the
+/// election from being final, and the hold from knowing when it has
+/// every straggler. One not settled is left alone: it is being held or
+/// is yet to be delivered.
+async fn sweep(
+    deps: &Deps,
+    opener: &Opener,
+    votes: &async_nats::jetstream::stream::Stream<()>,
+    election: i64,
+) -> anyhow::Result<()> {
+    let subject = bus::ballot_subject(&deps.settings.nats, election);
+    let mut found = Vec::new();
+    let mut next = 1;
+    while found.len() < SWEEP_AT_MOST {
+        let message = match votes.get_first_raw_message_by_subject(&subject, next).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(anyhow::anyhow!("reading waiting ballots: {e}")),
+        };
+        next = message.sequence + 1;
+        // One that does not open is the consumer's to quarantine.
+        if let Ok(command) = VoteCommand::open(opener, Some(&message.headers), &message.payload) {
+            found.push((message.sequence, command));
+        }
+    }
+    let commands: Vec<&VoteCommand> = found.iter().map(|(_, c)| c).collect();
+    let settled = crate::consume::settled_receipts(deps, &commands).await?;
+    for (sequence, command) in &found {
+        if settled.contains(&command.receipt) {
+            votes.delete_message(*sequence).await.map_err(|e| anyhow::anyhow!("removing a leftover: {e}"))?;
+            tracing::info!(election, sequence, "a settled ballot left in the stream was removed");
+        }
+    }
+    Ok(())
+}
+
 /// Whether any ballot of the election still waits in the stream (a work
-/// queue: recorded and rejected ones are gone). Late ones count too: a
-/// replayed ballot can be stored after the fence and still be on time.
-/// Only messages past the consumer's ack floor are looked at: below it
-/// every message was acked, and one still there is a broker's leftover
-/// (NATS 2.9 can keep acked messages after a crash) that no worker will
-/// ever be given.
+/// queue: recorded and rejected ones are gone, and `sweep` removed what a
+/// crash left behind). Late ones count too: a replayed ballot can be
+/// stored after the fence and still be on time.
 async fn waiting(
     deps: &Deps,
     votes: &async_nats::jetstream::stream::Stream<()>,
     election: i64,
 ) -> anyhow::Result<bool> {
-    let settings = &deps.settings.nats;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = votes
-        .get_consumer(&settings.consumer)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening the workers' consumer: {e}"))?;
-    let floor = consumer.info().await.context("reading the workers' consumer")?.ack_floor.stream_sequence;
-    let subject = bus::ballot_subject(settings, election);
-    match votes.get_first_raw_message_by_subject(subject, floor + 1).await {
+    let subject = bus::ballot_subject(&deps.settings.nats, election);
+    match votes.get_first_raw_message_by_subject(subject, 1).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
         Err(e) => Err(anyhow::anyhow!("looking for waiting ballots: {e}")),

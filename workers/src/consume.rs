@@ -181,7 +181,8 @@ pub async fn admit(
             Err(error) => crate::quarantine::set_aside(deps, message, error).await,
         }
     }
-    let settled = match settled_receipts(deps, &opened).await {
+    let commands: Vec<&VoteCommand> = opened.iter().map(|b| &b.command).collect();
+    let settled = match settled_receipts(deps, &commands).await {
         Ok(settled) => settled,
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "cannot check ballots against the record; handed back");
@@ -203,13 +204,13 @@ pub async fn admit(
 /// Receipts of ballots whose fate is already known: recorded or rejected
 /// by an earlier delivery (see below for keyed receipts), or from a
 /// citizen already on the voter roll.
-async fn settled_receipts(deps: &Deps, ballots: &[HeldBallot]) -> anyhow::Result<HashSet<Uuid>> {
+pub(crate) async fn settled_receipts(deps: &Deps, ballots: &[&VoteCommand]) -> anyhow::Result<HashSet<Uuid>> {
     if ballots.is_empty() {
         return Ok(HashSet::new());
     }
-    let receipts: Vec<Uuid> = ballots.iter().map(|b| b.command.receipt).collect();
-    let elections: Vec<i64> = ballots.iter().map(|b| b.command.election_id).collect();
-    let citizens: Vec<i64> = ballots.iter().map(|b| b.command.citizen_id).collect();
+    let receipts: Vec<Uuid> = ballots.iter().map(|c| c.receipt).collect();
+    let elections: Vec<i64> = ballots.iter().map(|c| c.election_id).collect();
+    let citizens: Vec<i64> = ballots.iter().map(|c| c.citizen_id).collect();
     let found: Vec<Uuid> = sqlx::query_scalar(
         "SELECT t.r FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS t(r, e, c)
          WHERE EXISTS (SELECT 1 FROM recorded_receipts x WHERE x.receipt = t.r)
@@ -323,7 +324,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
 /// For each ballot, whether the broker stored it after its election's
 /// first fence. Read from the stream itself, at commit time: a fence
 /// stored before a ballot we hold is always found.
-async fn late(deps: &Deps, group: &[HeldBallot]) -> anyhow::Result<Vec<bool>> {
+pub async fn late(deps: &Deps, group: &[HeldBallot]) -> anyhow::Result<Vec<bool>> {
     let settings = &deps.settings.nats;
     let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
     let mut fences: std::collections::HashMap<i64, Option<u64>> = std::collections::HashMap::new();

@@ -54,7 +54,8 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> 
         shutdown.clone(),
     ));
     let stats = tokio::spawn(queue_stats::poll(deps.clone(), shutdown.clone()));
-    let closer = tokio::spawn(close::periodically(deps.clone(), shutdown.clone()));
+    let closer =
+        tokio::spawn(close::periodically(deps.clone(), deps.settings.sealing.opener()?, shutdown.clone()));
     let consumed = consume::run(&deps, &shutdown).await;
     reconciler.abort();
     stats.abort();
