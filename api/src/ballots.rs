@@ -162,13 +162,9 @@ pub async fn cast(
     // Whether this is a retry of a keyed ballot reserved earlier.
     let retry = match (keyed, reserved_now, held.is_empty(), voted) {
         (false, _, true, false) | (true, true, _, _) => false,
-        (false, ..) | (true, false, true, _) => {
-            return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
-        }
+        (false, ..) | (true, false, true, _) => return Err(second_ballot()),
         (true, false, false, _) => match idempotency::compare(&held, &intent) {
-            Match::OtherBallot => {
-                return Err(refused("already_voted").with_detail("one ballot per citizen per election"));
-            }
+            Match::OtherBallot => return Err(second_ballot()),
             Match::OtherSelections => {
                 return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch")
                     .with_detail("this Idempotency-Key was used for other selections"));
@@ -291,6 +287,11 @@ async fn release(state: &ApiState, election_id: i64, citizen_id: i64, intent: &s
     if let Err(e) = released {
         tracing::warn!(error = %e, "a reservation stays in Redis; the voter may retry with the same key");
     }
+}
+
+/// This voter has a ballot already: voted, or reserved by another one.
+fn second_ballot() -> ApiError {
+    refused("already_voted").with_detail("one ballot per citizen per election")
 }
 
 fn refused(code: &'static str) -> ApiError {

@@ -84,7 +84,7 @@ impl Hub {
         let counts = self.read_counts(&election).await?;
         let now = OffsetDateTime::now_utc();
         let status = election.status(now);
-        let is_final = self.is_final(&election, status).await;
+        let is_final = election.is_final(status);
         let state = FeedState { election: Arc::new(election), counts, status, is_final };
         let first = frame::build(&state.election, &state.counts, state.status, state.is_final);
         let created = Arc::new(Feed { state: Mutex::new(state), tx: watch::Sender::new(Arc::new(first)) });
@@ -113,12 +113,6 @@ impl Hub {
             return Ok(Counts::from(snapshot));
         }
         Ok(Counts::recorded(election))
-    }
-
-    /// Whether the workers have marked the election final (read afresh).
-    async fn is_final(&self, election: &Election, status: Status) -> bool {
-        status == Status::Closed
-            && matches!(catalog::load(&self.deps.db, election.id).await, Ok(Some(e)) if e.final_at.is_some())
     }
 
     /// A tally event from Redis.
@@ -197,7 +191,7 @@ impl Hub {
             };
             let election = fresh.clone().unwrap_or(election);
             let status = election.status(OffsetDateTime::now_utc());
-            let is_final = was_final || (status == Status::Closed && election.final_at.is_some());
+            let is_final = was_final || election.is_final(status);
             let mut state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(fresh) = fresh {
                 // Final: the recorded totals, straight from Postgres.

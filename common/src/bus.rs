@@ -175,28 +175,34 @@ pub async fn quarantined(
     settings: &NatsSettings,
     election_id: i64,
 ) -> anyhow::Result<bool> {
-    let stream = js.get_stream(quarantine_stream(settings)).await.context("opening the quarantine")?;
-    match stream
-        .get_last_raw_message_by_subject(&quarantine_subject(settings, &election_id.to_string()))
-        .await
-    {
+    let stream = js.get_stream_no_info(quarantine_stream(settings)).await.context("naming the quarantine")?;
+    holds_any(&stream, &quarantine_subject(settings, &election_id.to_string())).await
+}
+
+/// Whether the stream holds a message on `subject`. The broker answers
+/// from its index of subjects, without walking the stream's blocks.
+pub async fn holds_any<I>(stream: &stream::Stream<I>, subject: &str) -> anyhow::Result<bool> {
+    match stream.get_last_raw_message_by_subject(subject).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(e) => Err(anyhow::anyhow!("looking for quarantined ballots: {e}")),
+        Err(e) => Err(anyhow::anyhow!("looking for a message on {subject}: {e}")),
     }
 }
 
 /// Ballots waiting in the votes stream, over every election: what no
 /// worker has acked yet. Fences are not counted.
 pub async fn ballots_waiting(js: &jetstream::Context, settings: &NatsSettings) -> anyhow::Result<u64> {
+    count_on(js, &settings.stream, &format!("{}.*", settings.subject_prefix)).await
+}
+
+/// Messages of `stream` on the subjects `filter` matches.
+pub async fn count_on(js: &jetstream::Context, stream: &str, filter: &str) -> anyhow::Result<u64> {
     use futures_util::TryStreamExt;
-    let stream = js.get_stream(&settings.stream).await.context("opening the votes stream")?;
-    let mut subjects = stream
-        .info_with_subjects(format!("{}.*", settings.subject_prefix))
-        .await
-        .context("counting waiting ballots")?;
+    let stream = js.get_stream(stream).await.with_context(|| format!("opening stream {stream}"))?;
+    let mut subjects =
+        stream.info_with_subjects(filter).await.with_context(|| format!("counting {filter}"))?;
     let mut total = 0;
-    while let Some((_, count)) = subjects.try_next().await.context("counting waiting ballots")? {
+    while let Some((_, count)) = subjects.try_next().await.with_context(|| format!("counting {filter}"))? {
         total += count as u64;
     }
     Ok(total)

@@ -42,6 +42,12 @@ impl Election {
         self.schedule.status(now)
     }
 
+    /// Final: closed, and marked final by the workers (`final_at`). As
+    /// fresh as the row it was loaded from.
+    pub fn is_final(&self, status: Status) -> bool {
+        status == Status::Closed && self.final_at.is_some()
+    }
+
     /// Runners grouped by post, posts in name order.
     pub fn posts(&self) -> BTreeMap<&str, Vec<&Runner>> {
         let mut posts: BTreeMap<&str, Vec<&Runner>> = BTreeMap::new();

@@ -32,18 +32,14 @@ pub async fn first<I>(
     election_id: i64,
 ) -> anyhow::Result<Option<u64>> {
     let subject = subject(settings, election_id);
-    let failed =
-        |e: &dyn std::fmt::Display| anyhow::anyhow!("looking for the fence of election {election_id}: {e}");
-    // Whether there is one at all first: the broker answers that from its
-    // index of subjects, where a search from the start would walk blocks.
-    match votes.get_last_raw_message_by_subject(&subject).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(failed(&e)),
+    // Whether there is one at all first, from the subject index: a search
+    // from the start would walk the stream's blocks.
+    if !crate::bus::holds_any(votes, &subject).await? {
+        return Ok(None);
     }
     match votes.get_first_raw_message_by_subject(&subject, 1).await {
         Ok(message) => Ok(Some(message.sequence)),
-        Err(e) => Err(failed(&e)),
+        Err(e) => Err(anyhow::anyhow!("looking for the fence of election {election_id}: {e}")),
     }
 }
 

@@ -55,8 +55,8 @@ pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
     }
     // The publish timeout after the fence: an API still waiting for an
     // ack it will turn into 409 or 202 has had its answer by then.
-    let fenced: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT election_id, fence_seq FROM elections
+    let fenced: Vec<i64> = sqlx::query_scalar(
+        "SELECT election_id FROM elections
          WHERE fence_seq IS NOT NULL AND final_at IS NULL
            AND fenced_at <= now() - make_interval(secs => $1::double precision)",
     )
@@ -64,9 +64,12 @@ pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
     .fetch_all(&deps.db)
     .await
     .context("finding fenced elections")?;
-    for (election, _) in fenced {
+    for election in fenced {
         sweep(deps, opener, &votes, election).await?;
-        if waiting(deps, &votes, election).await? {
+        let subject = bus::ballot_subject(settings, election);
+        // Waiting ballots, late ones too: a replayed ballot can be stored
+        // after the fence and still be on time.
+        if bus::holds_any(&votes, &subject).await? {
             continue;
         }
         if bus::quarantined(&deps.jetstream, settings, election).await? {
@@ -125,21 +128,4 @@ async fn sweep(
         }
     }
     Ok(())
-}
-
-/// Whether any ballot of the election still waits in the stream (a work
-/// queue: recorded and rejected ones are gone, and `sweep` removed what a
-/// crash left behind). Late ones count too: a replayed ballot can be
-/// stored after the fence and still be on time.
-async fn waiting(
-    deps: &Deps,
-    votes: &async_nats::jetstream::stream::Stream<()>,
-    election: i64,
-) -> anyhow::Result<bool> {
-    let subject = bus::ballot_subject(&deps.settings.nats, election);
-    match votes.get_first_raw_message_by_subject(subject, 1).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(e) => Err(anyhow::anyhow!("looking for waiting ballots: {e}")),
-    }
 }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{AckKind, Message};
-use futures_util::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tally_common::Deps;
 use tally_common::ballot::VoteCommand;
@@ -339,16 +338,9 @@ impl Holds {
 /// Messages of the election still in the stream (a work queue: every one
 /// not yet acked).
 async fn in_stream(deps: &Deps, election: i64) -> anyhow::Result<usize> {
-    let subject = tally_common::bus::ballot_subject(&deps.settings.nats, election);
-    let stream =
-        deps.jetstream.get_stream(&deps.settings.nats.stream).await.context("opening the votes stream")?;
-    let mut subjects =
-        stream.info_with_subjects(&subject).await.context("counting the election's messages")?;
-    let mut total = 0;
-    while let Some((_, count)) = subjects.try_next().await.context("counting the election's messages")? {
-        total += count;
-    }
-    Ok(total)
+    let settings = &deps.settings.nats;
+    let subject = tally_common::bus::ballot_subject(settings, election);
+    Ok(tally_common::bus::count_on(&deps.jetstream, &settings.stream, &subject).await? as usize)
 }
 
 #[cfg(test)]

@@ -38,12 +38,7 @@ pub async fn set_aside(deps: &Deps, message: Message, error: String) {
     let kept = async {
         bus::publish_acked(&deps.jetstream, subject, headers, message.payload.clone(), PUBLISH_TIMEOUT)
             .await?;
-        sqlx::query("INSERT INTO dead_letters (subject, error) VALUES ($1, $2)")
-            .bind(message.subject.as_str())
-            .bind(&error)
-            .execute(&deps.db)
-            .await?;
-        anyhow::Ok(())
+        note(deps, message.subject.as_str(), &error).await
     }
     .await;
     let kind = match kept {
@@ -56,6 +51,18 @@ pub async fn set_aside(deps: &Deps, message: Message, error: String) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::debug!(error = %e, "quarantine ack not sent");
     }
+}
+
+/// A line in `dead_letters`: the subject and what happened, never the
+/// message's bytes or size.
+async fn note(deps: &Deps, subject: &str, error: &str) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO dead_letters (subject, error) VALUES ($1, $2)")
+        .bind(subject)
+        .bind(error)
+        .execute(&deps.db)
+        .await
+        .context("noting a dead letter")?;
+    Ok(())
 }
 
 fn copy_headers(from: Option<&async_nats::HeaderMap>, except: &str) -> async_nats::HeaderMap {
@@ -179,11 +186,7 @@ pub async fn reject(deps: &Deps, election: i64) -> anyhow::Result<Rejected> {
             }
             _ => done.without_receipt += 1,
         }
-        sqlx::query("INSERT INTO dead_letters (subject, error) VALUES ($1, $2)")
-            .bind(message.subject.as_str())
-            .bind("rejected by an operator as unreadable")
-            .execute(&deps.db)
-            .await?;
+        note(deps, message.subject.as_str(), "rejected by an operator as unreadable").await?;
         stream.delete_message(sequence).await.with_context(|| format!("clearing quarantined {sequence}"))?;
     }
     Ok(done)

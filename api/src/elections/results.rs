@@ -65,7 +65,7 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
     let (version, turnout, counts, is_final) = match recorded {
         Some(recorded) => {
             let votes = recorded.runners.iter().map(|r| (r.citizen_id, r.total_votes)).collect();
-            let is_final = status == Status::Closed && recorded.final_at.is_some();
+            let is_final = recorded.is_final(status);
             (recorded.tally_version, recorded.turnout, votes, is_final)
         }
         None => {
