@@ -66,13 +66,14 @@ pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
     .context("finding fenced elections")?;
     for election in fenced {
         sweep(deps, opener, &votes, election).await?;
-        let subject = bus::ballot_subject(settings, election);
-        // Waiting ballots, late ones too: a replayed ballot can be stored
-        // after the fence and still be on time.
-        if bus::holds_any(&votes, &subject).await? {
+        // The quarantine first: a replay stores its copy in VOTES before
+        // it leaves the quarantine, so in this order no check misses it.
+        if bus::quarantined(&deps.jetstream, settings, election).await? {
             continue;
         }
-        if bus::quarantined(&deps.jetstream, settings, election).await? {
+        // Waiting ballots, late ones too: a replayed ballot can be stored
+        // after the fence and still be on time.
+        if bus::holds_any(&votes, &bus::ballot_subject(settings, election)).await? {
             continue;
         }
         let marked =
