@@ -4,7 +4,10 @@
 
 mod broadcast;
 mod browser;
+mod audit;
 mod elections;
+mod enrollment;
+mod exhaustion;
 mod foundation;
 mod hardening;
 mod helpers;
@@ -13,6 +16,7 @@ mod identity;
 mod limits;
 mod logs;
 mod model;
+mod nats_auth;
 mod observability;
 mod openapi;
 mod pipeline;
