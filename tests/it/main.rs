@@ -2,9 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod audit;
 mod broadcast;
 mod browser;
-mod audit;
 mod elections;
 mod enrollment;
 mod exhaustion;
