@@ -29,8 +29,7 @@ impl ApiState {
         let auth = &deps.settings.auth;
         let tokens = Arc::new(TokenKeys::from_settings(auth));
         let passwords = Passwords::new(auth.max_concurrent_hashes)?;
-        let verifier =
-            Verifier { tokens: tokens.clone(), redis: deps.redis.clone(), keys: deps.keys.clone() };
+        let verifier = Verifier::new(tokens.clone(), deps.redis.clone(), deps.keys.clone(), deps.db.clone());
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);

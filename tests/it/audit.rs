@@ -1,1 +1,142 @@
-//! (to be written)
+//! Tokens, limits and lookups an attacker would lean on: each test fails
+//! without the mechanism it names.
+
+use reqwest::Method;
+use tally::app::Roles;
+use tally_common::Settings;
+use tally_common::auth::TokenKeys;
+use tally_common::domain::Role;
+
+use crate::helpers::{
+    ElectionSpec, Proxy, RUNNERS, TestApp, code_of, insert_election, spawn_app, spawn_app_with, start_with,
+};
+
+const API_ONLY: Roles = Roles { api: true, workers: false, broadcaster: false };
+
+/// Deletes every key of the app's namespace, as a Redis restart without
+/// persistence (or a failover to an empty replica) would.
+async fn forget_redis(app: &TestApp) {
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", app.ns.id)).query_async(&mut redis).await.unwrap();
+    if !keys.is_empty() {
+        let () = redis::cmd("DEL").arg(keys).query_async(&mut redis).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_logged_out_token_stays_refused_after_redis_forgets() {
+    let app = spawn_app().await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let gone = app.voter(501).await;
+    let kept = app.voter(502).await;
+    let logout = app.send_as(Method::POST, "/v1/auth/logout", &gone.access, None).await;
+    assert_eq!(logout.status(), 204);
+
+    // The ballot route checks revocation inside its own Redis round trip.
+    forget_redis(&app).await;
+    assert_eq!(
+        code_of(app.cast(&gone.access, election, &[RUNNERS[0]]).await).await,
+        (401, "session_revoked".into()),
+        "a ballot under a logged-out session, after Redis lost its revocations"
+    );
+    // Every other route uses the extractor.
+    forget_redis(&app).await;
+    assert_eq!(
+        code_of(app.get_as("/v1/me", &gone.access).await).await,
+        (401, "session_revoked".into()),
+        "a logged-out session, after Redis lost its revocations"
+    );
+    // Redis holds them again, and a live session is unaffected.
+    assert_eq!(code_of(app.get_as("/v1/me", &gone.access).await).await.0, 401);
+    assert_eq!(app.get_as("/v1/me", &kept.access).await.status(), 200);
+    assert_eq!(app.cast(&kept.access, election, &[RUNNERS[0]]).await.status(), 202);
+}
+
+#[test]
+fn a_token_minted_with_the_development_key_is_refused_beside_a_key_of_ones_own() {
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    // No TALLY_ENV, as in an image that never set it.
+    let own = Settings::load_from(
+        None,
+        vars(&[
+            ("TALLY_AUTH__SIGNING_KEY_ID", "main"),
+            ("TALLY_AUTH__KEYS__MAIN", "a-key-of-this-deployment-and-nobody-elses"),
+        ]),
+    )
+    .unwrap();
+    let forger = TokenKeys::from_settings(&Settings::default().auth);
+    let dob = time::macros::date!(1980 - 01 - 01);
+    let forged = forger.sign(&forger.claims(1, uuid::Uuid::new_v4(), Role::Admin, "Capital", dob)).unwrap();
+    assert!(forger.verify(&forged).is_ok(), "the forger's own check passes");
+    assert!(
+        TokenKeys::from_settings(&own.auth).verify(&forged).is_err(),
+        "the deployment must not accept the published development key"
+    );
+}
+
+#[tokio::test]
+async fn every_outcome_of_the_ballot_route_counts_against_the_client_limit() {
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.limits.per_client_per_minute = 3;
+        s.http.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let open = insert_election(&app.db, ElectionSpec::default()).await;
+    let closed = insert_election(&app.db, ElectionSpec { ends_in_secs: -1, ..ElectionSpec::default() }).await;
+    let voter = app.voter(601).await;
+    let ballot = |from: &'static str, token: &str, election: i64, body: serde_json::Value| {
+        app.client
+            .post(format!("{}/v1/elections/{election}/ballots", app.api))
+            .header("x-forwarded-for", from)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let selections = serde_json::json!({"selections": [RUNNERS[0]]});
+    let cases: [(&str, &str, i64, serde_json::Value, u16); 5] = [
+        ("203.0.113.1", voter.access.as_str(), 987_654, selections.clone(), 404),
+        ("203.0.113.2", voter.access.as_str(), closed, selections.clone(), 409),
+        ("203.0.113.3", "not-a-token", open, selections.clone(), 401),
+        ("203.0.113.4", voter.access.as_str(), open, serde_json::json!({"selections": "all"}), 422),
+        ("203.0.113.5", voter.access.as_str(), open, serde_json::json!({"selections": [1]}), 422),
+    ];
+    for (from, token, election, body, refused) in cases {
+        for attempt in 1..=3 {
+            let status = ballot(from, token, election, body.clone()).await.unwrap().status();
+            assert_eq!(status, refused, "{from}: attempt {attempt}");
+        }
+        let status = ballot(from, token, election, body.clone()).await.unwrap().status();
+        assert_eq!(status, 429, "{from}: the fourth refusal within a minute is over the limit");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_election_is_remembered_for_a_moment_so_repeats_skip_postgres() {
+    let app = spawn_app().await;
+    let voter = app.voter(701).await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = app.settings.clone();
+    settings.database.url = tally_common::secret::Secret::new(format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr,
+        app.ns.database()
+    ));
+    settings.database.acquire_timeout_ms = 500;
+    let api = start_with(&app, settings, API_ONLY).await;
+    assert_eq!(code_of(api.cast(&voter.access, 424_242, &[RUNNERS[0]]).await).await.0, 404);
+
+    proxy.cut();
+    assert_eq!(
+        code_of(api.cast(&voter.access, 424_242, &[RUNNERS[0]]).await).await,
+        (404, "election_not_found".into()),
+        "answered from memory, with Postgres out of reach"
+    );
+    let other = api.cast(&voter.access, 424_243, &[RUNNERS[0]]).await.status().as_u16();
+    assert!(other >= 500, "an id not seen yet needs Postgres, which is cut: {other}");
+    proxy.restore();
+    api.stop().await;
+}
