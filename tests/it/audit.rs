@@ -140,3 +140,60 @@ async fn an_unknown_election_is_remembered_for_a_moment_so_repeats_skip_postgres
     proxy.restore();
     api.stop().await;
 }
+
+#[tokio::test]
+async fn reconcile_sees_no_drift_while_commits_land_under_it() {
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let deps = app.deps().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Commits as a worker makes them: Postgres first, then Redis.
+    let writer = {
+        let (deps, stop) = (deps.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut commits = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut tx = deps.db.begin().await.unwrap();
+                let (version, turnout): (i64, i64) = sqlx::query_as(
+                    "UPDATE elections SET tally_version = tally_version + 1, turnout = turnout + 1
+                     WHERE election_id = $1 RETURNING tally_version, turnout",
+                )
+                .bind(election)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                let votes: Vec<(i64, i64)> = sqlx::query_as(
+                    "UPDATE runners SET total_votes = total_votes + (citizen_id = $2)::int
+                     WHERE election_id = $1 RETURNING citizen_id, total_votes",
+                )
+                .bind(election)
+                .bind(RUNNERS[commits % 2])
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                let totals = tally_common::tally::Totals {
+                    election_id: election,
+                    version,
+                    turnout,
+                    votes,
+                    oldest_accepted_at: None,
+                };
+                tally_common::tally::apply(&deps.redis, &deps.keys, &[totals], &[], false).await.unwrap();
+                commits += 1;
+            }
+            commits
+        })
+    };
+    let mut drift = 0;
+    let mut passes = 0;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        drift += tally_workers::reconcile::reconcile(&deps, Some(election)).await.unwrap().drift;
+        passes += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits = writer.await.unwrap();
+    assert!(commits > 100 && passes > 10, "{commits} commits, {passes} passes");
+    assert_eq!(drift, 0, "{passes} passes over {commits} commits found drift that was not there");
+}
