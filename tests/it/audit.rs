@@ -179,6 +179,8 @@ async fn reconcile_sees_no_drift_while_commits_land_under_it() {
                     votes,
                     oldest_accepted_at: None,
                 };
+                // A worker's Redis write trails its commit by a network hop or more.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 tally_common::tally::apply(&deps.redis, &deps.keys, &[totals], &[], false).await.unwrap();
                 commits += 1;
             }
@@ -194,6 +196,6 @@ async fn reconcile_sees_no_drift_while_commits_land_under_it() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let commits = writer.await.unwrap();
-    assert!(commits > 100 && passes > 10, "{commits} commits, {passes} passes");
+    assert!(commits > 50 && passes > 10, "{commits} commits, {passes} passes");
     assert_eq!(drift, 0, "{passes} passes over {commits} commits found drift that was not there");
 }
