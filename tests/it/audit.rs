@@ -199,3 +199,51 @@ async fn reconcile_sees_no_drift_while_commits_land_under_it() {
     assert!(commits > 50 && passes > 10, "{commits} commits, {passes} passes");
     assert_eq!(drift, 0, "{passes} passes over {commits} commits found drift that was not there");
 }
+
+#[tokio::test]
+async fn a_recorded_receipt_never_also_reads_rejected() {
+    use tally_workers::record::{Fate, record};
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    crate::helpers::add_citizen(&app.db, 801, "Capital", "1990-01-01").await;
+    let ballot = tally_common::ballot::VoteCommand {
+        receipt: uuid::Uuid::new_v4(),
+        election_id: election,
+        citizen_id: 801,
+        selections: vec![RUNNERS[0]],
+        accepted_at: time::OffsetDateTime::now_utc(),
+    };
+    let first = record(&app.db, std::slice::from_ref(&ballot), &[false]).await.unwrap();
+    assert_eq!(first.fates, [Fate::Recorded]);
+    // The same ballot again, its copy stored after the close (a retry with
+    // the same Idempotency-Key), alone and beside its original.
+    let again = record(&app.db, std::slice::from_ref(&ballot), &[true]).await.unwrap();
+    assert_eq!(again.fates, [Fate::AlreadyRecorded]);
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_ballots WHERE receipt = $1")
+        .bind(ballot.receipt)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0, "the receipt reads recorded and nothing else");
+
+    let twin = tally_common::ballot::VoteCommand { citizen_id: 802, receipt: uuid::Uuid::new_v4(), ..ballot };
+    crate::helpers::add_citizen(&app.db, 802, "Capital", "1990-01-01").await;
+    let both = record(&app.db, &[twin.clone(), twin], &[false, true]).await.unwrap();
+    assert_eq!(both.fates, [Fate::Recorded, Fate::AlreadyRecorded]);
+}
+
+#[tokio::test]
+async fn the_audit_log_cannot_be_emptied() {
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('cli:test', 'test')")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    for statement in ["TRUNCATE audit_log", "DELETE FROM audit_log", "UPDATE audit_log SET actor = 'someone'"]
+    {
+        let refused = sqlx::query(statement).execute(&app.db).await.unwrap_err();
+        assert!(refused.to_string().contains("append-only"), "{statement}: {refused}");
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.db).await.unwrap();
+    assert_eq!(kept, 1);
+}
