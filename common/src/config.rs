@@ -202,6 +202,9 @@ pub struct RedisSettings {
     /// tests) can share one Redis.
     pub key_prefix: String,
     pub response_timeout_ms: u64,
+    /// How long a final or cancelled election's keys stay in Redis (its
+    /// results are then read from Postgres).
+    pub settled_election_ttl_secs: u64,
     /// A PEM CA certificate to trust for a `rediss://` URL, beside the
     /// public roots (for a private CA).
     pub tls_root_certificate: Option<std::path::PathBuf>,
@@ -344,6 +347,7 @@ impl Default for Settings {
                 url: Secret::new("redis://127.0.0.1:6379"),
                 key_prefix: "tally".into(),
                 response_timeout_ms: 2_000,
+                settled_election_ttl_secs: 24 * 3600,
                 tls_root_certificate: None,
             },
             nats: NatsSettings {
@@ -574,6 +578,7 @@ impl Settings {
             ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
             ("database.max_connections", u64::from(self.database.max_connections)),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("redis.settled_election_ttl_secs", self.redis.settled_election_ttl_secs),
             ("nats.publish_timeout_ms", self.nats.publish_timeout_ms),
             ("nats.duplicate_window_secs", self.nats.duplicate_window_secs),
             ("http.request_timeout_ms", self.http.request_timeout_ms),

@@ -247,3 +247,57 @@ async fn the_audit_log_cannot_be_emptied() {
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.db).await.unwrap();
     assert_eq!(kept, 1);
 }
+
+#[tokio::test]
+async fn a_settled_elections_keys_leave_redis_and_an_open_ones_stay() {
+    let app = spawn_app_with(API_ONLY, |s| s.redis.settled_election_ttl_secs = 600).await;
+    let deps = app.deps().await;
+    let settled = insert_election(&app.db, ElectionSpec::default()).await;
+    let open = insert_election(&app.db, ElectionSpec::default()).await;
+    let mut redis = deps.redis.clone();
+    for election in [settled, open] {
+        let totals = tally_common::tally::Totals {
+            election_id: election,
+            version: 1,
+            turnout: 1,
+            votes: vec![(RUNNERS[0], 1), (RUNNERS[1], 0)],
+            oldest_accepted_at: None,
+        };
+        tally_common::tally::apply(&deps.redis, &deps.keys, &[totals], &[(election, 900)], false)
+            .await
+            .unwrap();
+        let () = redis::cmd("HSET")
+            .arg(deps.keys.intents(election))
+            .arg(900)
+            .arg("x")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE elections SET tally_version = 1, turnout = 1, end_at = now(), fence_seq = 1, fenced_at = now(), final_at = now() WHERE election_id = $1")
+        .bind(settled)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    tally_workers::reconcile::reconcile(&deps, None).await.unwrap();
+    let ttl = |key: String| {
+        let mut redis = deps.redis.clone();
+        async move { redis::cmd("TTL").arg(key).query_async::<i64>(&mut redis).await.unwrap() }
+    };
+    let keys = |e: i64| [deps.keys.tally(e), deps.keys.voters(e), deps.keys.intents(e)];
+    for key in keys(settled) {
+        let left = ttl(key.clone()).await;
+        assert!((1..=600).contains(&left), "{key}: {left}");
+    }
+    for key in keys(open) {
+        assert_eq!(ttl(key.clone()).await, -1, "{key} of an open election never expires");
+    }
+    // Gone, it is not rebuilt: its results come from Postgres.
+    let () = redis::cmd("DEL").arg(&keys(settled)[..]).query_async(&mut redis).await.unwrap();
+    tally_workers::reconcile::reconcile(&deps, None).await.unwrap();
+    for key in keys(settled) {
+        assert_eq!(ttl(key.clone()).await, -2, "{key} stays gone");
+    }
+    let results = app.get_json(&format!("/v1/elections/{settled}/results")).await;
+    assert_eq!(results["turnout"], 1, "{results}");
+}

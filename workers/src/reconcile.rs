@@ -25,15 +25,19 @@ const VOTER_CHUNK: i64 = 10_000;
 const CATCH_UP: Duration = Duration::from_millis(250);
 
 pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Report> {
-    let elections: Vec<i64> = sqlx::query_scalar(
-        "SELECT election_id FROM elections
+    let elections: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT election_id, final_at IS NOT NULL OR cancelled_at IS NOT NULL FROM elections
          WHERE $1::bigint IS NULL OR election_id = $1 ORDER BY election_id",
     )
     .bind(election)
     .fetch_all(&deps.db)
     .await?;
     let mut report = Report::default();
-    for election_id in elections {
+    for (election_id, settled) in elections {
+        if settled {
+            expire_settled(deps, election_id).await?;
+            continue;
+        }
         let Some(totals) = committed(deps, election_id).await? else { continue };
         report.elections += 1;
         report.voters_restored += restore_voters(deps, election_id, totals.turnout).await?;
@@ -82,6 +86,23 @@ pub async fn periodically(deps: Deps, every: Duration, shutdown: CancellationTok
             tracing::warn!(error = format!("{e:#}"), "reconcile pass failed");
         }
     }
+}
+
+/// An election that is final (or cancelled) needs nothing in Redis: its
+/// results are read from Postgres, and no ballot can be cast in it. Its
+/// keys are let go after `redis.settled_election_ttl_secs`, so Redis does
+/// not grow with every election ever held. Only whole-election keys get a
+/// time to live: one per citizen or receipt would date a ballot.
+async fn expire_settled(deps: &Deps, election_id: i64) -> anyhow::Result<()> {
+    let keys = &deps.keys;
+    let ttl = deps.settings.redis.settled_election_ttl_secs;
+    let mut pipe = redis::pipe();
+    for key in [keys.tally(election_id), keys.voters(election_id), keys.intents(election_id)] {
+        // NX: a countdown already running is not restarted by every pass.
+        pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("NX").ignore();
+    }
+    pipe.query_async::<()>(&mut deps.redis.clone()).await?;
+    Ok(())
 }
 
 /// An election's version, turnout and runners' votes as of one commit:
