@@ -282,6 +282,9 @@ pub struct AuthSettings {
     pub audience: String,
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// A rotated refresh token presented again this soon, before its
+    /// successor was used, is a retry after a lost answer, not theft.
+    pub refresh_reuse_grace_secs: u64,
     /// The `kid` new tokens are signed with; it must be one of `keys`.
     pub signing_key_id: String,
     /// Every key tokens may be verified with, by `kid`. Rotation: add the
@@ -384,6 +387,7 @@ impl Default for Settings {
                 audience: "tally-api".into(),
                 access_ttl_secs: 15 * 60,
                 refresh_ttl_secs: 30 * 24 * 3600,
+                refresh_reuse_grace_secs: 10,
                 signing_key_id: "dev".into(),
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,

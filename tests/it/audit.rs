@@ -301,3 +301,37 @@ async fn a_settled_elections_keys_leave_redis_and_an_open_ones_stay() {
     let results = app.get_json(&format!("/v1/elections/{settled}/results")).await;
     assert_eq!(results["turnout"], 1, "{results}");
 }
+
+#[tokio::test]
+async fn a_refresh_retried_after_a_lost_answer_keeps_the_session() {
+    let app = spawn_app_with(Roles::ALL, |s| s.auth.refresh_reuse_grace_secs = 2).await;
+    let voter = app.voter(901).await;
+    let refresh =
+        |token: &str| app.post_json("/v1/auth/refresh", serde_json::json!({"refresh_token": token}));
+    let pair = |body: serde_json::Value| {
+        (
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        )
+    };
+    // The answer carrying `lost` never reached the client, which retries.
+    let (_, lost) = pair(refresh(&voter.refresh).await.json().await.unwrap());
+    let retried = refresh(&voter.refresh).await;
+    assert_eq!(retried.status(), 200, "a retry within the grace period is not theft");
+    let (access, current) = pair(retried.json().await.unwrap());
+    assert_eq!(app.get_as("/v1/me", &access).await.status(), 200);
+    let (access, current) = pair(refresh(&current).await.json().await.unwrap());
+    assert_eq!(app.get_as("/v1/me", &access).await.status(), 200, "the session lives on");
+
+    // The lost successor surfacing later means someone else had it.
+    assert_eq!(code_of(refresh(&lost).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(app.get_as("/v1/me", &access).await).await, (401, "session_revoked".into()));
+    assert_eq!(code_of(refresh(&current).await).await.0, 401);
+
+    // Past the grace period a rotated token is theft, as before.
+    let voter = app.voter(902).await;
+    assert_eq!(refresh(&voter.refresh).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(code_of(refresh(&voter.refresh).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(app.get_as("/v1/me", &voter.access).await).await, (401, "session_revoked".into()));
+}

@@ -140,9 +140,16 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     assert_ne!(new_refresh, voter.refresh);
     assert_eq!(app.get_as("/v1/me", &new_access).await.status(), 200);
 
-    // The old token again: theft detected, the whole session ends.
+    // Its successor used, then the old token again: two parties hold the
+    // chain, and the whole session ends.
+    let next: serde_json::Value = refresh(new_refresh.clone()).await.json().await.unwrap();
+    let (next_access, next_refresh) = (
+        next["access_token"].as_str().unwrap().to_string(),
+        next["refresh_token"].as_str().unwrap().to_string(),
+    );
     assert_eq!(code_of(refresh(voter.refresh.clone()).await).await, (401, "invalid_refresh_token".into()));
-    assert_eq!(code_of(refresh(new_refresh).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(refresh(next_refresh).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(app.get_as("/v1/me", &next_access).await).await, (401, "session_revoked".into()));
     assert_eq!(code_of(app.get_as("/v1/me", &new_access).await).await, (401, "session_revoked".into()));
     assert_eq!(code_of(refresh("made-up".into()).await).await, (401, "invalid_refresh_token".into()));
 }

@@ -143,22 +143,35 @@ pub async fn refresh(
     if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
         return Err(refused("session_ended"));
     }
-    if rotated_at.is_some() {
-        // A rotated token came back: whoever holds the chain, one of the two
-        // parties stole it. End the session for both.
-        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1")
-            .bind(session)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        state.verifier.revoke(&[session]).await.map_err(|e| ApiError::unavailable(e, 1))?;
-        tracing::warn!(session = %session, "refresh token reused; session revoked");
-        return Err(refused("reused"));
-    }
-    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
-        .bind(&presented)
+    if let Some(rotated_at) = rotated_at {
+        let grace = state.deps.settings.auth.refresh_reuse_grace_secs;
+        if !is_retry(&mut tx, session, rotated_at, grace).await? {
+            // A rotated token came back: whoever holds the chain, one of the
+            // two parties stole it. End the session for both.
+            sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1")
+                .bind(session)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            state.verifier.revoke(&[session]).await.map_err(|e| ApiError::unavailable(e, 1))?;
+            tracing::warn!(session = %session, "refresh token reused; session revoked");
+            return Err(refused("reused"));
+        }
+        // The client never got the answer that rotated it. The successor
+        // that answer carried is retired: if it ever comes back, someone
+        // else had it, and that is reuse.
+        sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = now() WHERE session_id = $1 AND rotated_at IS NULL",
+        )
+        .bind(session)
         .execute(&mut *tx)
         .await?;
+    } else {
+        sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
+            .bind(&presented)
+            .execute(&mut *tx)
+            .await?;
+    }
     let next = refresh::new_token()?;
     store_refresh(&mut tx, session, &next).await?;
     let account: Account = sqlx::query_as(
@@ -197,6 +210,27 @@ pub async fn logout_all(State(state): State<ApiState>, user: AuthUser) -> Result
     .await?;
     state.verifier.revoke(&sessions).await.map_err(|e| ApiError::unavailable(e, 1))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a rotated token presented again is a client's retry after a
+/// lost answer rather than a second party: it comes back within the grace
+/// period, and the successor it was rotated into has not been used.
+async fn is_retry(
+    tx: &mut Transaction<'_, Postgres>,
+    session: Uuid,
+    rotated_at: OffsetDateTime,
+    grace_secs: u64,
+) -> Result<bool, ApiError> {
+    let retry: bool = sqlx::query_scalar(
+        "SELECT $2::timestamptz > now() - make_interval(secs => $3::double precision)
+            AND NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE session_id = $1 AND rotated_at > $2)",
+    )
+    .bind(session)
+    .bind(rotated_at)
+    .bind(grace_secs as f64)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(retry)
 }
 
 async fn store_refresh(tx: &mut Transaction<'_, Postgres>, session: Uuid, token: &str) -> anyhow::Result<()> {
