@@ -335,3 +335,32 @@ async fn a_refresh_retried_after_a_lost_answer_keeps_the_session() {
     assert_eq!(code_of(refresh(&voter.refresh).await).await, (401, "invalid_refresh_token".into()));
     assert_eq!(code_of(app.get_as("/v1/me", &voter.access).await).await, (401, "session_revoked".into()));
 }
+
+#[tokio::test]
+async fn one_ipv6_network_shares_one_budget_and_every_forwarded_line_counts() {
+    let app = spawn_app_with(API_ONLY, |s| {
+        s.limits.per_client_per_minute = 2;
+        s.http.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let get = |lines: &[&str]| {
+        let mut request = app.client.get(format!("{}/v1/elections", app.api));
+        for line in lines {
+            request = request.header("x-forwarded-for", *line);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Three addresses of one /64: one client.
+    assert_eq!(get(&["2001:db8:1:2::1"]).await, 200);
+    assert_eq!(get(&["2001:db8:1:2:ffff::9"]).await, 200);
+    assert_eq!(get(&["2001:db8:1:2:abcd::1"]).await, 429, "the /64 has spent its budget");
+    assert_eq!(get(&["2001:db8:1:3::1"]).await, 200, "the next /64 is another client");
+
+    // A client's own header first, the proxy's appended as a second line:
+    // the address the proxy saw is the one counted.
+    let spoofed = |n: u8| format!("198.51.100.{n}");
+    for n in 1..=2 {
+        assert_eq!(get(&[&spoofed(n), "203.0.113.50"]).await, 200);
+    }
+    assert_eq!(get(&[&spoofed(3), "203.0.113.50"]).await, 429, "a made-up first line changes nothing");
+}
