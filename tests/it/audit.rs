@@ -364,3 +364,42 @@ async fn one_ipv6_network_shares_one_budget_and_every_forwarded_line_counts() {
     }
     assert_eq!(get(&[&spoofed(3), "203.0.113.50"]).await, 429, "a made-up first line changes nothing");
 }
+
+#[tokio::test]
+async fn the_application_role_cannot_empty_or_rewrite_the_audit_log() {
+    let app = spawn_app_with(API_ONLY, |_| {}).await;
+    let role = format!("app_{}", app.ns.id);
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/postgres/app-role.sql"))
+            .unwrap()
+            .replace("tally_app", &role)
+            .replace(":'app_password'", "'not-a-secret'");
+    sqlx::raw_sql(&script).execute(&app.db).await.unwrap();
+    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('cli:test', 'test')")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let url = format!(
+        "{}/{}",
+        crate::helpers::PG_SERVER.replace("postgres@", &format!("{role}@")),
+        app.ns.database()
+    );
+    let as_app = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('cli:test', 'again')")
+        .execute(&as_app)
+        .await
+        .unwrap();
+    for statement in [
+        "TRUNCATE audit_log",
+        "DELETE FROM audit_log",
+        "ALTER TABLE audit_log DISABLE TRIGGER ALL",
+        "DROP TRIGGER audit_log_no_update ON audit_log",
+    ] {
+        assert!(sqlx::query(statement).execute(&as_app).await.is_err(), "{statement} must be refused");
+    }
+    as_app.close().await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&app.db).await.unwrap();
+    assert_eq!(kept, 2);
+    sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).execute(&app.db).await.unwrap();
+}
