@@ -251,3 +251,29 @@ async fn a_mailing_run_covers_every_citizen_without_an_enrolled_account() {
     assert_eq!(after, serde_json::json!({"without_account": true, "issued": 2}));
     std::fs::remove_file(file).ok();
 }
+
+#[tokio::test]
+async fn seed_demo_prints_codes_the_quick_start_signs_up_with() {
+    let app = spawn_app().await;
+    let seeded = tally(&app.settings, &["seed-demo", "--citizens", "50"]);
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    let stdout = String::from_utf8(seeded.stdout).unwrap();
+    let codes: Vec<(&str, &str)> = stdout
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.split_once(','))
+        .collect();
+    assert_eq!(
+        codes.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        ["42", "43", "44", "45", "46"],
+        "{stdout}"
+    );
+    assert_eq!(app.signup_with(42, codes[0].1).await.status(), 201);
+
+    let again = tally(&app.settings, &["seed-demo", "--citizens", "50"]);
+    let stdout = String::from_utf8(again.stdout).unwrap();
+    assert!(
+        !stdout.contains("\n42,") && stdout.contains("\n43,"),
+        "only citizens without an account: {stdout}"
+    );
+}
