@@ -74,11 +74,16 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
             let pool = tally_common::db::pool(&settings.database)?;
             match without_account {
                 None => {
+                    let issued = super::codes::issue(&pool, &key, &ids).await?;
                     let mut out = std::io::stdout().lock();
-                    for (citizen_id, code) in super::codes::issue(&pool, &key, &ids).await? {
+                    for (citizen_id, code) in &issued {
                         writeln!(out, "{citizen_id},{code}")?;
                     }
-                    eprintln!("{} codes issued; older codes of these citizens no longer work", ids.len());
+                    out.flush()?;
+                    eprintln!(
+                        "new codes issued: {}; older codes of these citizens no longer work",
+                        issued.len()
+                    );
                 }
                 Some(path) => {
                     let started = Instant::now();

@@ -173,7 +173,7 @@ async fn live_connections_are_limited_per_address() {
 }
 
 #[tokio::test]
-async fn without_redis_routes_fail_open_and_logins_fail_closed() {
+async fn without_redis_routes_fail_open_and_logins_and_signups_fail_closed() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let app = spawn_app_with(API_ONLY, |s| {
         s.redis.url = tally_common::secret::Secret::new(format!("redis://{}", proxy.addr));
@@ -181,6 +181,7 @@ async fn without_redis_routes_fail_open_and_logins_fail_closed() {
     })
     .await;
     add_citizen(&app.db, 4201, "Capital", "1980-01-01").await;
+    let enrollment = app.code_for(4201).await;
     proxy.cut();
     let listed = app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap();
     assert_eq!(listed.status(), 200, "the per-client limit lets requests through without Redis");
@@ -189,6 +190,11 @@ async fn without_redis_routes_fail_open_and_logins_fail_closed() {
     assert!(
         status == 503 && ["unavailable", "timeout"].contains(&code.as_str()),
         "logins fail closed: {code}"
+    );
+    let (status, code) = code_of(app.signup_with(4201, &enrollment).await).await;
+    assert!(
+        status == 503 && ["unavailable", "timeout"].contains(&code.as_str()),
+        "sign-ups fail closed too: {code}"
     );
     proxy.restore();
 }
