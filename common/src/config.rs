@@ -286,8 +286,8 @@ pub struct AuthSettings {
     pub clock_skew_secs: u64,
     /// Argon2 work runs on at most this many blocking threads at once.
     pub max_concurrent_hashes: usize,
-    /// Logins, and sign-ups, from one address in a window, whichever
-    /// citizens they name.
+    /// Logins (and below, sign-ups) from one address in a window,
+    /// whichever citizens they name.
     pub login_attempts_per_ip: u32,
     pub signup_attempts_per_ip: u32,
     /// Logins, and sign-ups, naming one citizen from one address. Keyed

@@ -98,15 +98,15 @@ pub async fn admit(
         .invoke_async(&mut state.deps.redis.clone())
         .await
         .map_err(|e| ApiError::unavailable(anyhow::anyhow!("attempt backstop: {e}"), 1))?;
-    let wait = Duration::from_millis(wait_ms.max(0) as u64);
+    let wait_ms = wait_ms.max(0) as u64;
     if admitted != 1 {
         metrics::counter!("tally_rate_limited_total", "scope" => per_citizen).increment(1);
-        return Err(ApiError::rate_limited(wait.as_secs().max(1))
+        return Err(ApiError::rate_limited(wait_ms.div_ceil(1000))
             .with_detail("too many attempts for this citizen from everywhere; retry after Retry-After"));
     }
-    if !wait.is_zero() {
+    if wait_ms > 0 {
         metrics::counter!("tally_attempts_slowed_total", "scope" => per_citizen).increment(1);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
     }
     Ok(())
 }
