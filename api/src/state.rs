@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use tally_common::Deps;
+use tally_common::auth::enrollment::EnrollmentKey;
 use tally_common::auth::{Passwords, TokenKeys, Verifier};
 use tally_common::seal::Sealer;
 
@@ -22,6 +23,8 @@ pub struct ApiState {
     pub fences: Fences,
     /// The secret receipts derived from an Idempotency-Key are keyed with.
     pub receipt_key: Arc<[u8]>,
+    /// The secret enrollment codes are hashed with.
+    pub enrollment: EnrollmentKey,
 }
 
 impl ApiState {
@@ -34,8 +37,10 @@ impl ApiState {
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
+        let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
         Ok(ApiState {
             receipt_key,
+            enrollment,
             deps,
             tokens,
             passwords,

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 
 /// The signing key a development stack uses. Production refuses it.
 pub const DEV_SIGNING_KEY: &str = "tally-development-signing-key-never-use-in-production";
+const DEV_ENROLLMENT_KEY: &str = "tally-development-enrollment-key-never-use-in-production";
 const ENV_PREFIX: &str = "TALLY_";
 const FILE_SUFFIX: &str = "_FILE";
 
@@ -294,9 +295,34 @@ pub struct AuthSettings {
     pub clock_skew_secs: u64,
     /// Argon2 work runs on at most this many blocking threads at once.
     pub max_concurrent_hashes: usize,
-    pub login_attempts_per_citizen: u32,
+    /// Logins (and below, sign-ups) from one address in a window,
+    /// whichever citizens they name.
     pub login_attempts_per_ip: u32,
+    pub signup_attempts_per_ip: u32,
+    /// Logins, and sign-ups, naming one citizen from one address. Keyed
+    /// by the pair, so nobody can lock a chosen citizen out.
+    pub attempts_per_citizen_address: u32,
+    /// The backstop over all addresses for one citizen: past it, attempts
+    /// wait their turn (slowed, never locked) for at most a few seconds.
+    pub attempts_per_citizen: u32,
     pub login_window_secs: u64,
+    /// The secret enrollment codes are hashed with (at least 32 bytes).
+    pub enrollment_key: Secret,
+}
+
+impl AuthSettings {
+    /// The enrollment key, present and long enough (production drops the
+    /// development one, so the API and `tally citizens codes` refuse it).
+    pub fn enrollment_key(&self) -> Result<&[u8], ConfigError> {
+        let key = self.enrollment_key.expose().as_bytes();
+        if key.len() < 32 {
+            return Err(ConfigError::new(
+                "auth.enrollment_key",
+                "is missing or shorter than 32 bytes; codes need their own (openssl rand -base64 32)",
+            ));
+        }
+        Ok(key)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -392,9 +418,12 @@ impl Default for Settings {
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,
                 max_concurrent_hashes: 2,
-                login_attempts_per_citizen: 10,
                 login_attempts_per_ip: 100,
+                signup_attempts_per_ip: 20,
+                attempts_per_citizen_address: 10,
+                attempts_per_citizen: 100,
                 login_window_secs: 300,
+                enrollment_key: Secret::new(DEV_ENROLLMENT_KEY),
             },
             workers: WorkerSettings {
                 batch_size: 1_000,
@@ -523,6 +552,9 @@ impl Settings {
             }
             if sealing.receipt_key.expose() == DEV_RECEIPT_KEY {
                 sealing.receipt_key = Secret::new("");
+            }
+            if self.auth.enrollment_key.expose() == DEV_ENROLLMENT_KEY {
+                self.auth.enrollment_key = Secret::new("");
             }
         }
     }
@@ -943,6 +975,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.reason.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_enrollment_key() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let own = "an-enrollment-key-that-is-long-enough-for-production";
+        let base = [("TALLY_AUTH__KEYS__DEV", key)];
+        let s = Settings::load_from(None, production(&base)).unwrap();
+        assert_eq!(s.auth.enrollment_key().unwrap_err().setting, "auth.enrollment_key");
+        let dev = Settings::load_from(None, vars(&[])).unwrap();
+        assert!(dev.auth.enrollment_key().is_ok(), "development has a default");
+        let s =
+            Settings::load_from(None, production(&[base[0], ("TALLY_AUTH__ENROLLMENT_KEY", own)])).unwrap();
+        assert_eq!(s.auth.enrollment_key().unwrap(), own.as_bytes());
     }
 
     #[test]

@@ -8,11 +8,11 @@ use sqlx::{Postgres, Transaction};
 use tally_common::auth::{AuthUser, refresh};
 use tally_common::client_ip::ClientIp;
 use tally_common::domain::Role;
-use tally_common::rate_limit::{self, Quota};
 use tally_common::{ApiError, Json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::attempts::{self, Attempt};
 use crate::ApiState;
 #[allow(unused_imports)]
 use crate::openapi::Problem;
@@ -51,6 +51,7 @@ struct Account {
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "invalid_credentials", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "reenrollment_required: the account predates enrollment codes; sign up again with one", content_type = "application/problem+json", body = Problem),
         (status = 429, description = "rate_limited, with Retry-After", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn login(
@@ -59,33 +60,30 @@ pub async fn login(
     Json(request): Json<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let auth = &state.deps.settings.auth;
-    let keys = &state.deps.keys;
-    // Fails closed: without Redis, password guessing would be unlimited.
-    for (scope, subject, limit) in [
-        ("login-ip", client.to_string(), auth.login_attempts_per_ip),
-        ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
-    ] {
-        let quota = Quota { limit, period_secs: auth.login_window_secs };
-        rate_limit::check(&state.deps.redis, &keys.rate_limit(scope, &subject), quota)
-            .await
-            .map_err(|e| ApiError::unavailable(e, 1))?
-            .enforce(scope)?;
-    }
+    attempts::admit(&state, Attempt::Login, client, request.citizen_id).await?;
 
-    let found: Option<(String, Account)> = sqlx::query_as::<_, (String, i64, String, String, time::Date)>(
-        "SELECT u.password_hash, u.citizen_id, u.role, c.province, c.dob
-         FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
-    )
-    .bind(request.citizen_id)
-    .fetch_optional(&state.deps.db)
-    .await?
-    .map(|(hash, citizen_id, role, province, dob)| (hash, Account { citizen_id, role, province, dob }));
-    let (hash, account) = match found {
-        Some((hash, account)) => (Some(hash), Some(account)),
-        None => (None, None),
+    let found: Option<(String, bool, Account)> =
+        sqlx::query_as::<_, (String, bool, i64, String, String, time::Date)>(
+            "SELECT u.password_hash, u.enrolled_at IS NOT NULL, u.citizen_id, u.role, c.province, c.dob
+             FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
+        )
+        .bind(request.citizen_id)
+        .fetch_optional(&state.deps.db)
+        .await?
+        .map(|(hash, enrolled, citizen_id, role, province, dob)| {
+            (hash, enrolled, Account { citizen_id, role, province, dob })
+        });
+    let (hash, enrolled, account) = match found {
+        Some((hash, enrolled, account)) => (Some(hash), enrolled, Some(account)),
+        None => (None, false, None),
     };
     let matched = state.passwords.verify(request.password, hash).await?;
     let account = match (matched, account) {
+        // Only the password's holder learns that the account must re-enroll.
+        (true, Some(_)) if !enrolled => {
+            metrics::counter!("tally_auth_failures_total", "reason" => "reenrollment_required").increment(1);
+            return Err(reenrollment_required());
+        }
         (true, Some(account)) => account,
         _ => {
             metrics::counter!("tally_auth_failures_total", "reason" => "invalid_credentials").increment(1);
@@ -262,6 +260,14 @@ fn issue(
         expires_in: state.tokens.access_ttl_secs,
         refresh_token,
     })
+}
+
+/// An account made before sign-up needed an enrollment code: anyone could
+/// have made it, so its citizen must sign up again with a code.
+pub fn reenrollment_required() -> ApiError {
+    ApiError::forbidden("reenrollment_required").with_detail(
+        "this account predates enrollment codes; sign up again with the code the registry mailed you",
+    )
 }
 
 fn refused(reason: &'static str) -> ApiError {
