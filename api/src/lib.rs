@@ -117,6 +117,18 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
         state.deps.keys.elections_channel(),
         shutdown.clone(),
     ));
+    // Revocations recorded while no API ran (a migration ending old
+    // accounts' sessions, an admin command during an upgrade) reach Redis
+    // now, not only when Redis is found empty.
+    let verifier = state.verifier.clone();
+    tokio::spawn(async move {
+        if let Err(e) = verifier.restore().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "restoring revocations at start failed; Redis keeps its own"
+            );
+        }
+    });
     let settings = state.deps.settings.clone();
     let served = tally_common::serve::serve(listener, router(state), &settings.http, shutdown).await;
     follower.abort();

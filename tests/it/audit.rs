@@ -403,3 +403,22 @@ async fn the_application_role_cannot_empty_or_rewrite_the_audit_log() {
     assert_eq!(kept, 2);
     sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).execute(&app.db).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revocation_made_while_no_api_listened_reaches_redis_when_one_starts() {
+    let app = spawn_app().await;
+    let voter = app.voter(951).await;
+    assert_eq!(app.get_as("/v1/me", &voter.access).await.status(), 200, "Redis holds the revocations");
+    // As a migration or an admin command does: Postgres only.
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE citizen_id = 951")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let restarted = app.another_instance(API_ONLY).await;
+    crate::helpers::eventually("the revocation to reach Redis", || async {
+        let (status, code) = code_of(restarted.get_as("/v1/me", &voter.access).await).await;
+        (status == 401 && code == "session_revoked").then_some(())
+    })
+    .await;
+    assert_eq!(code_of(app.get_as("/v1/me", &voter.access).await).await.0, 401, "on every replica");
+}

@@ -182,7 +182,7 @@ async fn seed_demo_and_bench_refuse_production() {
     let production = [
         ("TALLY_ENV", "production"),
         ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production"),
-        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@127.0.0.1:5432/nowhere"),
+        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@127.0.0.1:5432/nowhere?sslmode=require"),
         ("TALLY_REDIS__URL", "redis://:a-real-password@127.0.0.1:6379"),
         ("TALLY_NATS__URL", "nats://localhost:4222"),
     ];
