@@ -137,7 +137,7 @@ async fn accounts_made_before_codes_must_re_enroll() {
 
     let old_refresh =
         app.post_json("/v1/auth/refresh", serde_json::json!({"refresh_token": "an-old-refresh-token"}));
-    assert_eq!(code_of(old_refresh.await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(old_refresh.await).await, (403, "reenrollment_required".into()));
     let login = app.login(15, "the squatter's own password").await;
     assert_eq!(code_of(login).await, (403, "reenrollment_required".into()));
     let wrong = app.login(15, "not the password at all").await;

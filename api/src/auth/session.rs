@@ -109,13 +109,15 @@ pub async fn login(
     Ok(Json(issue(&state, &account, session, refresh_token)?))
 }
 
-/// A refresh token's session: id, citizen, rotated at, revoked at, expires at.
-type RefreshRow = (Uuid, i64, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime);
+/// A refresh token's session: id, citizen, rotated at, revoked at, expires
+/// at, and whether the account must re-enroll.
+type RefreshRow = (Uuid, i64, Option<OffsetDateTime>, Option<OffsetDateTime>, OffsetDateTime, bool);
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
         (status = 401, description = "invalid_refresh_token (unknown, ended, or reused: the session is revoked)", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "reenrollment_required: the account predates enrollment codes; sign up again with one", content_type = "application/problem+json", body = Problem),
         (status = 429, description = "rate_limited, with Retry-After and RateLimit-* headers", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn refresh(
@@ -126,18 +128,22 @@ pub async fn refresh(
     let mut tx = state.deps.db.begin().await?;
     // Row lock: two concurrent refreshes with one token cannot both rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
-        "SELECT r.session_id, s.citizen_id, r.rotated_at, s.revoked_at, s.expires_at
-         FROM refresh_tokens r JOIN sessions s USING (session_id)
-         WHERE r.token_hash = $1 FOR UPDATE",
+        "SELECT r.session_id, s.citizen_id, r.rotated_at, s.revoked_at, s.expires_at, u.enrolled_at IS NULL
+         FROM refresh_tokens r JOIN sessions s USING (session_id) JOIN users u USING (citizen_id)
+         WHERE r.token_hash = $1 FOR UPDATE OF r",
     )
     .bind(&presented)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((session, citizen_id, rotated_at, revoked_at, expires_at)) = row else {
+    let Some((session, citizen_id, rotated_at, revoked_at, expires_at, must_reenroll)) = row else {
         return Err(refused("unknown"));
     };
     let per_minute = state.deps.settings.limits.refresh_per_citizen_per_minute;
     crate::limits::per_citizen(&state, "refresh-citizen", citizen_id, per_minute).await?;
+    if must_reenroll {
+        metrics::counter!("tally_auth_failures_total", "reason" => "reenrollment_required").increment(1);
+        return Err(reenrollment_required());
+    }
     if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
         return Err(refused("session_ended"));
     }
