@@ -28,7 +28,7 @@ impl ApiState {
     pub fn new(deps: Deps) -> anyhow::Result<ApiState> {
         let auth = &deps.settings.auth;
         let tokens = Arc::new(TokenKeys::from_settings(auth));
-        let passwords = Passwords::new(auth.max_concurrent_hashes)?;
+        let passwords = Passwords::new(auth)?;
         let verifier =
             Verifier { tokens: tokens.clone(), redis: deps.redis.clone(), keys: deps.keys.clone() };
         let elections = ElectionCache::new(deps.db.clone());

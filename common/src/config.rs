@@ -285,6 +285,8 @@ pub struct AuthSettings {
     pub clock_skew_secs: u64,
     /// Argon2 work runs on at most this many blocking threads at once.
     pub max_concurrent_hashes: usize,
+    /// A login or sign-up that waits longer for one of them gets 503.
+    pub hash_wait_ms: u64,
     pub login_attempts_per_citizen: u32,
     pub login_attempts_per_ip: u32,
     pub login_window_secs: u64,
@@ -325,6 +327,10 @@ pub struct BroadcasterSettings {
     pub max_updates_per_sec: u32,
     pub max_viewers_per_ip: u32,
     pub ping_interval_secs: u64,
+    /// The largest frame a viewer may send (they send only pongs and a close).
+    pub max_frame_bytes: usize,
+    /// A viewer whose socket takes nothing for this long is dropped.
+    pub slow_viewer_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -380,6 +386,7 @@ impl Default for Settings {
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,
                 max_concurrent_hashes: 2,
+                hash_wait_ms: 2_000,
                 login_attempts_per_citizen: 10,
                 login_attempts_per_ip: 100,
                 login_window_secs: 300,
@@ -395,6 +402,8 @@ impl Default for Settings {
                 max_updates_per_sec: 10,
                 max_viewers_per_ip: 200,
                 ping_interval_secs: 15,
+                max_frame_bytes: 1024,
+                slow_viewer_timeout_ms: 10_000,
             },
             limits: LimitSettings {
                 per_client_per_minute: 1200,
@@ -604,8 +613,19 @@ impl Settings {
         if self.broadcaster.max_updates_per_sec == 0 {
             return Err(ConfigError::new("broadcaster.max_updates_per_sec", "must be at least 1"));
         }
-        if auth.max_concurrent_hashes == 0 {
-            return Err(ConfigError::new("auth.max_concurrent_hashes", "must be at least 1"));
+        for (setting, value) in [
+            ("auth.max_concurrent_hashes", auth.max_concurrent_hashes as u64),
+            ("auth.hash_wait_ms", auth.hash_wait_ms),
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("broadcaster.slow_viewer_timeout_ms", self.broadcaster.slow_viewer_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
+        if self.broadcaster.max_frame_bytes < 125 {
+            // A control frame (a pong, a close) may carry 125 bytes.
+            return Err(ConfigError::new("broadcaster.max_frame_bytes", "must be at least 125"));
         }
         for (setting, url, schemes) in [
             ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
