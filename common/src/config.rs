@@ -247,8 +247,9 @@ pub struct HttpSettings {
     /// behind a TLS-terminating proxy.
     pub tls_certificate: Option<std::path::PathBuf>,
     pub tls_private_key: Option<std::path::PathBuf>,
-    /// A client must send its request headers (and finish a TLS handshake)
-    /// within this time, or the connection is closed (slowloris).
+    /// A connection's first request (TLS handshake, protocol preface and
+    /// headers) must arrive within this time of connecting, and later
+    /// request headers within it too, or it is closed (slowloris).
     pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
@@ -386,7 +387,7 @@ impl Default for Settings {
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,
                 max_concurrent_hashes: 2,
-                hash_wait_ms: 2_000,
+                hash_wait_ms: 5_000,
                 login_attempts_per_citizen: 10,
                 login_attempts_per_ip: 100,
                 login_window_secs: 300,
@@ -826,6 +827,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.reason.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn meaningless_zero_limits_are_refused() {
+        for (var, setting) in [
+            ("TALLY_AUTH__HASH_WAIT_MS", "auth.hash_wait_ms"),
+            ("TALLY_HTTP__HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
+            ("TALLY_BROADCASTER__SLOW_VIEWER_TIMEOUT_MS", "broadcaster.slow_viewer_timeout_ms"),
+            ("TALLY_BROADCASTER__MAX_FRAME_BYTES", "broadcaster.max_frame_bytes"),
+        ] {
+            let err = Settings::load_from(None, vars(&[(var, "0")])).unwrap_err();
+            assert_eq!(err.setting, setting);
+        }
     }
 
     #[test]
