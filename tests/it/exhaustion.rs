@@ -231,6 +231,17 @@ async fn connections_that_never_start_a_request_are_closed() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_that_sends_no_further_request_is_closed() {
+    let app = spawn_app_with(Roles::ALL, |s| s.http.header_read_timeout_ms = 1_000).await;
+    let mut stream = TcpStream::connect(host_port(&app.api)).await.unwrap();
+    stream.write_all(b"GET /v1/elections HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    timeout(Duration::from_secs(10), stream.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    closed_within(stream, Duration::from_secs(10), "an idle kept-alive connection").await;
+}
+
+#[tokio::test]
 async fn tls_connections_that_never_start_a_request_are_closed() {
     let dir = std::env::temp_dir().join(format!("tally-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
