@@ -7,7 +7,7 @@ TALLY_RELEASE := target/release/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz
+.PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -16,7 +16,7 @@ up: services build
 	$(TALLY_RELEASE) serve
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint monitoring deploy-check unit load-smoke chaos-smoke proxy-check
+test: services tools fmt lint supply-chain monitoring deploy-check unit load-smoke chaos-smoke proxy-check
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
@@ -61,6 +61,12 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## supply-chain: licenses, sources and banned crates (deny.toml); advisories need GitHub, see docs/security.md
+CARGO_DENY_VERSION := 0.20.2
+supply-chain:
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny check --hide-inclusion-graph bans licenses sources
 
 unit:
 	$(CARGO) test --workspace

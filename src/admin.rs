@@ -51,11 +51,12 @@ pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyho
     };
     tx.commit().await.context("saving the role")?;
     if !ended.is_empty() {
-        let verifier = tally_common::auth::Verifier {
-            tokens: std::sync::Arc::new(tally_common::auth::TokenKeys::from_settings(&settings.auth)),
-            redis: tally_common::store::connect(&settings.redis).await?,
-            keys: tally_common::store::Keys::new(&settings.redis.key_prefix),
-        };
+        let verifier = tally_common::auth::Verifier::new(
+            std::sync::Arc::new(tally_common::auth::TokenKeys::from_settings(&settings.auth)),
+            tally_common::store::connect(&settings.redis).await?,
+            tally_common::store::Keys::new(&settings.redis.key_prefix),
+            pool.clone(),
+        );
         verifier.revoke(&ended).await?;
     }
     tracing::info!(operator = %actor, citizen_id, role = role.as_str(), sessions_ended = ended.len(), "role changed");

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_common::Settings;
+use tally_common::auth::enrollment::EnrollmentKey;
+use tally_common::config::Environment;
 use tally_common::domain::Role;
 
 use crate::registry::commands::RegistryCommand;
@@ -50,7 +52,7 @@ enum Command {
     /// Measure this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The national registry: import a CSV, or generate a synthetic one.
+    /// The national registry: import a CSV, generate a synthetic one, issue enrollment codes.
     #[command(subcommand)]
     Citizens(CitizensCommand),
     /// Grant or revoke the admin role of an existing user.
@@ -123,6 +125,21 @@ enum CitizensCommand {
         /// Insert into the configured database instead of writing CSV.
         #[arg(long)]
         into_db: bool,
+    },
+    /// Issue one-time enrollment codes, replacing older ones; prints
+    /// `citizen_id,code` lines. Recorded in the audit log, without the codes.
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["ids", "without_account"])))]
+    Codes {
+        /// Comma-separated citizen ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<i64>,
+        /// Every citizen without an enrolled account (the mailing run);
+        /// needs --output.
+        #[arg(long, requires = "output")]
+        without_account: bool,
+        /// The new file for a mailing run (created readable by its owner only).
+        #[arg(long, requires = "without_account")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -244,6 +261,14 @@ impl Cli {
 
 impl Command {
     async fn execute(self, settings: Settings, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+        // Both write synthetic citizens, accounts or codes into the database.
+        if matches!(self, Command::SeedDemo { .. } | Command::Bench(_))
+            && settings.env == Environment::Production
+        {
+            anyhow::bail!(
+                "seed-demo and bench make synthetic citizens and accounts; they refuse to run with TALLY_ENV=production"
+            );
+        }
         match self {
             Command::Keys(KeysCommand::Generate { id, api }) => {
                 let pair = tally_common::seal::generate();
@@ -286,7 +311,9 @@ impl Command {
             }
             Command::SeedDemo { citizens } => {
                 let pool = tally_common::db::pool(&settings.database)?;
-                let report = crate::seed::seed_demo(&pool, citizens).await.context("seeding the demo")?;
+                let key = EnrollmentKey::new(settings.auth.enrollment_key()?);
+                let report =
+                    crate::seed::seed_demo(&pool, &key, citizens).await.context("seeding the demo")?;
                 println!("{report}");
                 Ok(())
             }
@@ -420,5 +447,6 @@ fn command_args(command: CitizensCommand) -> RegistryCommand {
         CitizensCommand::Generate { count, seed, first_id, output, into_db } => {
             RegistryCommand::Generate { count, seed, first_id, output, into_db }
         }
+        CitizensCommand::Codes { ids, output, .. } => RegistryCommand::Codes { ids, without_account: output },
     }
 }

@@ -1,10 +1,12 @@
-//! `tally seed-demo`: a synthetic registry and one open demo election, so a
-//! newcomer has something to vote in. Running it again changes nothing.
+//! `tally seed-demo`: a synthetic registry, one open demo election, and
+//! enrollment codes for a few demo citizens, so a newcomer can sign up and
+//! vote. Running it again changes nothing but those citizens' codes.
 
 use std::fmt;
 
 use anyhow::Context;
 use sqlx::PgPool;
+use tally_common::auth::enrollment::EnrollmentKey;
 use time::OffsetDateTime;
 
 use crate::registry::generate::citizens;
@@ -17,6 +19,8 @@ pub struct SeedReport {
     pub citizens_added: u64,
     pub election_id: i64,
     pub election_created: bool,
+    /// Fresh enrollment codes of the demo citizens without an account.
+    pub codes: Vec<(i64, String)>,
 }
 
 impl fmt::Display for SeedReport {
@@ -27,7 +31,14 @@ impl fmt::Display for SeedReport {
             self.citizens_added,
             self.election_id,
             if self.election_created { "created" } else { "already there" }
-        )
+        )?;
+        if !self.codes.is_empty() {
+            write!(f, "\nenrollment codes to sign up with (citizen_id,code; older ones no longer work):")?;
+        }
+        for (citizen_id, code) in &self.codes {
+            write!(f, "\n{citizen_id},{code}")?;
+        }
+        Ok(())
     }
 }
 
@@ -35,7 +46,11 @@ impl fmt::Display for SeedReport {
 const DEMO_RUNNERS: &[(i64, &str)] =
     &[(1, "President"), (2, "President"), (3, "President"), (4, "Senator"), (5, "Senator")];
 
-pub async fn seed_demo(pool: &PgPool, count: u64) -> anyhow::Result<SeedReport> {
+/// Citizens whose codes the seed prints, so the Quick start can sign up by
+/// hand (42 is the one docs/api.md walks through).
+const DEMO_VOTERS: &[i64] = &[42, 43, 44, 45, 46];
+
+pub async fn seed_demo(pool: &PgPool, key: &EnrollmentKey, count: u64) -> anyhow::Result<SeedReport> {
     let count = count.max(DEMO_RUNNERS.len() as u64);
     let mut citizens_added = 0;
     let all: Vec<_> = citizens(DEMO_SEED, 1, count).collect();
@@ -77,5 +92,13 @@ pub async fn seed_demo(pool: &PgPool, count: u64) -> anyhow::Result<SeedReport> 
         }
     };
     tx.commit().await.context("committing the demo")?;
-    Ok(SeedReport { citizens_added, election_id, election_created })
+    let without_account: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.citizen_id FROM citizens c LEFT JOIN users u USING (citizen_id)
+         WHERE c.citizen_id = ANY($1) AND u.enrolled_at IS NULL ORDER BY c.citizen_id",
+    )
+    .bind(DEMO_VOTERS)
+    .fetch_all(pool)
+    .await?;
+    let codes = crate::registry::codes::issue(pool, key, &without_account).await?;
+    Ok(SeedReport { citizens_added, election_id, election_created, codes })
 }

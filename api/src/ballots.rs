@@ -4,6 +4,7 @@
 //! eligibility from the token's claims, and "already voted" from a Redis
 //! set. The ballot is acknowledged (202) only once JetStream has stored it.
 
+use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::ApiState;
+use crate::election_cache::Cached;
 use crate::idempotency::{self, Keyed, Match};
 #[allow(unused_imports)]
 use crate::openapi::Problem;
@@ -62,54 +64,33 @@ pub struct BallotAccepted {
     ))]
 pub async fn cast(
     State(state): State<ApiState>,
-    SignedUser(voter): SignedUser,
     ClientIp(client): ClientIp,
-    Path(election_id): Path<i64>,
+    signed: Result<SignedUser, ApiError>,
+    election_id: Result<Path<i64>, ApiError>,
     headers: HeaderMap,
-    Json(request): Json<BallotRequest>,
+    request: Result<Json<BallotRequest>, ApiError>,
 ) -> Result<Accepted, ApiError> {
-    let election =
-        state.elections.get(election_id).await?.ok_or_else(|| {
-            ApiError::not_found("election_not_found").with_detail("no election with this id")
-        })?;
+    let quota = Quota::per_minute(state.deps.settings.limits.per_client_per_minute);
+    // Every outcome counts against the client's limit: a refusal too, or
+    // refusals would be free to repeat. An accepted ballot is counted in
+    // the pipeline below, which the handler sends anyway.
+    let mut charged = false;
     let now = OffsetDateTime::now_utc();
-    let status = election.status(now);
-    if status != Status::Open {
-        return Err(refused("election_not_open")
-            .with_detail(format!("this election is {}, not open", status.as_str())));
-    }
-    let facts = VoterFacts { province: &voter.province, dob: voter.dob };
-    if let Err(reason) = eligibility(&election.schedule, &election.restriction, election.min_age, &facts, now)
-    {
-        metrics::counter!("tally_votes_refused_total", "reason" => reason.as_str()).increment(1);
-        return Err(ApiError::forbidden("not_eligible")
-            .with_reason(reason.as_str())
-            .with_detail(reason.as_str()));
-    }
-    if request.selections.len() > MAX_SELECTIONS {
-        return Err(refused("invalid_selection").with_detail("too many selections"));
-    }
-    check_selections(&request.selections, &election.runners)
-        .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
-    let (receipt, intent) = match idempotency::key(&headers)? {
-        Some(key) => {
-            let keyed = Keyed::new(
-                state.receipt_key.as_ref(),
-                election_id,
-                voter.citizen_id,
-                key,
-                &request.selections,
-            );
-            (keyed.receipt, keyed.intent)
+    let screened = screen(&state, client, quota, &mut charged, signed, election_id, request, &headers, now);
+    let Screened { voter, election, election_id, request, receipt, intent } = match screened.await {
+        Ok(screened) => screened,
+        Err(refusal) => {
+            if !charged {
+                charge(&state, client, quota).await?;
+            }
+            return Err(refusal);
         }
-        None => (Uuid::new_v4(), idempotency::KEYLESS.to_string()),
     };
     let keyed = intent != idempotency::KEYLESS;
     // One round trip: the per-address limit, whether the session is still
     // valid, and the voter's reservation (see `idempotency`). No limit is
     // keyed by the citizen: its timestamp would date this ballot in Redis,
     // and one ballot per citizen is enforced anyway.
-    let quota = Quota::per_minute(state.deps.settings.limits.per_client_per_minute);
     let mut checks = redis::pipe();
     state.verifier.revocation_check(&mut checks, voter.session_id);
     checks.invoke_script(
@@ -120,7 +101,7 @@ pub async fn cast(
             .arg(&intent)
             .arg(if keyed { "1" } else { "0" }),
     );
-    if !quota.is_off() {
+    if !quota.is_off() && !charged {
         rate_limit::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
     }
     let unavailable = |e: redis::RedisError| {
@@ -135,7 +116,8 @@ pub async fn cast(
         }
         replies => replies.map_err(unavailable)?,
     };
-    let revoked: bool = redis::from_redis_value(&replies[0]).map_err(unavailable)?;
+    let revocation: tally_common::auth::extract::RevocationReply =
+        redis::from_redis_value(&replies[0]).map_err(unavailable)?;
     let (voted, held, reserved_now): (bool, String, bool) =
         redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     let shown = match replies.get(2) {
@@ -153,11 +135,12 @@ pub async fn cast(
         }
         None => rate_limit::Decision::unlimited(),
     };
-    if revoked {
+    let revoked = state.verifier.settle(voter.session_id, revocation).await;
+    if !matches!(revoked, Ok(false)) {
         if reserved_now {
             release(&state, election_id, voter.citizen_id, &intent).await;
         }
-        return Err(tally_common::auth::Verifier::revoked());
+        return Err(revoked.err().unwrap_or_else(tally_common::auth::Verifier::revoked));
     }
     // Whether this is a retry of a keyed ballot reserved earlier.
     let retry = match (keyed, reserved_now, held.is_empty(), voted) {
@@ -265,6 +248,91 @@ pub async fn cast(
 }
 
 type Accepted = (StatusCode, HeaderMap, Json<BallotAccepted>);
+
+/// A ballot that passed every check needing no Redis: who, where, what,
+/// and the receipt it will get.
+struct Screened {
+    voter: tally_common::auth::AuthUser,
+    election: std::sync::Arc<tally_common::catalog::Election>,
+    election_id: i64,
+    request: BallotRequest,
+    receipt: Uuid,
+    intent: String,
+}
+
+/// The checks before the Redis round trip. An election id memory does not
+/// know is charged to the client's limit before Postgres is asked, so an
+/// enumeration of ids cannot drain the pool; Postgres's "none" is then
+/// remembered for a moment.
+#[allow(clippy::too_many_arguments)]
+async fn screen(
+    state: &ApiState,
+    client: IpAddr,
+    quota: Quota,
+    charged: &mut bool,
+    signed: Result<SignedUser, ApiError>,
+    election_id: Result<Path<i64>, ApiError>,
+    request: Result<Json<BallotRequest>, ApiError>,
+    headers: &HeaderMap,
+    now: OffsetDateTime,
+) -> Result<Screened, ApiError> {
+    let SignedUser(voter) = signed?;
+    let Path(election_id) = election_id?;
+    let Json(request) = request?;
+    let election = match state.elections.cached(election_id) {
+        Cached::Found(election) => Some(election),
+        Cached::Missing => None,
+        Cached::Unknown => {
+            *charged = true;
+            charge(state, client, quota).await?;
+            state.elections.reload(election_id).await?
+        }
+    };
+    let election = election
+        .ok_or_else(|| ApiError::not_found("election_not_found").with_detail("no election with this id"))?;
+    let status = election.status(now);
+    if status != Status::Open {
+        return Err(refused("election_not_open")
+            .with_detail(format!("this election is {}, not open", status.as_str())));
+    }
+    let facts = VoterFacts { province: &voter.province, dob: voter.dob };
+    if let Err(reason) = eligibility(&election.schedule, &election.restriction, election.min_age, &facts, now)
+    {
+        metrics::counter!("tally_votes_refused_total", "reason" => reason.as_str()).increment(1);
+        return Err(ApiError::forbidden("not_eligible")
+            .with_reason(reason.as_str())
+            .with_detail(reason.as_str()));
+    }
+    if request.selections.len() > MAX_SELECTIONS {
+        return Err(refused("invalid_selection").with_detail("too many selections"));
+    }
+    check_selections(&request.selections, &election.runners)
+        .map_err(|why| refused("invalid_selection").with_detail(why.to_string()))?;
+    let (receipt, intent) = match idempotency::key(headers)? {
+        Some(key) => {
+            let keyed = Keyed::new(
+                state.receipt_key.as_ref(),
+                election_id,
+                voter.citizen_id,
+                key,
+                &request.selections,
+            );
+            (keyed.receipt, keyed.intent)
+        }
+        None => (Uuid::new_v4(), idempotency::KEYLESS.to_string()),
+    };
+    Ok(Screened { voter, election, election_id, request, receipt, intent })
+}
+
+/// Counts this request against the client's limit on a round trip of its
+/// own, for outcomes that never reach the pipeline.
+async fn charge(state: &ApiState, client: IpAddr, quota: Quota) -> Result<(), ApiError> {
+    if quota.is_off() {
+        return Ok(());
+    }
+    let key = state.deps.keys.rate_limit("client", &client.to_string());
+    rate_limit::enforce_or_let_through(&state.deps.redis, &key, quota, "client").await.map(drop)
+}
 
 fn accepted(receipt: Uuid, shown: &rate_limit::Decision) -> Accepted {
     let mut headers = HeaderMap::new();

@@ -6,8 +6,8 @@
 //! any announcement missed while Redis was away.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sqlx::PgPool;
@@ -16,33 +16,72 @@ use tally_common::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
 const FULL_RELOAD: Duration = Duration::from_secs(30);
+/// How long an id Postgres did not know is answered from memory. Short:
+/// an election created on another replica is announced, which clears it,
+/// and elections are made well before they open anyway.
+const MISSING_FOR: Duration = Duration::from_secs(5);
+/// Unknown ids remembered at most; past it the expired ones are swept, and
+/// if none has expired, all are forgotten (an enumeration must not grow
+/// memory without end).
+const MISSING_AT_MOST: usize = 10_000;
 
 #[derive(Clone)]
 pub struct ElectionCache {
     elections: Arc<RwLock<HashMap<i64, Arc<Election>>>>,
+    /// Ids Postgres answered "no such election" for, until when.
+    missing: Arc<Mutex<HashMap<i64, Instant>>>,
     db: PgPool,
+}
+
+/// What memory knows of an election id.
+pub enum Cached {
+    Found(Arc<Election>),
+    /// Postgres said moments ago that there is none.
+    Missing,
+    /// Not in memory: only Postgres can tell.
+    Unknown,
 }
 
 impl ElectionCache {
     pub fn new(db: PgPool) -> Self {
-        ElectionCache { elections: Arc::default(), db }
+        ElectionCache { elections: Arc::default(), missing: Arc::default(), db }
     }
 
-    /// The election, from memory; on a miss (created on another replica a
-    /// moment ago) from Postgres.
-    pub async fn get(&self, id: i64) -> anyhow::Result<Option<Arc<Election>>> {
+    /// The election as memory knows it, without a database read.
+    pub fn cached(&self, id: i64) -> Cached {
         if let Some(found) = self.read().get(&id) {
-            return Ok(Some(found.clone()));
+            return Cached::Found(found.clone());
         }
-        self.reload(id).await
+        let missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        match missing.get(&id) {
+            Some(until) if *until > Instant::now() => Cached::Missing,
+            _ => Cached::Unknown,
+        }
     }
 
+    /// Loads one election from Postgres (created on another replica a
+    /// moment ago, or changed by an admin), remembering briefly if there
+    /// is none.
     pub async fn reload(&self, id: i64) -> anyhow::Result<Option<Arc<Election>>> {
         let loaded = catalog::load(&self.db, id).await?.map(Arc::new);
         let mut elections = self.elections.write().unwrap_or_else(|e| e.into_inner());
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
         match &loaded {
-            Some(e) => elections.insert(id, e.clone()),
-            None => elections.remove(&id),
+            Some(e) => {
+                elections.insert(id, e.clone());
+                missing.remove(&id);
+            }
+            None => {
+                elections.remove(&id);
+                let now = Instant::now();
+                if missing.len() >= MISSING_AT_MOST {
+                    missing.retain(|_, until| *until > now);
+                    if missing.len() >= MISSING_AT_MOST {
+                        missing.clear();
+                    }
+                }
+                missing.insert(id, now + MISSING_FOR);
+            }
         };
         Ok(loaded)
     }

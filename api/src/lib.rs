@@ -84,13 +84,27 @@ fn register_metrics() {
             "invalid_credentials",
             "reused",
             "not_admin",
+            "reenrollment_required",
+            "invalid_enrollment_code",
         ],
     );
     zero_counters(
         "tally_rate_limited_total",
         "scope",
-        &["client", "receipts-client", "login-ip", "login-citizen", "refresh-citizen", "eligibility-citizen"],
+        &[
+            "client",
+            "receipts-client",
+            "login-ip",
+            "login-pair",
+            "login-citizen",
+            "signup-ip",
+            "signup-pair",
+            "signup-citizen",
+            "refresh-citizen",
+            "eligibility-citizen",
+        ],
     );
+    zero_counters("tally_attempts_slowed_total", "scope", &["login-citizen", "signup-citizen"]);
     metrics::counter!("tally_rate_limit_errors_total").increment(0);
 }
 

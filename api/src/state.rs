@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use tally_common::Deps;
+use tally_common::auth::enrollment::EnrollmentKey;
 use tally_common::auth::{Passwords, TokenKeys, Verifier};
 use tally_common::seal::Sealer;
 
@@ -22,21 +23,24 @@ pub struct ApiState {
     pub fences: Fences,
     /// The secret receipts derived from an Idempotency-Key are keyed with.
     pub receipt_key: Arc<[u8]>,
+    /// The secret enrollment codes are hashed with.
+    pub enrollment: EnrollmentKey,
 }
 
 impl ApiState {
     pub fn new(deps: Deps) -> anyhow::Result<ApiState> {
         let auth = &deps.settings.auth;
         let tokens = Arc::new(TokenKeys::from_settings(auth));
-        let passwords = Passwords::new(auth)?;
-        let verifier =
-            Verifier { tokens: tokens.clone(), redis: deps.redis.clone(), keys: deps.keys.clone() };
+        let passwords = Passwords::from_settings(auth)?;
+        let verifier = Verifier::new(tokens.clone(), deps.redis.clone(), deps.keys.clone(), deps.db.clone());
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
+        let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
         Ok(ApiState {
             receipt_key,
+            enrollment,
             deps,
             tokens,
             passwords,

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 
 /// The signing key a development stack uses. Production refuses it.
 pub const DEV_SIGNING_KEY: &str = "tally-development-signing-key-never-use-in-production";
+const DEV_ENROLLMENT_KEY: &str = "tally-development-enrollment-key-never-use-in-production";
 const ENV_PREFIX: &str = "TALLY_";
 const FILE_SUFFIX: &str = "_FILE";
 
@@ -202,6 +203,9 @@ pub struct RedisSettings {
     /// tests) can share one Redis.
     pub key_prefix: String,
     pub response_timeout_ms: u64,
+    /// How long a final or cancelled election's keys stay in Redis (its
+    /// results are then read from Postgres).
+    pub settled_election_ttl_secs: u64,
     /// A PEM CA certificate to trust for a `rediss://` URL, beside the
     /// public roots (for a private CA).
     pub tls_root_certificate: Option<std::path::PathBuf>,
@@ -239,6 +243,9 @@ pub struct HttpSettings {
     /// Addresses or CIDR blocks of load balancers whose `X-Forwarded-For`
     /// names the client (for per-address limits). Empty: trust no one.
     pub trusted_proxies: Vec<String>,
+    /// How many leading bits of an IPv6 address name one client for
+    /// per-address limits (a subscriber commonly holds a /64).
+    pub ipv6_client_prefix: u8,
     /// Origins (`https://results.example.org`) whose pages may call the
     /// API from a browser. Empty: CORS is off and browsers refuse them.
     pub cors_allowed_origins: Vec<String>,
@@ -277,6 +284,9 @@ pub struct AuthSettings {
     pub audience: String,
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// A rotated refresh token presented again this soon, before its
+    /// successor was used, is a retry after a lost answer, not theft.
+    pub refresh_reuse_grace_secs: u64,
     /// The `kid` new tokens are signed with; it must be one of `keys`.
     pub signing_key_id: String,
     /// Every key tokens may be verified with, by `kid`. Rotation: add the
@@ -288,9 +298,34 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
     /// A login or sign-up that waits longer for one of them gets 503.
     pub hash_wait_ms: u64,
-    pub login_attempts_per_citizen: u32,
+    /// Logins (and below, sign-ups) from one address in a window,
+    /// whichever citizens they name.
     pub login_attempts_per_ip: u32,
+    pub signup_attempts_per_ip: u32,
+    /// Logins, and sign-ups, naming one citizen from one address. Keyed
+    /// by the pair, so nobody can lock a chosen citizen out.
+    pub attempts_per_citizen_address: u32,
+    /// The backstop over all addresses for one citizen: past it, attempts
+    /// wait their turn (slowed, never locked) for at most a few seconds.
+    pub attempts_per_citizen: u32,
     pub login_window_secs: u64,
+    /// The secret enrollment codes are hashed with (at least 32 bytes).
+    pub enrollment_key: Secret,
+}
+
+impl AuthSettings {
+    /// The enrollment key, present and long enough (production drops the
+    /// development one, so the API and `tally citizens codes` refuse it).
+    pub fn enrollment_key(&self) -> Result<&[u8], ConfigError> {
+        let key = self.enrollment_key.expose().as_bytes();
+        if key.len() < 32 {
+            return Err(ConfigError::new(
+                "auth.enrollment_key",
+                "is missing or shorter than 32 bytes; codes need their own (openssl rand -base64 32)",
+            ));
+        }
+        Ok(key)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -348,6 +383,7 @@ impl Default for Settings {
                 url: Secret::new("redis://127.0.0.1:6379"),
                 key_prefix: "tally".into(),
                 response_timeout_ms: 2_000,
+                settled_election_ttl_secs: 24 * 3600,
                 tls_root_certificate: None,
             },
             nats: NatsSettings {
@@ -371,6 +407,7 @@ impl Default for Settings {
                 request_timeout_ms: 10_000,
                 max_in_flight: 1024,
                 trusted_proxies: Vec::new(),
+                ipv6_client_prefix: 64,
                 cors_allowed_origins: Vec::new(),
                 tls_certificate: None,
                 tls_private_key: None,
@@ -383,14 +420,18 @@ impl Default for Settings {
                 audience: "tally-api".into(),
                 access_ttl_secs: 15 * 60,
                 refresh_ttl_secs: 30 * 24 * 3600,
+                refresh_reuse_grace_secs: 10,
                 signing_key_id: "dev".into(),
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,
                 max_concurrent_hashes: 2,
                 hash_wait_ms: 5_000,
-                login_attempts_per_citizen: 10,
                 login_attempts_per_ip: 100,
+                signup_attempts_per_ip: 20,
+                attempts_per_citizen_address: 10,
+                attempts_per_citizen: 100,
                 login_window_secs: 300,
+                enrollment_key: Secret::new(DEV_ENROLLMENT_KEY),
             },
             workers: WorkerSettings {
                 batch_size: 1_000,
@@ -473,8 +514,16 @@ impl Settings {
         figment = figment.merge(PrefixedVars(plain));
         for (key, path) in vars.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.ends_with(FILE_SUFFIX))
         {
-            let setting =
-                key[ENV_PREFIX.len()..key.len() - FILE_SUFFIX.len()].to_lowercase().replace("__", ".");
+            let name = key.get(ENV_PREFIX.len()..key.len() - FILE_SUFFIX.len()).unwrap_or_default();
+            if name.is_empty() {
+                return Err(ConfigError::new(
+                    "config",
+                    format!(
+                        "{key} names no setting: use TALLY_<SETTING>_FILE, or TALLY_CONFIG for a TOML file"
+                    ),
+                ));
+            }
+            let setting = name.to_lowercase().replace("__", ".");
             let value = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new(&setting, format!("cannot read {key}={path}: {e}")))?;
             figment = figment.merge(Serialized::global(&setting, value.trim_end_matches(['\n', '\r'])));
@@ -485,16 +534,16 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The built-in development key is a default, not a choice: in
-    /// production, when tokens are signed with another key, it is removed
-    /// rather than accepted for verification. (Signing with it is refused.)
+    /// The built-in development key is a default, not a choice: as soon as
+    /// any other key is configured, in any environment, it is removed
+    /// rather than accepted for verification. Anyone can read it in the
+    /// source, so a stack with a key of its own (an image run without
+    /// `TALLY_ENV`, say) would otherwise accept admin tokens anyone mints.
     fn drop_unused_development_key(&mut self) {
         let auth = &mut self.auth;
-        if self.env == Environment::Production
-            && auth.signing_key_id != "dev"
-            && auth.keys.get("dev").is_some_and(|key| key.expose() == DEV_SIGNING_KEY)
-        {
-            auth.keys.remove("dev");
+        let is_development_key = |key: &Secret| key.expose() == DEV_SIGNING_KEY;
+        if auth.keys.values().any(|key| !is_development_key(key)) {
+            auth.keys.retain(|_, key| !is_development_key(key));
         }
         // Sealing keys that equal the development ones are dropped in
         // production: each role then refuses to start without its own.
@@ -513,6 +562,9 @@ impl Settings {
             }
             if sealing.receipt_key.expose() == DEV_RECEIPT_KEY {
                 sealing.receipt_key = Secret::new("");
+            }
+            if self.auth.enrollment_key.expose() == DEV_ENROLLMENT_KEY {
+                self.auth.enrollment_key = Secret::new("");
             }
         }
     }
@@ -540,6 +592,57 @@ impl Settings {
         Ok(())
     }
 
+    /// Production never lets a store connection fall back to plain text or
+    /// skip the server's certificate: libpq's default `sslmode=prefer`
+    /// quietly does the first, and redis' `#insecure` the second.
+    fn refuse_weak_store_tls(&self) -> Result<(), ConfigError> {
+        let url = self.database.url.expose();
+        let sslmode = url
+            .split_once('?')
+            .map(|(_, query)| query)
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("sslmode="));
+        if !matches!(sslmode, Some("require" | "verify-ca" | "verify-full")) {
+            return Err(ConfigError::new(
+                "database.url",
+                "needs sslmode=require, verify-ca or verify-full in production",
+            ));
+        }
+        if self.redis.url.expose().contains("#insecure") {
+            return Err(ConfigError::new(
+                "redis.url",
+                "asks not to verify the server's certificate (#insecure); production verifies it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A zero here would panic a timer, or turn a limit or a deadline off.
+    fn refuse_zero_durations(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("redis.settled_election_ttl_secs", self.redis.settled_election_ttl_secs),
+            ("nats.publish_timeout_ms", self.nats.publish_timeout_ms),
+            ("nats.duplicate_window_secs", self.nats.duplicate_window_secs),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.max_in_flight", self.http.max_in_flight as u64),
+            ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
+            ("auth.login_window_secs", self.auth.login_window_secs),
+            ("auth.hash_wait_ms", self.auth.hash_wait_ms),
+            ("workers.reconcile_interval_secs", self.workers.reconcile_interval_secs),
+            ("broadcaster.ping_interval_secs", self.broadcaster.ping_interval_secs),
+            ("broadcaster.slow_viewer_timeout_ms", self.broadcaster.slow_viewer_timeout_ms),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some((setting, _)) => Err(ConfigError::new(setting, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.tls_certificate.is_some() != self.http.tls_private_key.is_some() {
             return Err(ConfigError::new(
@@ -556,18 +659,25 @@ impl Settings {
             }
         }
         crate::client_ip::TrustedProxies::parse(&self.http.trusted_proxies)
-            .map_err(|why| ConfigError::new("http.trusted_proxies", why))?;
+            .map_err(|why| ConfigError::new("http.trusted_proxies", why))?
+            .with_ipv6_prefix(self.http.ipv6_client_prefix)
+            .map_err(|why| ConfigError::new("http.ipv6_client_prefix", why))?;
         let auth = &self.auth;
         if !auth.keys.contains_key(&auth.signing_key_id) {
-            return Err(ConfigError::new(
-                "auth.signing_key_id",
+            let reason = if auth.signing_key_id == "dev" {
+                "names the development key, which is dropped once a key of your own is configured; \
+                 sign with one of yours"
+                    .to_string()
+            } else {
                 format!(
                     "no key `{}` in auth.keys; add TALLY_AUTH__KEYS__{}",
                     auth.signing_key_id,
                     auth.signing_key_id.to_uppercase()
-                ),
-            ));
+                )
+            };
+            return Err(ConfigError::new("auth.signing_key_id", reason));
         }
+        self.refuse_zero_durations()?;
         for (kid, key) in &auth.keys {
             let setting = format!("auth.keys.{kid}");
             if key.expose().is_empty() {
@@ -587,6 +697,7 @@ impl Settings {
         }
         if self.env == Environment::Production {
             self.refuse_development_urls()?;
+            self.refuse_weak_store_tls()?;
         }
         if auth.access_ttl_secs == 0 || auth.access_ttl_secs > 15 * 60 {
             return Err(ConfigError::new("auth.access_ttl_secs", "must be between 1 and 900 seconds"));
@@ -614,15 +725,8 @@ impl Settings {
         if self.broadcaster.max_updates_per_sec == 0 {
             return Err(ConfigError::new("broadcaster.max_updates_per_sec", "must be at least 1"));
         }
-        for (setting, value) in [
-            ("auth.max_concurrent_hashes", auth.max_concurrent_hashes as u64),
-            ("auth.hash_wait_ms", auth.hash_wait_ms),
-            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
-            ("broadcaster.slow_viewer_timeout_ms", self.broadcaster.slow_viewer_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(setting, "must be at least 1"));
-            }
+        if auth.max_concurrent_hashes == 0 {
+            return Err(ConfigError::new("auth.max_concurrent_hashes", "must be at least 1"));
         }
         if self.broadcaster.max_frame_bytes < 125 {
             // A control frame (a pong, a close) may carry 125 bytes.
@@ -707,7 +811,7 @@ mod tests {
 
     /// Store URLs production accepts: its own hosts, with passwords.
     const PRODUCTION_STORES: [(&str, &str); 3] = [
-        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally"),
+        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally?sslmode=require"),
         ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
         ("TALLY_NATS__URL", "nats://queue:4222"),
     ];
@@ -820,6 +924,68 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_store_connections_that_may_skip_tls() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let load = |var: &'static str, url: &'static str| {
+            let mut all = production(&[("TALLY_AUTH__KEYS__DEV", key)]);
+            all.retain(|(k, _)| k != var);
+            all.push((var.to_string(), url.to_string()));
+            Settings::load_from(None, all)
+        };
+        for sslmode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://tally:pw@db/tally?application_name=t&sslmode={sslmode}");
+            assert!(load("TALLY_DATABASE__URL", url.leak()).is_ok(), "{sslmode}");
+        }
+        for weak in ["", "?sslmode=prefer", "?sslmode=disable", "?sslmode=allow"] {
+            let url = format!("postgres://tally:pw@db/tally{weak}");
+            let err = load("TALLY_DATABASE__URL", url.leak()).unwrap_err();
+            assert_eq!(err.setting, "database.url", "{weak}: {err}");
+            assert!(err.reason.contains("sslmode=require"), "{err}");
+        }
+        let err = load("TALLY_REDIS__URL", "rediss://:pw@cache:6380/#insecure").unwrap_err();
+        assert_eq!(err.setting, "redis.url");
+        assert!(load("TALLY_REDIS__URL", "rediss://:pw@cache:6380/").is_ok());
+    }
+
+    #[test]
+    fn a_zero_duration_or_limit_window_is_a_clear_error() {
+        for (var, setting) in [
+            ("TALLY_AUTH__LOGIN_WINDOW_SECS", "auth.login_window_secs"),
+            ("TALLY_WORKERS__RECONCILE_INTERVAL_SECS", "workers.reconcile_interval_secs"),
+            ("TALLY_BROADCASTER__PING_INTERVAL_SECS", "broadcaster.ping_interval_secs"),
+            ("TALLY_HTTP__HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
+            ("TALLY_NATS__PUBLISH_TIMEOUT_MS", "nats.publish_timeout_ms"),
+            ("TALLY_AUTH__HASH_WAIT_MS", "auth.hash_wait_ms"),
+            ("TALLY_BROADCASTER__SLOW_VIEWER_TIMEOUT_MS", "broadcaster.slow_viewer_timeout_ms"),
+        ] {
+            let err = Settings::load_from(None, vars(&[(var, "0")])).unwrap_err();
+            assert_eq!(err.setting, setting);
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_file_variable_without_a_setting_is_a_clear_error() {
+        let err = Settings::load_from(None, vars(&[("TALLY_FILE", "/etc/tally.toml")])).unwrap_err();
+        assert!(err.reason.contains("TALLY_CONFIG"), "{err}");
+    }
+
+    #[test]
+    fn the_development_key_is_dropped_beside_a_key_of_ones_own_in_any_environment() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let own = [("TALLY_AUTH__SIGNING_KEY_ID", "main"), ("TALLY_AUTH__KEYS__MAIN", key)];
+        let s = Settings::load_from(None, vars(&own)).unwrap();
+        assert_eq!(s.auth.keys.keys().collect::<Vec<_>>(), ["main"], "development");
+        // Still signing with the development key beside one's own is refused.
+        let err = Settings::load_from(None, vars(&[("TALLY_AUTH__KEYS__MAIN", key)])).unwrap_err();
+        assert_eq!(err.setting, "auth.signing_key_id");
+        assert!(err.reason.contains("development key"), "{err}");
+        // Alone, it stays: a development stack needs no configuration.
+        let s = Settings::load_from(None, vars(&[])).unwrap();
+        assert_eq!(s.auth.keys.keys().collect::<Vec<_>>(), ["dev"]);
+    }
+
+    #[test]
     fn production_refuses_a_short_key() {
         let err = Settings::load_from(
             None,
@@ -830,16 +996,24 @@ mod tests {
     }
 
     #[test]
-    fn meaningless_zero_limits_are_refused() {
-        for (var, setting) in [
-            ("TALLY_AUTH__HASH_WAIT_MS", "auth.hash_wait_ms"),
-            ("TALLY_HTTP__HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
-            ("TALLY_BROADCASTER__SLOW_VIEWER_TIMEOUT_MS", "broadcaster.slow_viewer_timeout_ms"),
-            ("TALLY_BROADCASTER__MAX_FRAME_BYTES", "broadcaster.max_frame_bytes"),
-        ] {
-            let err = Settings::load_from(None, vars(&[(var, "0")])).unwrap_err();
-            assert_eq!(err.setting, setting);
-        }
+    fn a_frame_cap_below_a_control_frame_is_refused() {
+        let err =
+            Settings::load_from(None, vars(&[("TALLY_BROADCASTER__MAX_FRAME_BYTES", "124")])).unwrap_err();
+        assert_eq!(err.setting, "broadcaster.max_frame_bytes");
+    }
+
+    #[test]
+    fn production_refuses_the_development_enrollment_key() {
+        let key = "a-signing-key-that-is-long-enough-for-production";
+        let own = "an-enrollment-key-that-is-long-enough-for-production";
+        let base = [("TALLY_AUTH__KEYS__DEV", key)];
+        let s = Settings::load_from(None, production(&base)).unwrap();
+        assert_eq!(s.auth.enrollment_key().unwrap_err().setting, "auth.enrollment_key");
+        let dev = Settings::load_from(None, vars(&[])).unwrap();
+        assert!(dev.auth.enrollment_key().is_ok(), "development has a default");
+        let s =
+            Settings::load_from(None, production(&[base[0], ("TALLY_AUTH__ENROLLMENT_KEY", own)])).unwrap();
+        assert_eq!(s.auth.enrollment_key().unwrap(), own.as_bytes());
     }
 
     #[test]

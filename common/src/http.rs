@@ -35,7 +35,11 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         })
-        .layer(axum::Extension(TrustedProxies::parse(&settings.trusted_proxies).unwrap_or_default()))
+        .layer(axum::Extension(
+            TrustedProxies::parse(&settings.trusted_proxies)
+                .and_then(|t| t.with_ipv6_prefix(settings.ipv6_client_prefix))
+                .unwrap_or_default(),
+        ))
         .layer(default_header("content-security-policy", "default-src 'none'; frame-ancestors 'none'"))
         .layer(default_header("x-content-type-options", "nosniff"))
         .layer(default_header("referrer-policy", "no-referrer"))

@@ -83,6 +83,13 @@ impl Keys {
         format!("{}:revoked:{session_id}", self.prefix)
     }
 
+    /// Present (never expiring) once this Redis holds every revocation
+    /// still in force; a new or emptied Redis lacks it (see
+    /// `auth::extract`).
+    pub fn revocations_loaded(&self) -> String {
+        format!("{}:revoked-loaded", self.prefix)
+    }
+
     /// Channel on which admins' election changes are announced, so every
     /// API replica refreshes its cache.
     pub fn elections_channel(&self) -> String {

@@ -7,6 +7,7 @@
 #   secrets/sealing_api_private_key             the API only
 #   secrets/sealing_api_public_key              workers
 #   secrets/sealing_receipt_key                 the API only (32 random bytes, base64)
+#   secrets/enrollment_key                      the API only (32 random bytes, base64)
 # The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
 # base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
@@ -23,11 +24,13 @@ if [ ! -f secrets/jwt_signing_key ]; then
   chmod 644 secrets/jwt_signing_key  # read by the image's non-root user
   echo "wrote secrets/jwt_signing_key"
 fi
-if [ ! -f secrets/sealing_receipt_key ]; then
-  openssl rand -base64 32 > secrets/sealing_receipt_key
-  chmod 644 secrets/sealing_receipt_key  # read by the image's non-root user
-  echo "wrote secrets/sealing_receipt_key"
-fi
+for secret in sealing_receipt_key enrollment_key; do
+  if [ ! -f "secrets/$secret" ]; then
+    openssl rand -base64 32 > "secrets/$secret"
+    chmod 644 "secrets/$secret"  # read by the image's non-root user
+    echo "wrote secrets/$secret"
+  fi
+done
 
 # The last 32 bytes of the DER encodings are the raw X25519 keys.
 base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }

@@ -1,5 +1,5 @@
-//! The `tally citizens` commands' work: file in, file out, progress and
-//! the summary line.
+//! The `tally citizens` commands' work: file in, file out, codes out,
+//! progress and the summary line.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,14 +7,30 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tally_common::Settings;
+use tally_common::auth::enrollment::EnrollmentKey;
 
 use super::generate::citizens;
 use super::import::{COLUMNS, import};
 use super::load::{BATCH, insert_batch};
 
 pub enum RegistryCommand {
-    Import { file: PathBuf, skip_bad_rows: bool },
-    Generate { count: u64, seed: u64, first_id: i64, output: Option<PathBuf>, into_db: bool },
+    Import {
+        file: PathBuf,
+        skip_bad_rows: bool,
+    },
+    Generate {
+        count: u64,
+        seed: u64,
+        first_id: i64,
+        output: Option<PathBuf>,
+        into_db: bool,
+    },
+    /// Codes for these citizens to stdout, or for every citizen without an
+    /// enrolled account to a new file.
+    Codes {
+        ids: Vec<i64>,
+        without_account: Option<PathBuf>,
+    },
 }
 
 /// Bad rows printed in full; past this only their count.
@@ -53,6 +69,38 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
                 )
             }
         }
+        RegistryCommand::Codes { ids, without_account } => {
+            let key = EnrollmentKey::new(settings.auth.enrollment_key()?);
+            let pool = tally_common::db::pool(&settings.database)?;
+            match without_account {
+                None => {
+                    let issued = super::codes::issue(&pool, &key, &ids).await?;
+                    let mut out = std::io::stdout().lock();
+                    for (citizen_id, code) in &issued {
+                        writeln!(out, "{citizen_id},{code}")?;
+                    }
+                    out.flush()?;
+                    eprintln!(
+                        "new codes issued: {}; older codes of these citizens no longer work",
+                        issued.len()
+                    );
+                }
+                Some(path) => {
+                    let started = Instant::now();
+                    let mut out = std::io::BufWriter::new(secret_file(&path)?);
+                    let issued = super::codes::issue_without_account(&pool, &key, &mut out, |n| {
+                        eprintln!("… {n} codes issued");
+                    })
+                    .await?;
+                    println!(
+                        "{issued} codes written to {} in {:.1}s; mail them, then delete the file",
+                        path.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Ok(())
+        }
         RegistryCommand::Generate { count, seed, first_id, output, into_db } => {
             let started = Instant::now();
             if into_db {
@@ -88,6 +136,16 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
             Ok(())
         }
     }
+}
+
+/// A new file only its owner can read: it holds codes. An existing file
+/// is never overwritten (it may be a mailing not yet sent).
+fn secret_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))
 }
 
 fn write_csv(sink: impl Write, seed: u64, first_id: i64, count: u64) -> anyhow::Result<()> {

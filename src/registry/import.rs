@@ -1,6 +1,7 @@
 //! `tally citizens import`: streams a registry CSV into `citizens`.
 //!
-//! Every bad row is reported with its line and reason. By default the file
+//! Every bad row is reported with its line and reason (control characters,
+//! NUL included, make a row bad). By default the file
 //! goes in whole or not at all; with `skip_bad_rows` the good rows go in and
 //! the bad ones are only reported.
 
@@ -102,6 +103,13 @@ fn parse_row(record: &csv::StringRecord, index: &[usize; 6], today: Date) -> Res
             _ => Err(format!("missing {}", COLUMNS[i])),
         }
     };
+    // A NUL or a terminal escape would reach every screen and report that
+    // shows the name; none belongs in a registry record.
+    for (column, &i) in COLUMNS.iter().zip(index) {
+        if let Some(c) = record.get(i).and_then(|v| v.chars().find(|c| c.is_control())) {
+            return Err(format!("{column} contains the control character U+{:04X}", u32::from(c)));
+        }
+    }
     let raw_id = field(0)?;
     let citizen_id = raw_id
         .parse::<i64>()

@@ -1,6 +1,7 @@
-//! The mock national registry: a deterministic synthetic population, and
-//! loading citizens into Postgres in batches.
+//! The mock national registry: a deterministic synthetic population,
+//! loading citizens into Postgres in batches, and enrollment codes.
 
+pub mod codes;
 pub mod commands;
 pub mod generate;
 pub mod import;

@@ -109,7 +109,8 @@ async fn a_login_flood_never_runs_more_hashes_than_the_limit() {
         ("TALLY_AUTH__MAX_CONCURRENT_HASHES", "2"),
         ("TALLY_AUTH__HASH_WAIT_MS", "60000"),
         ("TALLY_AUTH__LOGIN_ATTEMPTS_PER_IP", "0"),
-        ("TALLY_AUTH__LOGIN_ATTEMPTS_PER_CITIZEN", "0"),
+        ("TALLY_AUTH__ATTEMPTS_PER_CITIZEN_ADDRESS", "0"),
+        ("TALLY_AUTH__ATTEMPTS_PER_CITIZEN", "0"),
         ("TALLY_LIMITS__PER_CLIENT_PER_MINUTE", "0"),
         ("TALLY_HTTP__REQUEST_TIMEOUT_MS", "30"),
     ])
@@ -143,7 +144,8 @@ async fn a_login_that_waits_too_long_for_hashing_gets_503_with_retry_after() {
         s.auth.max_concurrent_hashes = 1;
         s.auth.hash_wait_ms = 1;
         s.auth.login_attempts_per_ip = 0;
-        s.auth.login_attempts_per_citizen = 0;
+        s.auth.attempts_per_citizen_address = 0;
+        s.auth.attempts_per_citizen = 0;
     })
     .await;
     // Waves of simultaneous logins until one finds the only place taken

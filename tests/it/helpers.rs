@@ -46,6 +46,9 @@ impl Namespace {
         s.http.admin_addr = ([127, 0, 0, 1], 0).into();
         s.http.shutdown_grace_secs = 5;
         s.log.filter = "warn".into();
+        // Tests sign up hundreds of voters from one address; the limits
+        // tests set this themselves.
+        s.auth.signup_attempts_per_ip = 0;
         s
     }
 
@@ -130,7 +133,7 @@ pub async fn spawn_app_with(roles: Roles, configure: impl FnOnce(&mut Settings))
     start(ns, settings, roles, db, cleanup).await
 }
 
-async fn start(
+pub async fn start(
     ns: Namespace,
     settings: Settings,
     roles: Roles,
@@ -265,10 +268,42 @@ pub struct Voter {
 }
 
 impl TestApp {
+    /// Issues the citizen a fresh enrollment code, as `tally citizens codes`
+    /// does (any older one stops working), but without the audit entry
+    /// that command adds, so tests that read the audit log see only theirs.
+    pub async fn code_for(&self, citizen_id: i64) -> String {
+        let code = tally_common::auth::enrollment::new_code().expect("a code");
+        sqlx::query(
+            "INSERT INTO enrollment_codes (citizen_id, code_hash) VALUES ($1, $2)
+             ON CONFLICT (citizen_id) DO UPDATE SET code_hash = EXCLUDED.code_hash",
+        )
+        .bind(citizen_id)
+        .bind(self.enrollment_key().hash(citizen_id, &code).expect("well formed"))
+        .execute(&self.db)
+        .await
+        .expect("code issued");
+        code
+    }
+
+    pub fn enrollment_key(&self) -> tally_common::auth::enrollment::EnrollmentKey {
+        tally_common::auth::enrollment::EnrollmentKey::new(
+            self.settings.auth.enrollment_key().expect("an enrollment key"),
+        )
+    }
+
+    /// Signs the citizen up with a freshly issued code.
     pub async fn signup(&self, citizen_id: i64) -> reqwest::Response {
+        let code = self.code_for(citizen_id).await;
+        self.signup_with(citizen_id, &code).await
+    }
+
+    pub async fn signup_with(&self, citizen_id: i64, code: &str) -> reqwest::Response {
         self.post_json(
             "/v1/auth/signup",
-            serde_json::json!({"citizen_id": citizen_id, "password": PASSWORD, "phone": phone_of(citizen_id)}),
+            serde_json::json!({
+                "citizen_id": citizen_id, "password": PASSWORD, "phone": phone_of(citizen_id),
+                "enrollment_code": code,
+            }),
         )
         .await
     }

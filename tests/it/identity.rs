@@ -10,27 +10,45 @@ async fn signup_statuses_and_codes() {
     let app = spawn_app().await;
     add_citizen(&app.db, 10, "Capital", "1990-01-01").await;
     add_citizen(&app.db, 11, "Capital", "1990-01-01").await;
+    let (code10, code11) = (app.code_for(10).await, app.code_for(11).await);
 
-    let signup = |id: i64, password: &str, phone: &str| {
+    let signup = |id: i64, password: &str, phone: &str, code: &str| {
         app.post_json(
             "/v1/auth/signup",
-            serde_json::json!({"citizen_id": id, "password": password, "phone": phone}),
+            serde_json::json!({"citizen_id": id, "password": password, "phone": phone, "enrollment_code": code}),
         )
     };
-    let created = signup(10, PASSWORD, &phone_of(10)).await;
+    let created = signup(10, PASSWORD, &phone_of(10), &code10).await;
     assert_eq!(created.status(), 201);
     assert_eq!(created.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"citizen_id": 10}));
 
-    assert_eq!(code_of(signup(10, PASSWORD, &phone_of(99)).await).await, (409, "user_exists".into()));
-    assert_eq!(code_of(signup(404, PASSWORD, &phone_of(404)).await).await, (404, "citizen_not_found".into()));
-    assert_eq!(code_of(signup(11, PASSWORD, "555-0101").await).await, (422, "invalid_phone".into()));
-    assert_eq!(code_of(signup(11, PASSWORD, &phone_of(10)).await).await, (409, "phone_taken".into()));
-    assert_eq!(code_of(signup(11, "too short", &phone_of(11)).await).await, (422, "weak_password".into()));
-    assert_eq!(code_of(signup(11, &phone_of(11), &phone_of(11)).await).await, (422, "weak_password".into()));
+    let used = signup(10, PASSWORD, &phone_of(99), &code10).await;
+    assert_eq!(code_of(used).await, (403, "invalid_enrollment_code".into()), "a code works once");
+    let fresh = app.code_for(10).await;
+    assert_eq!(code_of(signup(10, PASSWORD, &phone_of(99), &fresh).await).await, (409, "user_exists".into()));
     assert_eq!(
-        code_of(signup(11, &"p".repeat(129), &phone_of(11)).await).await,
+        code_of(signup(404, PASSWORD, &phone_of(404), &code11).await).await,
+        (404, "citizen_not_found".into())
+    );
+    assert_eq!(code_of(signup(11, PASSWORD, "555-0101", &code11).await).await, (422, "invalid_phone".into()));
+    assert_eq!(
+        code_of(signup(11, PASSWORD, &phone_of(10), &code11).await).await,
+        (409, "phone_taken".into())
+    );
+    assert_eq!(
+        code_of(signup(11, "too short", &phone_of(11), &code11).await).await,
         (422, "weak_password".into())
     );
+    assert_eq!(
+        code_of(signup(11, &phone_of(11), &phone_of(11), &code11).await).await,
+        (422, "weak_password".into())
+    );
+    assert_eq!(
+        code_of(signup(11, &"p".repeat(129), &phone_of(11), &code11).await).await,
+        (422, "weak_password".into())
+    );
+    // None of the refusals used the code up.
+    assert_eq!(signup(11, PASSWORD, &phone_of(11), &code11).await.status(), 201);
 
     let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE citizen_id = 10")
         .fetch_one(&app.db)
@@ -41,13 +59,23 @@ async fn signup_statuses_and_codes() {
 
 #[tokio::test]
 async fn fifty_concurrent_signups_of_one_citizen_make_one_account() {
-    let app = spawn_app().await;
+    // Limits off: this is about the race, not the limits.
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.auth.attempts_per_citizen_address = 0;
+        s.auth.attempts_per_citizen = 0;
+    })
+    .await;
     add_citizen(&app.db, 77, "Capital", "1990-01-01").await;
-    let attempts = (0..50).map(|_| app.signup(77));
+    let code = app.code_for(77).await;
+    let attempts = (0..50).map(|_| app.signup_with(77, &code));
     let statuses: Vec<u16> =
         futures_util::future::join_all(attempts).await.iter().map(|r| r.status().as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 49, "{statuses:?}");
+    // The losers either found the account (409) or the code used (403).
+    assert!(statuses.iter().all(|s| [201, 403, 409].contains(s)), "{statuses:?}");
+    let codes_left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM enrollment_codes").fetch_one(&app.db).await.unwrap();
+    assert_eq!(codes_left, 0, "the code was consumed");
 }
 
 #[tokio::test]
@@ -140,9 +168,16 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     assert_ne!(new_refresh, voter.refresh);
     assert_eq!(app.get_as("/v1/me", &new_access).await.status(), 200);
 
-    // The old token again: theft detected, the whole session ends.
+    // Its successor used, then the old token again: two parties hold the
+    // chain, and the whole session ends.
+    let next: serde_json::Value = refresh(new_refresh.clone()).await.json().await.unwrap();
+    let (next_access, next_refresh) = (
+        next["access_token"].as_str().unwrap().to_string(),
+        next["refresh_token"].as_str().unwrap().to_string(),
+    );
     assert_eq!(code_of(refresh(voter.refresh.clone()).await).await, (401, "invalid_refresh_token".into()));
-    assert_eq!(code_of(refresh(new_refresh).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(refresh(next_refresh).await).await, (401, "invalid_refresh_token".into()));
+    assert_eq!(code_of(app.get_as("/v1/me", &next_access).await).await, (401, "session_revoked".into()));
     assert_eq!(code_of(app.get_as("/v1/me", &new_access).await).await, (401, "session_revoked".into()));
     assert_eq!(code_of(refresh("made-up".into()).await).await, (401, "invalid_refresh_token".into()));
 }
@@ -255,8 +290,8 @@ async fn every_kind_of_bad_token_is_refused() {
 }
 
 #[tokio::test]
-async fn login_attempts_are_limited_per_citizen_across_replicas() {
-    let app = spawn_app_with(Roles::ALL, |s| s.auth.login_attempts_per_citizen = 3).await;
+async fn login_attempts_are_limited_per_citizen_and_address_across_replicas() {
+    let app = spawn_app_with(Roles::ALL, |s| s.auth.attempts_per_citizen_address = 3).await;
     let second = app.another_instance(Roles { api: true, workers: false, broadcaster: false }).await;
     add_citizen(&app.db, 60, "Capital", "1990-01-01").await;
     for instance in [&app, &second, &app] {

@@ -1,7 +1,9 @@
 //! Rate limits shared through Redis: per client address on every route,
 //! per citizen on refresh and eligibility (never on ballots), per address
-//! on live connections; receipts per address inside each process. 429
-//! with Retry-After and RateLimit-* headers.
+//! on live connections; receipts per address inside each process; logins
+//! and sign-ups per address and per (citizen, address), with a per-citizen
+//! backstop that slows rather than locks. 429 with Retry-After and
+//! RateLimit-* headers.
 
 use tally::app::Roles;
 
@@ -105,7 +107,11 @@ async fn ballots_are_limited_per_address_not_per_citizen() {
     // Only the per-address limits and the logins of the set-up left keys.
     let scope = |key: &str| key.split(':').nth(2).unwrap_or_default().to_string();
     assert!(
-        limit_keys.iter().all(|k| ["client", "login-ip", "login-citizen"].contains(&scope(k).as_str())),
+        limit_keys.iter().all(|k| {
+            let allowed =
+                ["client", "login-ip", "login-pair", "login-citizen", "signup-pair", "signup-citizen"];
+            allowed.contains(&scope(k).as_str())
+        }),
         "no ballot limit is keyed by the citizen: {limit_keys:?}"
     );
 
@@ -167,7 +173,7 @@ async fn live_connections_are_limited_per_address() {
 }
 
 #[tokio::test]
-async fn without_redis_routes_fail_open_and_logins_fail_closed() {
+async fn without_redis_routes_fail_open_and_logins_and_signups_fail_closed() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let app = spawn_app_with(API_ONLY, |s| {
         s.redis.url = tally_common::secret::Secret::new(format!("redis://{}", proxy.addr));
@@ -175,6 +181,7 @@ async fn without_redis_routes_fail_open_and_logins_fail_closed() {
     })
     .await;
     add_citizen(&app.db, 4201, "Capital", "1980-01-01").await;
+    let enrollment = app.code_for(4201).await;
     proxy.cut();
     let listed = app.client.get(format!("{}/v1/elections", app.api)).send().await.unwrap();
     assert_eq!(listed.status(), 200, "the per-client limit lets requests through without Redis");
@@ -184,5 +191,131 @@ async fn without_redis_routes_fail_open_and_logins_fail_closed() {
         status == 503 && ["unavailable", "timeout"].contains(&code.as_str()),
         "logins fail closed: {code}"
     );
+    let (status, code) = code_of(app.signup_with(4201, &enrollment).await).await;
+    assert!(
+        status == 503 && ["unavailable", "timeout"].contains(&code.as_str()),
+        "sign-ups fail closed too: {code}"
+    );
     proxy.restore();
+}
+
+fn behind_a_proxy(s: &mut tally_common::Settings) {
+    s.http.trusted_proxies = vec!["127.0.0.0/8".into(), "::1".into()];
+}
+
+/// A POST from `address` (the app trusts loopback as a proxy).
+async fn post_from(app: &TestApp, path: &str, body: serde_json::Value, address: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}{path}", app.api))
+        .header("x-forwarded-for", address)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn login_from(app: &TestApp, citizen_id: i64, password: &str, address: &str) -> reqwest::Response {
+    post_from(
+        app,
+        "/v1/auth/login",
+        serde_json::json!({"citizen_id": citizen_id, "password": password}),
+        address,
+    )
+    .await
+}
+
+async fn signup_from(app: &TestApp, citizen_id: i64, code: &str, address: &str) -> reqwest::Response {
+    let body = serde_json::json!({
+        "citizen_id": citizen_id, "password": PASSWORD, "phone": phone_of(citizen_id), "enrollment_code": code,
+    });
+    post_from(app, "/v1/auth/signup", body, address).await
+}
+
+/// Guessing from one address exhausts only that address's budget for the
+/// citizen: the citizen, elsewhere, still logs in and signs up.
+#[tokio::test]
+async fn one_address_cannot_lock_a_citizen_out() {
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.auth.attempts_per_citizen_address = 3;
+        behind_a_proxy(s);
+    })
+    .await;
+    add_citizen(&app.db, 4301, "Capital", "1990-01-01").await;
+    add_citizen(&app.db, 4302, "Capital", "1990-01-01").await;
+    let code = app.code_for(4301).await;
+    assert_eq!(signup_from(&app, 4301, &code, "198.51.100.20").await.status(), 201);
+    let attacker = "203.0.113.9";
+    for _ in 0..3 {
+        assert_eq!(code_of(login_from(&app, 4301, "a guessed password", attacker).await).await.0, 401);
+        let guess = signup_from(&app, 4302, "0000-0000-0000-0000", attacker).await;
+        assert_eq!(code_of(guess).await, (403, "invalid_enrollment_code".into()));
+    }
+    let refused = login_from(&app, 4301, "a guessed password", attacker).await;
+    assert!(header(&refused, "retry-after").is_some());
+    assert_eq!(code_of(refused).await, (429, "rate_limited".into()));
+    let refused = signup_from(&app, 4302, "0000-0000-0000-0000", attacker).await;
+    assert_eq!(code_of(refused).await, (429, "rate_limited".into()));
+
+    assert_eq!(login_from(&app, 4301, PASSWORD, "198.51.100.20").await.status(), 200);
+    let code = app.code_for(4302).await;
+    assert_eq!(signup_from(&app, 4302, &code, "198.51.100.21").await.status(), 201);
+}
+
+/// Guessing from many addresses meets the per-citizen backstop: past its
+/// burst each attempt waits for its slot (so guesses per citizen stay
+/// bounded); only attempts that would wait too long are refused, and the
+/// citizen, slowed, still gets in.
+#[tokio::test]
+async fn many_addresses_slow_a_citizen_down_but_never_lock_them_out() {
+    let app = spawn_app_with(Roles::ALL, |s| {
+        // A burst of 2, then one attempt every 2 s.
+        s.auth.attempts_per_citizen = 2;
+        s.auth.login_window_secs = 4;
+        behind_a_proxy(s);
+    })
+    .await;
+    add_citizen(&app.db, 4311, "Capital", "1990-01-01").await;
+    assert_eq!(app.signup(4311).await.status(), 201);
+    let started = std::time::Instant::now();
+    let guesses = (1..=6).map(|n| {
+        let app = &app;
+        async move {
+            let answer = login_from(app, 4311, "a guessed password", &format!("203.0.113.{n}")).await;
+            (code_of(answer).await, started.elapsed())
+        }
+    });
+    let mut outcomes = futures_util::future::join_all(guesses).await;
+    outcomes.sort_by_key(|(_, took)| *took);
+    let statuses: Vec<u16> = outcomes.iter().map(|((status, _), _)| *status).collect();
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [401, 401, 401, 401, 429, 429], "{outcomes:?}");
+    let slowed = outcomes.iter().filter(|((s, _), took)| *s == 401 && took.as_millis() >= 1_500).count();
+    assert_eq!(slowed, 2, "two guesses waited for their slots: {outcomes:?}");
+
+    let citizen = std::time::Instant::now();
+    assert_eq!(login_from(&app, 4311, PASSWORD, "198.51.100.40").await.status(), 200, "slowed, not locked");
+    assert!(citizen.elapsed().as_millis() >= 500, "the citizen waited too: {:?}", citizen.elapsed());
+}
+
+#[tokio::test]
+async fn signups_are_limited_per_address() {
+    let app = spawn_app_with(Roles::ALL, |s| {
+        s.auth.signup_attempts_per_ip = 2;
+        behind_a_proxy(s);
+    })
+    .await;
+    let mut codes = Vec::new();
+    for id in 4321..=4323 {
+        add_citizen(&app.db, id, "Capital", "1990-01-01").await;
+        codes.push(app.code_for(id).await);
+    }
+    let address = "198.51.100.30";
+    assert_eq!(signup_from(&app, 4321, &codes[0], address).await.status(), 201);
+    assert_eq!(signup_from(&app, 4322, &codes[1], address).await.status(), 201);
+    assert_eq!(
+        code_of(signup_from(&app, 4323, &codes[2], address).await).await,
+        (429, "rate_limited".into())
+    );
+    assert_eq!(signup_from(&app, 4323, &codes[2], "198.51.100.31").await.status(), 201, "another address");
 }

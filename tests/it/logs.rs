@@ -19,6 +19,9 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     add_citizen(&db, 4242, "Capital", "1990-01-01").await;
     let election = insert_election(&db, ElectionSpec::default()).await;
     let settings = ns.settings();
+    let key =
+        tally_common::auth::enrollment::EnrollmentKey::new(settings.auth.enrollment_key().expect("key"));
+    let code = tally::registry::codes::issue(&db, &key, &[4242]).await.expect("code").remove(0).1;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve"])
@@ -67,7 +70,9 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     let phone = phone_of(4242);
     let signup = client
         .post(format!("{api}/v1/auth/signup"))
-        .json(&serde_json::json!({"citizen_id": 4242, "password": PASSWORD, "phone": phone}))
+        .json(&serde_json::json!({
+            "citizen_id": 4242, "password": PASSWORD, "phone": phone, "enrollment_code": code,
+        }))
         .send()
         .await
         .expect("signup");
@@ -171,6 +176,7 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
         ("password hash", hash.as_str()),
         ("argon2 salt", hash.split('$').nth(4).expect("salt")),
         ("phone", phone.as_str()),
+        ("enrollment code", code.as_str()),
         ("access token", access.as_str()),
         ("rotated access token", access2.as_str()),
         ("voting access token", access3.as_str()),

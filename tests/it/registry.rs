@@ -146,3 +146,55 @@ async fn admin_grant_and_revoke_change_the_role_and_are_audited() {
     assert!(!no_account.status.success());
     assert!(String::from_utf8_lossy(&no_account.stderr).contains("citizen 6 has no account"));
 }
+
+#[tokio::test]
+async fn import_refuses_nul_and_terminal_control_characters_naming_the_line() {
+    let ns = Namespace::new();
+    let _cleanup = Cleanup(ns.clone());
+    let db = ns.create_database().await;
+    let csv = "citizen_id,full_name,dob,pob,permanent_address,province\n\
+               1,Ada Lovelace,1990-12-10,Capital,1 Oak Street,Capital\n\
+               2,Evil\u{1b}[2JName,1980-01-01,Capital,2 Mill Lane,Capital\n\
+               3,Nul Byte,1980-01-01,Cap\u{0}ital,3 Mill Lane,Capital\n\
+               4,Bell Ringer,1980-01-01,Capital,4 Mill Lane\u{7},Capital\n\
+               5,Csi Person,1980-01-01,Capital,5 Mill Lane\u{9b}2J,Capital\n";
+    let file = write_temp(&ns, "control.csv", csv);
+    let refused = tally(&ns.settings(), &["citizens", "import", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for expected in [
+        ":3: full_name contains the control character U+001B",
+        ":4: pob contains the control character U+0000",
+        ":5: permanent_address contains the control character U+0007",
+        ":6: permanent_address contains the control character U+009B",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains('\u{1b}'), "the report itself carries no escape");
+    assert_eq!(count(&db).await, 0);
+    std::fs::remove_file(file).ok();
+}
+
+#[tokio::test]
+async fn seed_demo_and_bench_refuse_production() {
+    let ns = Namespace::new();
+    // Settings production accepts, so only the commands' own refusal stops them.
+    let production = [
+        ("TALLY_ENV", "production"),
+        ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production"),
+        ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@127.0.0.1:5432/nowhere"),
+        ("TALLY_REDIS__URL", "redis://:a-real-password@127.0.0.1:6379"),
+        ("TALLY_NATS__URL", "nats://localhost:4222"),
+    ];
+    for args in [&["seed-demo"][..], &["bench", "provision", "--voters", "1", "--output", "/dev/null"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .envs(production)
+            .env("TALLY_REDIS__KEY_PREFIX", &ns.id)
+            .output()
+            .expect("run tally");
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("refuse to run with TALLY_ENV=production"), "{args:?}: {stderr}");
+    }
+}

@@ -20,39 +20,46 @@ pub struct Report {
 /// Voter-roll rows copied to Redis per round trip when a voter set is rebuilt.
 const VOTER_CHUNK: i64 = 10_000;
 
+/// How long a Redis tally that is behind Postgres gets to catch up before
+/// it counts as drift: a worker writes Redis just after it commits.
+const CATCH_UP: Duration = Duration::from_millis(250);
+
 pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Report> {
-    let heads: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT election_id, tally_version, turnout FROM elections
+    let elections: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT election_id, final_at IS NOT NULL OR cancelled_at IS NOT NULL FROM elections
          WHERE $1::bigint IS NULL OR election_id = $1 ORDER BY election_id",
     )
     .bind(election)
     .fetch_all(&deps.db)
     .await?;
     let mut report = Report::default();
-    for (election_id, version, turnout) in heads {
-        let votes: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT citizen_id, total_votes FROM runners WHERE election_id = $1 ORDER BY citizen_id",
-        )
-        .bind(election_id)
-        .fetch_all(&deps.db)
-        .await?;
-        let cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
+    for (election_id, settled) in elections {
+        if settled {
+            expire_settled(deps, election_id).await?;
+            continue;
+        }
+        let Some(totals) = committed(deps, election_id).await? else { continue };
         report.elections += 1;
-        report.voters_restored += restore_voters(deps, election_id, turnout).await?;
-        if cached.version > version {
+        report.voters_restored += restore_voters(deps, election_id, totals.turnout).await?;
+        let mut cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
+        if cached.version < totals.version {
+            tokio::time::sleep(CATCH_UP).await;
+            cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
+        }
+        if cached.version > totals.version {
             // A worker committed and wrote Redis after we read Postgres.
             continue;
         }
-        let drift = (cached.turnout - turnout).abs()
-            + votes
+        let drift = (cached.turnout - totals.turnout).abs()
+            + totals
+                .votes
                 .iter()
                 .map(|(runner, n)| (cached.votes.get(runner).copied().unwrap_or(0) - n).abs())
                 .sum::<i64>();
-        if drift == 0 && cached.version == version {
+        if drift == 0 && cached.version == totals.version {
             continue;
         }
         report.drift += drift;
-        let totals = Totals { election_id, version, turnout, votes, oldest_accepted_at: None };
         report.repaired += tally::apply(&deps.redis, &deps.keys, &[totals], &[], true).await?;
     }
     metrics::gauge!("tally_reconcile_drift").set(report.drift as f64);
@@ -79,6 +86,45 @@ pub async fn periodically(deps: Deps, every: Duration, shutdown: CancellationTok
             tracing::warn!(error = format!("{e:#}"), "reconcile pass failed");
         }
     }
+}
+
+/// An election that is final (or cancelled) needs nothing in Redis: its
+/// results are read from Postgres, and no ballot can be cast in it. Its
+/// keys are let go after `redis.settled_election_ttl_secs`, so Redis does
+/// not grow with every election ever held. Only whole-election keys get a
+/// time to live: one per citizen or receipt would date a ballot.
+async fn expire_settled(deps: &Deps, election_id: i64) -> anyhow::Result<()> {
+    let keys = &deps.keys;
+    let ttl = deps.settings.redis.settled_election_ttl_secs;
+    let mut pipe = redis::pipe();
+    for key in [keys.tally(election_id), keys.voters(election_id), keys.intents(election_id)] {
+        // NX: a countdown already running is not restarted by every pass.
+        pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("NX").ignore();
+    }
+    pipe.query_async::<()>(&mut deps.redis.clone()).await?;
+    Ok(())
+}
+
+/// An election's version, turnout and runners' votes as of one commit:
+/// read in one snapshot, or a commit landing between two reads would pair
+/// one version's turnout with the next one's votes.
+async fn committed(deps: &Deps, election_id: i64) -> anyhow::Result<Option<Totals>> {
+    let mut tx = deps.db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let head: Option<(i64, i64)> =
+        sqlx::query_as("SELECT tally_version, turnout FROM elections WHERE election_id = $1")
+            .bind(election_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((version, turnout)) = head else { return Ok(None) };
+    let votes: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT citizen_id, total_votes FROM runners WHERE election_id = $1 ORDER BY citizen_id",
+    )
+    .bind(election_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Totals { election_id, version, turnout, votes, oldest_accepted_at: None }))
 }
 
 /// The voter set answers "already voted" on the API's fast path. If Redis

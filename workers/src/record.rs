@@ -173,7 +173,9 @@ async fn write(
             conflicting.push(i);
         }
     }
-    let known = recorded_receipts(tx, conflicting.iter().map(|&i| commands[i].receipt)).await?;
+    let refused: Vec<usize> = (0..commands.len()).filter(|&i| fates[i].is_some()).collect();
+    let known =
+        recorded_receipts(tx, conflicting.iter().chain(&refused).map(|&i| commands[i].receipt)).await?;
     for &i in &conflicting {
         fates[i] = Some(if known.contains(&commands[i].receipt) {
             Fate::AlreadyRecorded
@@ -183,6 +185,18 @@ async fn write(
     }
     for &i in &recorded {
         fates[i] = Some(Fate::Recorded);
+    }
+    // A copy of a recorded ballot refused for its own sake (a retry that
+    // reached the stream after the close) is still that recorded ballot:
+    // its receipt must not read both recorded and rejected.
+    let recorded_now: HashSet<Uuid> = recorded.iter().map(|&i| commands[i].receipt).collect();
+    for &i in &refused {
+        let receipt = commands[i].receipt;
+        if matches!(fates[i], Some(Fate::Rejected(_)))
+            && (known.contains(&receipt) || recorded_now.contains(&receipt))
+        {
+            fates[i] = Some(Fate::AlreadyRecorded);
+        }
     }
 
     insert_ballots(tx, recorded.iter().map(|&i| &commands[i])).await?;

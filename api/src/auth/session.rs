@@ -8,11 +8,11 @@ use sqlx::{Postgres, Transaction};
 use tally_common::auth::{AuthUser, refresh};
 use tally_common::client_ip::ClientIp;
 use tally_common::domain::Role;
-use tally_common::rate_limit::{self, Quota};
 use tally_common::{ApiError, Json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::attempts::{self, Attempt};
 use crate::ApiState;
 #[allow(unused_imports)]
 use crate::openapi::Problem;
@@ -51,6 +51,7 @@ struct Account {
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "invalid_credentials", content_type = "application/problem+json", body = Problem),
+        (status = 403, description = "reenrollment_required: the account predates enrollment codes; sign up again with one", content_type = "application/problem+json", body = Problem),
         (status = 429, description = "rate_limited, with Retry-After", content_type = "application/problem+json", body = Problem),
     ))]
 pub async fn login(
@@ -59,33 +60,30 @@ pub async fn login(
     Json(request): Json<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let auth = &state.deps.settings.auth;
-    let keys = &state.deps.keys;
-    // Fails closed: without Redis, password guessing would be unlimited.
-    for (scope, subject, limit) in [
-        ("login-ip", client.to_string(), auth.login_attempts_per_ip),
-        ("login-citizen", request.citizen_id.to_string(), auth.login_attempts_per_citizen),
-    ] {
-        let quota = Quota { limit, period_secs: auth.login_window_secs };
-        rate_limit::check(&state.deps.redis, &keys.rate_limit(scope, &subject), quota)
-            .await
-            .map_err(|e| ApiError::unavailable(e, 1))?
-            .enforce(scope)?;
-    }
+    attempts::admit(&state, Attempt::Login, client, request.citizen_id).await?;
 
-    let found: Option<(String, Account)> = sqlx::query_as::<_, (String, i64, String, String, time::Date)>(
-        "SELECT u.password_hash, u.citizen_id, u.role, c.province, c.dob
-         FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
-    )
-    .bind(request.citizen_id)
-    .fetch_optional(&state.deps.db)
-    .await?
-    .map(|(hash, citizen_id, role, province, dob)| (hash, Account { citizen_id, role, province, dob }));
-    let (hash, account) = match found {
-        Some((hash, account)) => (Some(hash), Some(account)),
-        None => (None, None),
+    let found: Option<(String, bool, Account)> =
+        sqlx::query_as::<_, (String, bool, i64, String, String, time::Date)>(
+            "SELECT u.password_hash, u.enrolled_at IS NOT NULL, u.citizen_id, u.role, c.province, c.dob
+             FROM users u JOIN citizens c USING (citizen_id) WHERE u.citizen_id = $1",
+        )
+        .bind(request.citizen_id)
+        .fetch_optional(&state.deps.db)
+        .await?
+        .map(|(hash, enrolled, citizen_id, role, province, dob)| {
+            (hash, enrolled, Account { citizen_id, role, province, dob })
+        });
+    let (hash, enrolled, account) = match found {
+        Some((hash, enrolled, account)) => (Some(hash), enrolled, Some(account)),
+        None => (None, false, None),
     };
     let matched = state.passwords.verify(request.password, hash).await?;
     let account = match (matched, account) {
+        // Only the password's holder learns that the account must re-enroll.
+        (true, Some(_)) if !enrolled => {
+            metrics::counter!("tally_auth_failures_total", "reason" => "reenrollment_required").increment(1);
+            return Err(reenrollment_required());
+        }
         (true, Some(account)) => account,
         _ => {
             metrics::counter!("tally_auth_failures_total", "reason" => "invalid_credentials").increment(1);
@@ -143,22 +141,35 @@ pub async fn refresh(
     if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
         return Err(refused("session_ended"));
     }
-    if rotated_at.is_some() {
-        // A rotated token came back: whoever holds the chain, one of the two
-        // parties stole it. End the session for both.
-        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1")
-            .bind(session)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        state.verifier.revoke(&[session]).await.map_err(|e| ApiError::unavailable(e, 1))?;
-        tracing::warn!(session = %session, "refresh token reused; session revoked");
-        return Err(refused("reused"));
-    }
-    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
-        .bind(&presented)
+    if let Some(rotated_at) = rotated_at {
+        let grace = state.deps.settings.auth.refresh_reuse_grace_secs;
+        if !is_retry(&mut tx, session, rotated_at, grace).await? {
+            // A rotated token came back: whoever holds the chain, one of the
+            // two parties stole it. End the session for both.
+            sqlx::query("UPDATE sessions SET revoked_at = now() WHERE session_id = $1")
+                .bind(session)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            state.verifier.revoke(&[session]).await.map_err(|e| ApiError::unavailable(e, 1))?;
+            tracing::warn!(session = %session, "refresh token reused; session revoked");
+            return Err(refused("reused"));
+        }
+        // The client never got the answer that rotated it. The successor
+        // that answer carried is retired: if it ever comes back, someone
+        // else had it, and that is reuse.
+        sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = now() WHERE session_id = $1 AND rotated_at IS NULL",
+        )
+        .bind(session)
         .execute(&mut *tx)
         .await?;
+    } else {
+        sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1")
+            .bind(&presented)
+            .execute(&mut *tx)
+            .await?;
+    }
     let next = refresh::new_token()?;
     store_refresh(&mut tx, session, &next).await?;
     let account: Account = sqlx::query_as(
@@ -199,6 +210,27 @@ pub async fn logout_all(State(state): State<ApiState>, user: AuthUser) -> Result
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Whether a rotated token presented again is a client's retry after a
+/// lost answer rather than a second party: it comes back within the grace
+/// period, and the successor it was rotated into has not been used.
+async fn is_retry(
+    tx: &mut Transaction<'_, Postgres>,
+    session: Uuid,
+    rotated_at: OffsetDateTime,
+    grace_secs: u64,
+) -> Result<bool, ApiError> {
+    let retry: bool = sqlx::query_scalar(
+        "SELECT $2::timestamptz > now() - make_interval(secs => $3::double precision)
+            AND NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE session_id = $1 AND rotated_at > $2)",
+    )
+    .bind(session)
+    .bind(rotated_at)
+    .bind(grace_secs as f64)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(retry)
+}
+
 async fn store_refresh(tx: &mut Transaction<'_, Postgres>, session: Uuid, token: &str) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
         .bind(refresh::hash(token))
@@ -228,6 +260,14 @@ fn issue(
         expires_in: state.tokens.access_ttl_secs,
         refresh_token,
     })
+}
+
+/// An account made before sign-up needed an enrollment code: anyone could
+/// have made it, so its citizen must sign up again with a code.
+pub fn reenrollment_required() -> ApiError {
+    ApiError::forbidden("reenrollment_required").with_detail(
+        "this account predates enrollment codes; sign up again with the code the registry mailed you",
+    )
 }
 
 fn refused(reason: &'static str) -> ApiError {

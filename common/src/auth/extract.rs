@@ -9,6 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::tokens::{Claims, TokenError, TokenKeys};
@@ -17,12 +18,25 @@ use crate::error::ApiError;
 use crate::store::{Keys, Redis};
 
 /// What the extractors need; a role's state provides it through `FromRef`.
+///
+/// Revocations are durable in Postgres (`sessions.revoked_at`); Redis is
+/// the fast path every replica reads. Redis keeps nothing on disk, so each
+/// check also asks whether this Redis holds the revocations at all; when
+/// it does not (new, restarted, emptied or failed over to an empty
+/// replica), the ones still in force are loaded from Postgres before the
+/// answer is given.
 #[derive(Clone)]
 pub struct Verifier {
     pub tokens: Arc<TokenKeys>,
     pub redis: Redis,
     pub keys: Keys,
+    pub db: PgPool,
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// A revocation check's reply: the session's mark, and this Redis's mark
+/// that it holds every revocation.
+pub type RevocationReply = (Option<i64>, Option<i64>);
 
 #[derive(Clone, Debug)]
 pub struct AuthUser {
@@ -42,6 +56,10 @@ fn refuse(reason: &'static str, code: &'static str) -> ApiError {
 }
 
 impl Verifier {
+    pub fn new(tokens: Arc<TokenKeys>, redis: Redis, keys: Keys, db: PgPool) -> Verifier {
+        Verifier { tokens, redis, keys, db, reloading: Arc::default() }
+    }
+
     pub async fn authenticate(&self, parts: &Parts) -> Result<AuthUser, ApiError> {
         let user = self.signed_user(parts)?;
         if self.is_revoked(user.session_id).await? {
@@ -57,9 +75,81 @@ impl Verifier {
         user_from_header(&self.tokens, parts.headers.get(AUTHORIZATION))
     }
 
-    /// Adds the revocation check for `session` to a pipeline.
+    /// Adds the revocation check for `session` to a pipeline; its reply
+    /// (a [`RevocationReply`]) goes to [`Verifier::settle`].
     pub fn revocation_check(&self, pipe: &mut redis::Pipeline, session: Uuid) {
-        pipe.cmd("EXISTS").arg(self.keys.revoked_session(&session.to_string()));
+        pipe.cmd("MGET")
+            .arg(self.keys.revoked_session(&session.to_string()))
+            .arg(self.keys.revocations_loaded());
+    }
+
+    /// Whether `session` is revoked, from a [`Verifier::revocation_check`]
+    /// reply. A Redis without the revocations is filled from Postgres
+    /// first, and this session is judged by Postgres.
+    pub async fn settle(&self, session: Uuid, reply: RevocationReply) -> Result<bool, ApiError> {
+        match reply {
+            (Some(_), _) => Ok(true),
+            (None, Some(_)) => Ok(false),
+            (None, None) => {
+                self.reload().await.map_err(|e| ApiError::unavailable(e, 1))?;
+                let revoked: Option<bool> =
+                    sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM sessions WHERE session_id = $1")
+                        .bind(session)
+                        .fetch_optional(&self.db)
+                        .await
+                        .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking revocation: {e}"), 1))?;
+                // A session Postgres does not know is not one to honour.
+                Ok(revoked.unwrap_or(true))
+            }
+        }
+    }
+
+    /// Copies every revocation still in force (younger than an access
+    /// token's life) from Postgres into Redis, then marks Redis as
+    /// holding them, in one transaction. One reload at a time per process.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let _one = self.reloading.lock().await;
+        let mut redis = self.redis.clone();
+        let loaded: bool = redis::cmd("EXISTS")
+            .arg(self.keys.revocations_loaded())
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| anyhow::anyhow!("checking revocations in Redis: {e}"))?;
+        if loaded {
+            return Ok(());
+        }
+        let ttl = self.revocation_ttl_secs();
+        let revoked: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT session_id,
+                    CEIL(EXTRACT(EPOCH FROM revoked_at + make_interval(secs => $1) - now()))::bigint
+             FROM sessions WHERE revoked_at > now() - make_interval(secs => $1)",
+        )
+        .bind(ttl as f64)
+        .fetch_all(&self.db)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading revocations from Postgres: {e}"))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (session, left) in &revoked {
+            pipe.cmd("SET")
+                .arg(self.keys.revoked_session(&session.to_string()))
+                .arg(1)
+                .arg("EX")
+                .arg(left.max(&1))
+                .ignore();
+        }
+        pipe.cmd("SET").arg(self.keys.revocations_loaded()).arg(1).ignore();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring revocations: {e}"))?;
+        tracing::info!(sessions = revoked.len(), "revocations restored to Redis from Postgres");
+        Ok(())
+    }
+
+    /// How long a revocation matters: as long as an access token it could
+    /// refuse may still be valid, with room for clock skew.
+    fn revocation_ttl_secs(&self) -> u64 {
+        self.tokens.access_ttl_secs + 120
     }
 
     /// The refusal for a revoked session, counted like the extractor's.
@@ -67,26 +157,27 @@ impl Verifier {
         refuse("revoked", "session_revoked")
     }
 
-    /// Revocations live in Redis so every replica sees a logout at once.
-    /// If Redis cannot answer we refuse (fail closed): a logged-out token
-    /// must not work just because Redis is away.
+    /// Revocations are read from Redis so every replica sees a logout at
+    /// once. If Redis cannot answer we refuse (fail closed): a logged-out
+    /// token must not work just because Redis is away.
     async fn is_revoked(&self, session: Uuid) -> Result<bool, ApiError> {
         let mut check = redis::pipe();
         self.revocation_check(&mut check, session);
-        let (revoked,): (bool,) = check
+        let (reply,): (RevocationReply,) = check
             .query_async(&mut self.redis.clone())
             .await
             .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking revocation: {e}"), 1))?;
-        Ok(revoked)
+        self.settle(session, reply).await
     }
 
-    /// Marks sessions revoked for as long as any of their access tokens
-    /// can still be valid.
+    /// Marks sessions revoked in Redis for as long as any of their access
+    /// tokens can still be valid. Callers record the revocation in
+    /// `sessions.revoked_at` first: that is the one that lasts.
     pub async fn revoke(&self, sessions: &[Uuid]) -> anyhow::Result<()> {
         if sessions.is_empty() {
             return Ok(());
         }
-        let ttl = self.tokens.access_ttl_secs + 120;
+        let ttl = self.revocation_ttl_secs();
         let mut pipe = redis::pipe();
         for session in sessions {
             pipe.cmd("SET")

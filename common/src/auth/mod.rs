@@ -1,6 +1,7 @@
-//! Who is calling: password hashing, access tokens, refresh tokens, and the
-//! extractors protected routes use.
+//! Who is calling: enrollment codes, password hashing, access tokens,
+//! refresh tokens, and the extractors protected routes use.
 
+pub mod enrollment;
 pub mod extract;
 pub mod password;
 pub mod refresh;

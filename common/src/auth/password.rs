@@ -54,11 +54,22 @@ fn verify_now(password: &str, phc: &str) -> bool {
 }
 
 impl Passwords {
-    pub fn new(settings: &AuthSettings) -> anyhow::Result<Passwords> {
+    /// At most `auth.max_concurrent_hashes` at once, waiting at most
+    /// `auth.hash_wait_ms` for a place.
+    pub fn from_settings(settings: &AuthSettings) -> anyhow::Result<Passwords> {
+        Passwords::with_wait(settings.max_concurrent_hashes, Duration::from_millis(settings.hash_wait_ms))
+    }
+
+    /// At most `max_concurrent` at once, waiting as long as it takes (for
+    /// tools and tests; a server bounds the wait).
+    pub fn new(max_concurrent: usize) -> anyhow::Result<Passwords> {
+        Passwords::with_wait(max_concurrent, Duration::MAX)
+    }
+
+    fn with_wait(max_concurrent: usize, wait: Duration) -> anyhow::Result<Passwords> {
         register_metrics();
         let decoy = hash_now("decoy password that no account has")?;
-        let permits = Arc::new(Semaphore::new(settings.max_concurrent_hashes));
-        let wait = Duration::from_millis(settings.hash_wait_ms);
+        let permits = Arc::new(Semaphore::new(max_concurrent));
         Ok(Passwords { permits, wait, decoy: Arc::new(decoy) })
     }
 
@@ -143,9 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_phc_and_verify() {
-        let mut settings = crate::Settings::default().auth;
-        settings.max_concurrent_hashes = 1;
-        let passwords = Passwords::new(&settings).unwrap();
+        let passwords = Passwords::new(1).unwrap();
         let phc = passwords.hash("correct horse battery".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(passwords.verify("correct horse battery".into(), Some(phc.clone())).await.unwrap());
