@@ -31,7 +31,7 @@ impl ApiState {
     pub fn new(deps: Deps) -> anyhow::Result<ApiState> {
         let auth = &deps.settings.auth;
         let tokens = Arc::new(TokenKeys::from_settings(auth));
-        let passwords = Passwords::new(auth.max_concurrent_hashes)?;
+        let passwords = Passwords::from_settings(auth)?;
         let verifier = Verifier::new(tokens.clone(), deps.redis.clone(), deps.keys.clone(), deps.db.clone());
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);

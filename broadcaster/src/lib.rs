@@ -43,6 +43,7 @@ impl BroadcasterState {
         Pace {
             min_gap: Duration::from_secs(1) / settings.max_updates_per_sec,
             ping_every: Duration::from_secs(settings.ping_interval_secs),
+            send_timeout: Duration::from_millis(settings.slow_viewer_timeout_ms),
         }
     }
 }
@@ -69,7 +70,7 @@ fn register_metrics() {
     }
     zero_counters("tally_broadcast_messages_total", "transport", &["websocket", "sse"]);
     zero_counters("tally_broadcast_coalesced_total", "transport", &["websocket", "sse"]);
-    zero_counters("tally_broadcast_dropped_total", "reason", &["send_timeout", "no_pong"]);
+    zero_counters("tally_broadcast_dropped_total", "reason", &["send_timeout", "no_pong", "frame_too_big"]);
     zero_counters("tally_rate_limited_total", "scope", &["viewers_per_ip", "client", "live-connects"]);
 }
 
@@ -82,7 +83,17 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
     let viewers = PerAddress::new(deps.settings.broadcaster.max_viewers_per_ip);
     let state = BroadcasterState { hub, viewers, tracker: tracker.clone(), shutdown: shutdown.clone() };
     let settings = state.hub.deps().settings.clone();
-    let served = tally_common::serve::serve(listener, router(state), &settings.http, shutdown).await;
+    // An SSE viewer that stops reading is noticed only by its socket: its
+    // writes stop making progress. WebSocket viewers time out their own sends.
+    let stall_limit = Some(Duration::from_millis(settings.broadcaster.slow_viewer_timeout_ms));
+    let served = tally_common::serve::serve_with_stall_limit(
+        listener,
+        router(state),
+        &settings.http,
+        stall_limit,
+        shutdown,
+    )
+    .await;
     // Viewers got a close frame when shutdown fired; wait for them to go.
     tracker.close();
     tracker.wait().await;
@@ -130,8 +141,14 @@ async fn live(
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     // Viewers only ever send pongs and a close, and frames are small:
-    // small buffers keep a connection to a few KiB instead of ~256 KiB.
-    let upgrade = upgrade.read_buffer_size(4 * 1024).write_buffer_size(4 * 1024).max_message_size(16 * 1024);
+    // small buffers keep a connection to a few KiB instead of ~256 KiB, and
+    // a frame over the cap is refused before its payload is buffered.
+    let max_frame = state.hub.deps().settings.broadcaster.max_frame_bytes;
+    let upgrade = upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_frame_size(max_frame)
+        .max_message_size(max_frame);
     Ok(upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
             let _viewer = limit::Gauge::viewer("websocket");

@@ -13,13 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::Frame;
 
-/// A viewer whose socket accepts nothing for this long is dropped (and
-/// counted), so it cannot hold resources forever.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct Pace {
     pub min_gap: Duration,
     pub ping_every: Duration,
+    /// A viewer whose socket accepts nothing for this long is dropped (and
+    /// counted), so it cannot hold resources forever.
+    pub send_timeout: Duration,
 }
 
 /// Counts frames a viewer skipped because newer ones replaced them.
@@ -55,7 +54,8 @@ pub async fn serve(
     let reason = loop {
         if pending && Instant::now() >= next_send {
             let frame = frames.borrow_and_update().clone();
-            let sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(frame.json.clone()))).await;
+            let sent =
+                tokio::time::timeout(pace.send_timeout, sink.send(Message::Text(frame.json.clone()))).await;
             match sent {
                 Ok(Ok(())) => note_sent(&frame, &mut last_version, "websocket"),
                 Ok(Err(_)) => break None,
@@ -87,7 +87,12 @@ pub async fn serve(
                 }
             }
             message = incoming.next() => match message {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(e)) if too_big(&e) => {
+                    metrics::counter!("tally_broadcast_dropped_total", "reason" => "frame_too_big").increment(1);
+                    break Some((1009, "frames from viewers must be small"));
+                }
+                Some(Err(_)) => break None,
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
         }
@@ -96,4 +101,11 @@ pub async fn serve(
         let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(text) }));
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
     }
+}
+
+/// Whether the viewer sent a frame over `broadcaster.max_frame_bytes`.
+fn too_big(error: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
+    matches!(cause, Some(Error::Capacity(_)))
 }

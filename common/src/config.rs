@@ -254,8 +254,9 @@ pub struct HttpSettings {
     /// behind a TLS-terminating proxy.
     pub tls_certificate: Option<std::path::PathBuf>,
     pub tls_private_key: Option<std::path::PathBuf>,
-    /// A client must send its request headers (and finish a TLS handshake)
-    /// within this time, or the connection is closed (slowloris).
+    /// A connection's first request (TLS handshake, protocol preface and
+    /// headers) must arrive within this time of connecting, and later
+    /// request headers within it too, or it is closed (slowloris).
     pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests and batches.
     pub shutdown_grace_secs: u64,
@@ -295,6 +296,8 @@ pub struct AuthSettings {
     pub clock_skew_secs: u64,
     /// Argon2 work runs on at most this many blocking threads at once.
     pub max_concurrent_hashes: usize,
+    /// A login or sign-up that waits longer for one of them gets 503.
+    pub hash_wait_ms: u64,
     /// Logins (and below, sign-ups) from one address in a window,
     /// whichever citizens they name.
     pub login_attempts_per_ip: u32,
@@ -360,6 +363,10 @@ pub struct BroadcasterSettings {
     pub max_updates_per_sec: u32,
     pub max_viewers_per_ip: u32,
     pub ping_interval_secs: u64,
+    /// The largest frame a viewer may send (they send only pongs and a close).
+    pub max_frame_bytes: usize,
+    /// A viewer whose socket takes nothing for this long is dropped.
+    pub slow_viewer_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -418,6 +425,7 @@ impl Default for Settings {
                 keys: BTreeMap::from([("dev".to_string(), Secret::new(DEV_SIGNING_KEY))]),
                 clock_skew_secs: 30,
                 max_concurrent_hashes: 2,
+                hash_wait_ms: 5_000,
                 login_attempts_per_ip: 100,
                 signup_attempts_per_ip: 20,
                 attempts_per_citizen_address: 10,
@@ -436,6 +444,8 @@ impl Default for Settings {
                 max_updates_per_sec: 10,
                 max_viewers_per_ip: 200,
                 ping_interval_secs: 15,
+                max_frame_bytes: 1024,
+                slow_viewer_timeout_ms: 10_000,
             },
             limits: LimitSettings {
                 per_client_per_minute: 1200,
@@ -622,8 +632,10 @@ impl Settings {
             ("http.max_in_flight", self.http.max_in_flight as u64),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
             ("auth.login_window_secs", self.auth.login_window_secs),
+            ("auth.hash_wait_ms", self.auth.hash_wait_ms),
             ("workers.reconcile_interval_secs", self.workers.reconcile_interval_secs),
             ("broadcaster.ping_interval_secs", self.broadcaster.ping_interval_secs),
+            ("broadcaster.slow_viewer_timeout_ms", self.broadcaster.slow_viewer_timeout_ms),
         ];
         match positive.iter().find(|(_, value)| *value == 0) {
             Some((setting, _)) => Err(ConfigError::new(setting, "must be at least 1")),
@@ -715,6 +727,10 @@ impl Settings {
         }
         if auth.max_concurrent_hashes == 0 {
             return Err(ConfigError::new("auth.max_concurrent_hashes", "must be at least 1"));
+        }
+        if self.broadcaster.max_frame_bytes < 125 {
+            // A control frame (a pong, a close) may carry 125 bytes.
+            return Err(ConfigError::new("broadcaster.max_frame_bytes", "must be at least 125"));
         }
         for (setting, url, schemes) in [
             ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
@@ -939,6 +955,8 @@ mod tests {
             ("TALLY_BROADCASTER__PING_INTERVAL_SECS", "broadcaster.ping_interval_secs"),
             ("TALLY_HTTP__HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
             ("TALLY_NATS__PUBLISH_TIMEOUT_MS", "nats.publish_timeout_ms"),
+            ("TALLY_AUTH__HASH_WAIT_MS", "auth.hash_wait_ms"),
+            ("TALLY_BROADCASTER__SLOW_VIEWER_TIMEOUT_MS", "broadcaster.slow_viewer_timeout_ms"),
         ] {
             let err = Settings::load_from(None, vars(&[(var, "0")])).unwrap_err();
             assert_eq!(err.setting, setting);
@@ -975,6 +993,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.reason.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_cap_below_a_control_frame_is_refused() {
+        let err =
+            Settings::load_from(None, vars(&[("TALLY_BROADCASTER__MAX_FRAME_BYTES", "124")])).unwrap_err();
+        assert_eq!(err.setting, "broadcaster.max_frame_bytes");
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! The public listeners' server loop: HTTP/1.1 and HTTP/2, optionally over
-//! TLS (rustls), with a deadline for request headers and TLS handshakes so
-//! slow clients cannot hold connections open (slowloris), and a graceful
-//! drain on shutdown.
+//! TLS (rustls), with deadlines so slow clients cannot hold connections
+//! open (slowloris), and a graceful drain on shutdown.
+//!
+//! A connection must deliver its first request (TLS handshake, protocol
+//! preface and headers) within `http.header_read_timeout_ms` of being
+//! accepted: hyper's own header timeout starts only once the protocol is
+//! known, and a client that sends nothing, or half an HTTP/2 preface, would
+//! otherwise be kept forever.
+
+mod stall;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +25,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -33,6 +43,24 @@ pub async fn serve(
     settings: &HttpSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_stall_limit(listener, router, settings, None, shutdown).await
+}
+
+/// As [`serve`], and a connection whose writes make no progress for
+/// `stall_limit` is closed: for long-lived responses, whose client may stop
+/// reading while the server keeps producing.
+pub async fn serve_with_stall_limit(
+    listener: TcpListener,
+    router: Router,
+    settings: &HttpSettings,
+    stall_limit: Option<Duration>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::telemetry::zero_counters(
+        "tally_http_connections_dropped_total",
+        "reason",
+        &["never_started", "stalled_write"],
+    );
     let tls = acceptor(settings)?;
     let deadline = Duration::from_millis(settings.header_read_timeout_ms);
     let mut builder = Builder::new(TokioExecutor::new());
@@ -56,7 +84,10 @@ pub async fn serve(
         };
         let secure = tls.is_some();
         let router = router.clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let first_request = started.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            first_request.store(true, Ordering::Relaxed);
             request.extensions_mut().insert(ConnectInfo(peer));
             let answer = router.clone().oneshot(request.map(axum::body::Body::new));
             async move {
@@ -68,22 +99,32 @@ pub async fn serve(
             }
         });
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let start_by = Instant::now() + deadline;
         tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Some(tls) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(deadline, tls.accept(stream)).await else {
-                        return;
-                    };
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+            let served = async {
+                let stream = match tls {
+                    None => Either::Left(stream),
+                    Some(tls) => Either::Right(tls.accept(stream).await?),
+                };
+                let io = TokioIo::new(stall::StallLimit::new(stream, stall_limit));
+                let connection = builder.serve_connection_with_upgrades(io, service);
+                watcher.watch(connection.into_owned()).await.map_err(std::io::Error::other)
+            };
+            let never_started = async {
+                tokio::time::sleep_until(start_by).await;
+                if started.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
                 }
             };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
+            // Dropping the connection's future closes its socket.
+            tokio::select! {
+                served = served => if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = never_started => {
+                    metrics::counter!("tally_http_connections_dropped_total", "reason" => "never_started")
+                        .increment(1);
+                }
             }
         });
     }

@@ -1,13 +1,22 @@
 //! Argon2id hashing on a bounded set of blocking threads, so a burst of
 //! logins queues here instead of stalling the async workers that carry
 //! ballots.
+//!
+//! Each hash needs 19 MiB. The permit that bounds them travels into the
+//! blocking task: a request that times out drops its future, but not the
+//! hash already running, so the permit must live exactly as long as the
+//! hash does. A caller that cannot get a permit in time is turned away
+//! with 503 rather than queued without end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::AuthSettings;
+use crate::error::ApiError;
 
 /// OWASP's minimum for argon2id: 19 MiB, two passes, one lane.
 const MEMORY_KIB: u32 = 19 * 1024;
@@ -17,6 +26,8 @@ const LANES: u32 = 1;
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// How long a caller may wait for a permit before getting 503.
+    wait: Duration,
     /// Verified against when the user does not exist, so a wrong id takes
     /// as long as a wrong password.
     decoy: Arc<String>,
@@ -43,28 +54,97 @@ fn verify_now(password: &str, phc: &str) -> bool {
 }
 
 impl Passwords {
-    pub fn new(max_concurrent: usize) -> anyhow::Result<Passwords> {
-        let decoy = hash_now("decoy password that no account has")?;
-        Ok(Passwords { permits: Arc::new(Semaphore::new(max_concurrent)), decoy: Arc::new(decoy) })
+    /// At most `auth.max_concurrent_hashes` at once, waiting at most
+    /// `auth.hash_wait_ms` for a place.
+    pub fn from_settings(settings: &AuthSettings) -> anyhow::Result<Passwords> {
+        Passwords::with_wait(settings.max_concurrent_hashes, Duration::from_millis(settings.hash_wait_ms))
     }
 
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await.context("password pool closed")?;
-        tokio::task::spawn_blocking(move || hash_now(&password)).await.context("hashing task")?
+    /// At most `max_concurrent` at once, waiting as long as it takes (for
+    /// tools and tests; a server bounds the wait).
+    pub fn new(max_concurrent: usize) -> anyhow::Result<Passwords> {
+        Passwords::with_wait(max_concurrent, Duration::MAX)
+    }
+
+    fn with_wait(max_concurrent: usize, wait: Duration) -> anyhow::Result<Passwords> {
+        register_metrics();
+        let decoy = hash_now("decoy password that no account has")?;
+        let permits = Arc::new(Semaphore::new(max_concurrent));
+        Ok(Passwords { permits, wait, decoy: Arc::new(decoy) })
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_now(&password)).await?.map_err(ApiError::internal)
     }
 
     /// True when `password` matches `phc`; with no hash, spends the same
     /// time on the decoy and returns false.
-    pub async fn verify(&self, password: String, phc: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await.context("password pool closed")?;
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, ApiError> {
         let (phc, real) = match phc {
             Some(phc) => (phc, true),
             None => (self.decoy.as_ref().clone(), false),
         };
-        let matched = tokio::task::spawn_blocking(move || verify_now(&password, &phc))
-            .await
-            .context("verifying task")?;
+        let matched = self.run(move || verify_now(&password, &phc)).await?;
         Ok(real && matched)
+    }
+
+    /// Runs `work` on a blocking thread once a permit is free, holding the
+    /// permit until `work` ends even if the caller has gone.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let permit = match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(closed)) => return Err(ApiError::internal(closed)),
+            Err(_) => {
+                metrics::counter!("tally_password_hashes_refused_total").increment(1);
+                let busy = anyhow::anyhow!("no password hashing slot within {:?}", self.wait);
+                return Err(ApiError::unavailable(busy, 1));
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _running = Running::start(permit);
+            work()
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+}
+
+/// Hashes running in this process now, and the most ever at once.
+static RUNNING: Mutex<Counts> = Mutex::new(Counts { now: 0, peak: 0 });
+
+struct Counts {
+    now: usize,
+    peak: usize,
+}
+
+fn register_metrics() {
+    metrics::gauge!("tally_password_hashes_running").increment(0.0);
+    metrics::gauge!("tally_password_hashes_peak").increment(0.0);
+    metrics::counter!("tally_password_hashes_refused_total").increment(0);
+}
+
+/// One hash in progress: counted while alive, and the owner of its permit.
+struct Running {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Running {
+    fn start(permit: OwnedSemaphorePermit) -> Running {
+        // Under the lock so that the gauges are set in the order counted.
+        let mut counts = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        counts.now += 1;
+        counts.peak = counts.peak.max(counts.now);
+        metrics::gauge!("tally_password_hashes_running").set(counts.now as f64);
+        metrics::gauge!("tally_password_hashes_peak").set(counts.peak as f64);
+        Running { _permit: permit }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut counts = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        counts.now -= 1;
+        metrics::gauge!("tally_password_hashes_running").set(counts.now as f64);
     }
 }
 
