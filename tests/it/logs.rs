@@ -97,7 +97,10 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
             .await;
     let access2 = rotated["access_token"].as_str().expect("access").to_string();
     let refresh2 = rotated["refresh_token"].as_str().expect("refresh").to_string();
-    // Reuse of the first refresh token is logged as a warning; the token must not be.
+    // Its successor used, reuse of the first refresh token is theft, logged
+    // as a warning; the token must not be.
+    post_json(&client, &format!("{api}/v1/auth/refresh"), serde_json::json!({"refresh_token": refresh2}))
+        .await;
     client
         .post(format!("{api}/v1/auth/refresh"))
         .json(&serde_json::json!({"refresh_token": refresh}))
