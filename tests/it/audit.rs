@@ -119,13 +119,7 @@ async fn an_unknown_election_is_remembered_for_a_moment_so_repeats_skip_postgres
     let app = spawn_app().await;
     let voter = app.voter(701).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut settings = app.settings.clone();
-    settings.database.url = tally_common::secret::Secret::new(format!(
-        "postgres://postgres@{}/{}",
-        proxy.addr,
-        app.ns.database()
-    ));
-    settings.database.acquire_timeout_ms = 500;
+    let settings = crate::helpers::with_database_through(&app, &proxy);
     let api = start_with(&app, settings, API_ONLY).await;
     assert_eq!(code_of(api.cast(&voter.access, 424_242, &[RUNNERS[0]]).await).await.0, 404);
 

@@ -245,18 +245,7 @@ async fn a_kept_alive_connection_that_sends_no_further_request_is_closed() {
 
 #[tokio::test]
 async fn tls_connections_that_never_start_a_request_are_closed() {
-    let dir = std::env::temp_dir().join(format!("tally-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = tokio::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .await
-        .expect("openssl (make tools installs it)");
-    assert!(made.status.success());
+    let dir = crate::helpers::self_signed_localhost().await;
     let app = spawn_app_with(Roles::ALL, |s| {
         s.http.header_read_timeout_ms = 1_000;
         s.http.tls_certificate = Some(dir.join("cert.pem"));

@@ -126,18 +126,7 @@ fn no_query_joins_the_voter_roll_to_the_ballot_box() {
 
 #[tokio::test]
 async fn https_is_served_with_hsts_when_given_a_certificate() {
-    let dir = std::env::temp_dir().join(format!("tally-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = tokio::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .await
-        .expect("openssl (make tools installs it)");
-    assert!(made.status.success());
+    let dir = crate::helpers::self_signed_localhost().await;
     let app = spawn_app_with(Roles::ALL, |s| {
         s.http.tls_certificate = Some(dir.join("cert.pem"));
         s.http.tls_private_key = Some(dir.join("key.pem"));

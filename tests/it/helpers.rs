@@ -583,3 +583,30 @@ impl TestApp {
 }
 pub const API_AND_WORKERS: Roles = Roles { api: true, workers: true, broadcaster: false };
 pub const BROADCASTER_ONLY: Roles = Roles { api: false, workers: false, broadcaster: true };
+
+/// A fresh directory holding `cert.pem`, a self-signed certificate for
+/// `localhost`, and its `key.pem`, made with openssl.
+pub async fn self_signed_localhost() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tally-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let made = tokio::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .await
+        .expect("openssl (make tools installs it)");
+    assert!(made.status.success(), "openssl could not make a certificate");
+    dir
+}
+
+/// The app's settings with Postgres reached through `proxy`, which a test
+/// can cut.
+pub fn with_database_through(app: &TestApp, proxy: &Proxy) -> Settings {
+    let mut settings = app.settings.clone();
+    settings.database.url = Secret::new(format!("postgres://postgres@{}/{}", proxy.addr, app.ns.database()));
+    settings.database.acquire_timeout_ms = 500;
+    settings
+}

@@ -338,13 +338,7 @@ async fn ballots_wait_in_the_stream_while_postgres_is_down() {
     for citizen in 300..320 {
         voters.push(app.voter(citizen).await);
     }
-    let mut settings = app.settings.clone();
-    settings.database.url = tally_common::secret::Secret::new(format!(
-        "postgres://postgres@{}/{}",
-        proxy.addr,
-        app.ns.database()
-    ));
-    settings.database.acquire_timeout_ms = 500;
+    let settings = crate::helpers::with_database_through(&app, &proxy);
     let workers = crate::helpers::start_with(&app, settings, WORKERS_ONLY).await;
 
     proxy.cut();
