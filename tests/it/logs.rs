@@ -9,6 +9,7 @@ use tokio::process::Command;
 
 use crate::helpers::{
     Cleanup, ElectionSpec, Namespace, PASSWORD, RUNNERS, add_citizen, insert_election, phone_of,
+    provision_streams,
 };
 
 #[tokio::test]
@@ -19,6 +20,7 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     add_citizen(&db, 4242, "Capital", "1990-01-01").await;
     let election = insert_election(&db, ElectionSpec::default()).await;
     let settings = ns.settings();
+    provision_streams(&settings).await;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve"])
