@@ -193,4 +193,27 @@ async fn every_role_works_with_only_its_own_rights() {
     .await;
     let ready = reqwest::get(format!("{}/readyz", broadcaster.admin)).await.unwrap();
     assert_eq!(ready.status(), 200, "the broadcaster serves as its own identity");
+
+    // A ballot set aside: the operator's identity lists it, the API's
+    // cannot read it.
+    let workers_nats = nats.as_role(&api.settings, "workers");
+    let (workers_js, _) = js_as(&workers_nats).await;
+    let aside = bus::quarantine_subject(&workers_nats.nats, &election.to_string());
+    bus::publish_acked(&workers_js, aside, Default::default(), "sealed".into(), Duration::from_secs(2))
+        .await
+        .expect("workers set ballots aside");
+    let operator = nats.as_role(&api.settings, "quarantine");
+    let deps = tally_common::Deps::connect(
+        std::sync::Arc::new(operator),
+        &tally_common::health::Readiness::default(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let listed = tally_workers::quarantine::list(&deps, Some(election)).await.unwrap();
+    assert_eq!(listed.len(), 1, "the quarantine identity reads the quarantine");
+    let (api_js, _) = js_as(&api.settings).await;
+    let held = api_js.get_stream_no_info(bus::quarantine_stream(&api.settings.nats)).await.unwrap();
+    assert!(held.get_raw_message(listed[0].sequence).await.is_err(), "the API cannot read it");
 }
