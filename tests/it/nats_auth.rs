@@ -114,6 +114,8 @@ async fn nats_refuses_a_wrong_user_and_gives_each_identity_only_its_rights() {
 
     // Serving identities may not create streams; the provisioning one does.
     let (api_js, api_votes) = js_as(&api).await;
+    let missing = streams::require(&api_js, &api.nats).await.unwrap_err().to_string();
+    assert!(missing.contains("VOTES does not exist; `tally migrate` creates it"), "{missing}");
     assert!(streams::provision(&api_js, &api.nats).await.is_err(), "the API cannot create streams");
     let (provision_js, _) = js_as(&provision).await;
     streams::provision(&provision_js, &provision.nats).await.expect("the provisioning identity creates them");
