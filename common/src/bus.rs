@@ -24,6 +24,9 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
         options = options.token(token.expose().to_string());
     }
     if let Some(seed) = &settings.nkey_seed {
+        // Checked here: the client would only log each failed connect.
+        nkeys::KeyPair::from_seed(seed.expose())
+            .map_err(|_| anyhow::anyhow!("nats.nkey_seed is not an nkey seed (SU…)"))?;
         options = options.nkey(seed.expose().to_string());
     }
     if let Some(credentials) = &settings.credentials {
@@ -213,6 +216,15 @@ mod tests {
         assert_eq!(user, Some(("api".to_string(), "p@ss:w".to_string())));
         let (address, user) = address_and_user("nats://queue:4222").expect("parses");
         assert_eq!((address.as_url_str(), user), ("nats://queue:4222", None));
+    }
+
+    #[test]
+    fn a_bad_nkey_seed_is_named_without_being_quoted() {
+        let mut settings = crate::Settings::default().nats;
+        settings.nkey_seed = Some(crate::secret::Secret::new("SUnot-a-seed-secret"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let err = runtime.block_on(connect(&settings)).unwrap_err().to_string();
+        assert!(err.contains("nats.nkey_seed") && !err.contains("secret"), "{err}");
     }
 
     #[test]
