@@ -219,6 +219,28 @@ async fn run_roles(
     outcome
 }
 
+/// Creates or updates the NATS streams, as `tally migrate` does: with
+/// this process's NATS identity, which must be the provisioning one in
+/// production. Waits a while for a broker that is still starting.
+pub async fn provision_streams(settings: &tally_common::config::NatsSettings) -> anyhow::Result<()> {
+    const PATIENCE: Duration = Duration::from_secs(60);
+    let client = tally_common::bus::connect(settings).await?;
+    let js = tally_common::bus::jetstream(client.clone(), settings);
+    let mut backoff = tally_common::retry::Backoff::default();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let provisioned = loop {
+        match tally_common::streams::provision(&js, settings).await {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = format!("{e:#}"), "cannot provision the NATS streams yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            outcome => break outcome,
+        }
+    };
+    client.flush().await.ok();
+    provisioned
+}
+
 #[cfg(test)]
 mod tests {
     use super::Roles;

@@ -33,7 +33,8 @@ enum Command {
         #[arg(long, default_value = "api,workers,broadcaster", value_parser = clap::value_parser!(Roles))]
         roles: Roles,
     },
-    /// Create the database if missing and apply pending migrations.
+    /// Create the database if missing and apply pending migrations, then
+    /// create or update the NATS streams (run as the provisioning identity).
     Migrate,
     /// Exit 0 if the local process's admin listener reports ready (container health checks).
     Health,
@@ -307,6 +308,12 @@ impl Command {
                 let pool = tally_common::db::pool(&settings.database)?;
                 tally_common::db::migrate(&pool).await?;
                 println!("migrations applied");
+                crate::app::provision_streams(&settings.nats).await?;
+                println!(
+                    "NATS streams {} and {} ready",
+                    settings.nats.stream,
+                    tally_common::bus::quarantine_stream(&settings.nats)
+                );
                 Ok(())
             }
             Command::SeedDemo { citizens } => {

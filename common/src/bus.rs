@@ -1,23 +1,46 @@
-//! NATS JetStream: the connection, the `VOTES` stream, and publishing that
-//! only counts once the broker's ack has arrived.
+//! NATS JetStream: the connection, the subjects, publishing that only
+//! counts once the broker's ack has arrived, and counts of what streams
+//! hold. Streams themselves are provisioned apart (see `streams`).
 
 use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::ServerAddr;
 use async_nats::jetstream::{self, stream};
 
 use crate::config::NatsSettings;
 
 /// Connects in the background: the client returns at once and keeps
 /// reconnecting for as long as the process runs, so a broker restart is
-/// ridden out without restarting us.
+/// ridden out without restarting us. Credentials go in the CONNECT
+/// message only: the address the client keeps (and may log) has none.
 pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
+    let (address, user) = address_and_user(settings.url.expose())?;
     let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = user {
+        options = options.user_and_password(user, password);
+    }
+    if let Some(token) = &settings.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(seed) = &settings.nkey_seed {
+        // Checked here: the client would only log each failed connect.
+        nkeys::KeyPair::from_seed(seed.expose())
+            .map_err(|_| anyhow::anyhow!("nats.nkey_seed is not an nkey seed (SU…)"))?;
+        options = options.nkey(seed.expose().to_string());
+    }
+    if let Some(credentials) = &settings.credentials {
+        // The error would quote the file: only its name is given.
+        options = options
+            .credentials(credentials.expose())
+            .map_err(|_| anyhow::anyhow!("nats.credentials is not a NATS .creds file"))?;
+    }
     if let Some(root) = &settings.tls_root_certificate {
         options = options.add_root_certificates(root.clone()).require_tls(true);
     }
     options
         .name("tally")
+        .custom_inbox_prefix(&settings.inbox_prefix)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_millis(settings.publish_timeout_ms)))
@@ -28,87 +51,58 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(settings.url.expose())
+        .connect(address)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))
+}
+
+/// The server's address without the `user:password@` of `url`, and that
+/// user and password (percent-decoded). Errors never quote the URL.
+fn address_and_user(url: &str) -> anyhow::Result<(ServerAddr, Option<(String, String)>)> {
+    let address: ServerAddr =
+        url.parse().map_err(|_| anyhow::anyhow!("nats.url is not a nats:// or tls:// address"))?;
+    let user = address.username().map(|user| (decode(user), decode(address.password().unwrap_or(""))));
+    let mut bare = address.into_inner();
+    let stripped = bare.set_username("").and_then(|()| bare.set_password(None));
+    stripped.map_err(|()| anyhow::anyhow!("nats.url has no host"))?;
+    let address = ServerAddr::from_url(bare).map_err(|_| anyhow::anyhow!("nats.url has no host"))?;
+    Ok((address, user))
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstream::Context {
     jetstream::ContextBuilder::new().timeout(Duration::from_millis(settings.publish_timeout_ms)).build(client)
 }
 
-/// The stream's configuration. Work-queue retention deletes a ballot once a
-/// worker acks it, so no copy of a citizen's choice outlives processing;
-/// discard-new turns a full stream into fast publish errors (backpressure)
-/// instead of silent loss of old ballots.
-pub fn votes_stream_config(settings: &NatsSettings) -> stream::Config {
-    stream::Config {
-        name: settings.stream.clone(),
-        subjects: vec![format!("{}.*", settings.subject_prefix), crate::fence::subjects(settings)],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
-        max_bytes: settings.max_bytes,
-        max_messages: settings.max_messages,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    }
-}
-
-/// Where messages no worker can open are kept, whole and still sealed,
-/// for an operator to replay or reject: with the retention, limits and
-/// storage of `VOTES`, so a quarantined ballot lives exactly as long as a
-/// waiting one would.
-pub fn quarantine_stream_config(settings: &NatsSettings) -> stream::Config {
-    stream::Config {
-        name: quarantine_stream(settings),
-        subjects: vec![format!("{}.*", quarantine_prefix(settings))],
-        ..votes_stream_config(settings)
-    }
-}
-
 pub fn quarantine_stream(settings: &NatsSettings) -> String {
     format!("{}_QUARANTINE", settings.stream)
 }
 
-fn quarantine_prefix(settings: &NatsSettings) -> String {
+pub(crate) fn quarantine_prefix(settings: &NatsSettings) -> String {
     format!("quarantine.{}", settings.subject_prefix)
 }
 
 pub fn quarantine_subject(settings: &NatsSettings, election_id: &str) -> String {
     format!("{}.{election_id}", quarantine_prefix(settings))
-}
-
-/// Creates the stream, or brings an existing one to the configured settings.
-pub async fn ensure_votes_stream(
-    js: &jetstream::Context,
-    settings: &NatsSettings,
-) -> anyhow::Result<stream::Stream> {
-    let config = votes_stream_config(settings);
-    if js.get_stream(&settings.stream).await.is_ok() {
-        js.update_stream(config).await.with_context(|| format!("updating stream {}", settings.stream))?;
-    } else {
-        js.create_stream(config).await.with_context(|| format!("creating stream {}", settings.stream))?;
-    }
-    let quarantine = quarantine_stream_config(settings);
-    let name = quarantine.name.clone();
-    match js.get_stream(&name).await {
-        // An older quarantine kept its messages by limits, and the
-        // broker cannot change a stream's retention in place. It is left
-        // as it is: replacing it could drop what another process copies
-        // into it meanwhile, and operators remove messages one by one.
-        Ok(old) if old.cached_info().config.retention != quarantine.retention => {
-            tracing::warn!(stream = %name, "the quarantine keeps the retention it was created with");
-        }
-        Ok(_) => {
-            js.update_stream(quarantine).await.with_context(|| format!("updating stream {name}"))?;
-        }
-        Err(_) => {
-            js.create_stream(quarantine).await.with_context(|| format!("creating stream {name}"))?;
-        }
-    }
-    js.get_stream(&settings.stream).await.with_context(|| format!("opening stream {}", settings.stream))
 }
 
 pub fn ballot_subject(settings: &NatsSettings, election_id: i64) -> String {
@@ -179,14 +173,11 @@ pub async fn quarantined(
     holds_any(&stream, &quarantine_subject(settings, &election_id.to_string())).await
 }
 
-/// Whether the stream holds a message on `subject`. The broker answers
-/// from its index of subjects, without walking the stream's blocks.
+/// Whether the stream holds a message on `subject`, from the broker's
+/// count of it: no message is read, so an identity that may not read
+/// ballots can ask.
 pub async fn holds_any<I>(stream: &stream::Stream<I>, subject: &str) -> anyhow::Result<bool> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(e) => Err(anyhow::anyhow!("looking for a message on {subject}: {e}")),
-    }
+    Ok(count_in(stream, subject).await? > 0)
 }
 
 /// Ballots waiting in the votes stream, over every election: what no
@@ -197,8 +188,14 @@ pub async fn ballots_waiting(js: &jetstream::Context, settings: &NatsSettings) -
 
 /// Messages of `stream` on the subjects `filter` matches.
 pub async fn count_on(js: &jetstream::Context, stream: &str, filter: &str) -> anyhow::Result<u64> {
+    let stream = js.get_stream_no_info(stream).await.with_context(|| format!("naming stream {stream}"))?;
+    count_in(&stream, filter).await
+}
+
+/// The stream's leader counts, from its index of subjects: stream info
+/// with a subject filter, which carries counts and never a message.
+pub async fn count_in<I>(stream: &stream::Stream<I>, filter: &str) -> anyhow::Result<u64> {
     use futures_util::TryStreamExt;
-    let stream = js.get_stream(stream).await.with_context(|| format!("opening stream {stream}"))?;
     let mut subjects =
         stream.info_with_subjects(filter).await.with_context(|| format!("counting {filter}"))?;
     let mut total = 0;
@@ -206,4 +203,33 @@ pub async fn count_on(js: &jetstream::Context, stream: &str, filter: &str) -> an
         total += count as u64;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_address() {
+        let (address, user) = address_and_user("tls://api:p%40ss%3Aw@queue:4222").expect("parses");
+        assert_eq!(address.as_url_str(), "tls://queue:4222");
+        assert_eq!(user, Some(("api".to_string(), "p@ss:w".to_string())));
+        let (address, user) = address_and_user("nats://queue:4222").expect("parses");
+        assert_eq!((address.as_url_str(), user), ("nats://queue:4222", None));
+    }
+
+    #[test]
+    fn a_bad_nkey_seed_is_named_without_being_quoted() {
+        let mut settings = crate::Settings::default().nats;
+        settings.nkey_seed = Some(crate::secret::Secret::new("SUnot-a-seed-secret"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let err = runtime.block_on(connect(&settings)).unwrap_err().to_string();
+        assert!(err.contains("nats.nkey_seed") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_being_quoted() {
+        let err = address_and_user("http://u:secret@[::1").unwrap_err().to_string();
+        assert!(err.contains("nats.url") && !err.contains("secret"), "{err}");
+    }
 }

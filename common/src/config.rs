@@ -227,6 +227,17 @@ pub struct NatsSettings {
     pub ack_wait_secs: u64,
     /// A PEM CA certificate to trust for a `tls://` URL (private CA).
     pub tls_root_certificate: Option<std::path::PathBuf>,
+    /// Who this process is to NATS, beside a `user:password@` in the URL:
+    /// one identity per deployment unit, with the rights of its roles
+    /// (docs/operations.md, "NATS identities").
+    pub token: Option<Secret>,
+    pub nkey_seed: Option<Secret>,
+    /// A `.creds` file's contents (user JWT and seed); from the file with
+    /// `TALLY_NATS__CREDENTIALS_FILE`.
+    pub credentials: Option<Secret>,
+    /// Where replies to this process arrive; each identity may subscribe
+    /// only under its own, so none reads another's replies.
+    pub inbox_prefix: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -344,6 +355,15 @@ pub struct WorkerSettings {
     pub anonymity_set: i32,
 }
 
+impl NatsSettings {
+    fn has_credentials(&self) -> bool {
+        has_password(self.url.expose())
+            || self.token.is_some()
+            || self.nkey_seed.is_some()
+            || self.credentials.is_some()
+    }
+}
+
 impl WorkerSettings {
     /// Ballots a worker may hold for one election of anonymity set `k`.
     pub fn holding_for(k: i32) -> i64 {
@@ -398,6 +418,10 @@ impl Default for Settings {
                 publish_timeout_ms: 2_000,
                 ack_wait_secs: 30,
                 tls_root_certificate: None,
+                token: None,
+                nkey_seed: None,
+                credentials: None,
+                inbox_prefix: "_INBOX".into(),
             },
             http: HttpSettings {
                 api_addr: ([127, 0, 0, 1], 8080).into(),
@@ -570,7 +594,7 @@ impl Settings {
     }
 
     /// Production connects with its own credentials: not the built-in
-    /// loopback defaults, and never a database or Redis without a password.
+    /// loopback defaults, and never a database, Redis or NATS without one.
     fn refuse_development_urls(&self) -> Result<(), ConfigError> {
         let defaults = Settings::default();
         let urls = [
@@ -588,6 +612,13 @@ impl Settings {
             if needs_password && !has_password(url.expose()) {
                 return Err(ConfigError::new(setting, "carries no password; production needs credentials"));
             }
+        }
+        if !self.nats.has_credentials() {
+            return Err(ConfigError::new(
+                "nats.url",
+                "carries no password and none of nats.token, nats.nkey_seed, nats.credentials is set; \
+                 production needs credentials",
+            ));
         }
         Ok(())
     }
@@ -813,7 +844,7 @@ mod tests {
     const PRODUCTION_STORES: [(&str, &str); 3] = [
         ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@db/tally?sslmode=require"),
         ("TALLY_REDIS__URL", "redis://:a-real-password@cache:6379"),
-        ("TALLY_NATS__URL", "nats://queue:4222"),
+        ("TALLY_NATS__URL", "tls://api:a-real-password@queue:4222"),
     ];
 
     /// Production settings with acceptable stores, plus `extra`.
@@ -917,6 +948,7 @@ mod tests {
             (("TALLY_REDIS__URL", "redis://127.0.0.1:6379"), "redis.url"),
             (("TALLY_REDIS__URL", "redis://cache:6379"), "redis.url"),
             (("TALLY_NATS__URL", "nats://127.0.0.1:4222"), "nats.url"),
+            (("TALLY_NATS__URL", "tls://queue:4222"), "nats.url"),
         ] {
             let err = load(bad).unwrap_err();
             assert!(err.to_string().contains(setting), "{bad:?}: {err}");
@@ -961,6 +993,22 @@ mod tests {
             let err = Settings::load_from(None, vars(&[(var, "0")])).unwrap_err();
             assert_eq!(err.setting, setting);
             assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn production_takes_nats_credentials_from_a_token_nkey_or_creds_file() {
+        for credential in [
+            ("TALLY_NATS__TOKEN", "a-real-token"),
+            ("TALLY_NATS__NKEY_SEED", "SUAM-not-checked-here"),
+            ("TALLY_NATS__CREDENTIALS", "-----BEGIN NATS USER JWT-----"),
+        ] {
+            let key = ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production");
+            let loaded = Settings::load_from(
+                None,
+                production(&[key, ("TALLY_NATS__URL", "tls://queue:4222"), credential]),
+            );
+            assert!(loaded.is_ok(), "{credential:?}: {:?}", loaded.err());
         }
     }
 

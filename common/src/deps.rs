@@ -48,9 +48,9 @@ impl Deps {
         };
         readiness.set_redis(redis.clone());
         let js = crate::bus::jetstream(nats.clone(), &settings.nats);
-        if until_ok("nats stream", shutdown, || crate::bus::ensure_votes_stream(&js, &settings.nats))
-            .await
-            .is_none()
+        // Looked up, never created: serving identities may not change
+        // streams. Waited for, since `tally migrate` may still be running.
+        if until_ok("nats streams", shutdown, || crate::streams::require(&js, &settings.nats)).await.is_none()
         {
             return Ok(None);
         }

@@ -1,13 +1,20 @@
 //! The end of an election, decided in one place: a marker (the fence) in
 //! the votes stream. A ballot counts when the broker stored it before the
-//! election's first fence, and only then; the API, every worker and the
-//! final count all read that one order, so no two clocks are compared.
+//! election's fence, and only then; the API, every worker and the final
+//! count all read that one order, so no two clocks are compared.
 //!
 //! Workers publish the fence once an election is closed or past its end
 //! by their clock. The API, after the broker's ack of a ballot, looks for
 //! a fence stored before it and answers 409 instead of 202 if there is
-//! one. The lookup goes to the stream's leader: a fence stored before the
-//! ballot is always there by then.
+//! one.
+//!
+//! An election has one fence at most: the broker stores it only if its
+//! subject holds nothing yet. So the last message on the subject is the
+//! fence, and it is read with a direct get by subject, a request whose
+//! subject names the fence: the API may send it and no request that
+//! could return a ballot.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, stream};
@@ -24,46 +31,65 @@ pub fn subjects(settings: &NatsSettings) -> String {
     format!("{}.fence.*", settings.subject_prefix)
 }
 
-/// The stream sequence of the election's first fence, if it has one. Only
-/// the first matters: any later one was stored after it.
+/// How often a replica that has not caught up is asked again.
+const REASK: Duration = Duration::from_millis(20);
+const REASKS: usize = 50;
+
+/// The stream sequence of the election's fence, if it has one.
+///
+/// Whether there is one comes from the stream's leader, which has stored
+/// everything it acked: a fence stored before a ballot we hold an ack
+/// for is counted. Its sequence comes from a direct get, which any
+/// replica may answer: one still behind says "not found", and is asked
+/// again, since the leader said it is there.
 pub async fn first<I>(
     votes: &stream::Stream<I>,
     settings: &NatsSettings,
     election_id: i64,
 ) -> anyhow::Result<Option<u64>> {
     let subject = subject(settings, election_id);
-    // Whether there is one at all first, from the subject index: a search
-    // from the start would walk the stream's blocks.
     if !crate::bus::holds_any(votes, &subject).await? {
         return Ok(None);
     }
-    match votes.get_first_raw_message_by_subject(&subject, 1).await {
-        Ok(message) => Ok(Some(message.sequence)),
-        Err(e) => Err(anyhow::anyhow!("looking for the fence of election {election_id}: {e}")),
+    for _ in 0..REASKS {
+        match votes.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(message) => return Ok(Some(message.sequence)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => tokio::time::sleep(REASK).await,
+            Err(e) => anyhow::bail!("reading the fence of election {election_id}: {e}"),
+        }
     }
+    anyhow::bail!("the fence of election {election_id} is counted but no replica returns it")
 }
 
 /// Stores the election's fence, or finds the one already there: workers
 /// racing to publish it agree, through the broker's dedup window and the
-/// lookup of the first fence.
+/// condition that the subject be empty.
 pub async fn raise<I>(
     js: &jetstream::Context,
     votes: &stream::Stream<I>,
     settings: &NatsSettings,
     election_id: i64,
-    timeout: std::time::Duration,
+    timeout: Duration,
 ) -> anyhow::Result<u64> {
     if let Some(sequence) = first(votes, settings, election_id).await? {
         return Ok(sequence);
     }
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("fence:{election_id}").as_str());
-    crate::bus::publish_acked(js, subject(settings, election_id), headers, bytes::Bytes::new(), timeout)
-        .await
-        .with_context(|| format!("publishing the fence of election {election_id}"))?;
-    first(votes, settings, election_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the fence of election {election_id} was stored but is not found"))
+    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    let published =
+        crate::bus::publish_acked(js, subject(settings, election_id), headers, bytes::Bytes::new(), timeout)
+            .await;
+    // Refused because another worker's fence got there first: that one is
+    // the fence.
+    let found = first(votes, settings, election_id).await?;
+    match (published, found) {
+        (_, Some(sequence)) => Ok(sequence),
+        (Err(e), None) => Err(e).with_context(|| format!("publishing the fence of election {election_id}")),
+        (Ok(_), None) => {
+            anyhow::bail!("the fence of election {election_id} was stored but is not found")
+        }
+    }
 }
 
 /// A handle on the votes stream for fence lookups, without a round trip.

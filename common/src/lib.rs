@@ -24,6 +24,7 @@ pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod store;
+pub mod streams;
 pub mod tally;
 pub mod telemetry;
 

@@ -8,6 +8,9 @@
 #   secrets/sealing_api_public_key              workers
 #   secrets/sealing_receipt_key                 the API only (32 random bytes, base64)
 #   secrets/enrollment_key                      the API only (32 random bytes, base64)
+#   secrets/nats_ca.crt                         every Tally service (trusts NATS's TLS)
+#   secrets/nats_server.crt, nats_server.key    NATS (signed by that CA, for the name `nats`)
+#   .env NATS_<IDENTITY>_PASSWORD               NATS and the one service of each identity
 # The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
 # base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
@@ -18,6 +21,14 @@ if [ ! -f .env ]; then
   chmod 600 .env
   echo "wrote .env"
 fi
+# One NATS password per identity (deploy/nats/authorization.conf), added
+# to an older .env too.
+for identity in PROVISION API WORKERS BROADCASTER QUARANTINE; do
+  if ! grep -q "^NATS_${identity}_PASSWORD=" .env; then
+    printf 'NATS_%s_PASSWORD=%s\n' "$identity" "$(random)" >> .env
+    echo "added NATS_${identity}_PASSWORD to .env"
+  fi
+done
 mkdir -p secrets
 if [ ! -f secrets/jwt_signing_key ]; then
   random > secrets/jwt_signing_key
@@ -45,3 +56,17 @@ x25519_pair() { # name: writes secrets/<name>_private_key and secrets/<name>_pub
 }
 x25519_pair sealing
 x25519_pair sealing_api
+
+# A private CA for NATS's TLS: clients trust only it (nats.tls_root_certificate).
+if [ ! -f secrets/nats_server.crt ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN=tally-nats-ca \
+    -keyout secrets/nats_ca.key -out secrets/nats_ca.crt 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=nats \
+    -keyout secrets/nats_server.key -out secrets/nats_server.csr 2>/dev/null
+  printf 'subjectAltName=DNS:nats,DNS:localhost\nextendedKeyUsage=serverAuth\n' > secrets/nats_server.ext
+  openssl x509 -req -in secrets/nats_server.csr -CA secrets/nats_ca.crt -CAkey secrets/nats_ca.key \
+    -CAcreateserial -days 825 -extfile secrets/nats_server.ext -out secrets/nats_server.crt 2>/dev/null
+  rm -f secrets/nats_server.csr secrets/nats_server.ext secrets/nats_ca.srl secrets/nats_ca.key
+  chmod 644 secrets/nats_ca.crt secrets/nats_server.crt secrets/nats_server.key  # read by the containers' users
+  echo "wrote secrets/nats_ca.crt, secrets/nats_server.crt and secrets/nats_server.key"
+fi

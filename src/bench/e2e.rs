@@ -62,6 +62,9 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<Report> {
     let db = tally_common::db::pool(&settings.database)?;
+    // The stack it starts only looks the streams up, as `make up` would
+    // have left them.
+    crate::app::provision_streams(&settings.nats).await?;
     let first = next_voter_id(&db).await?;
     let provisioned = provision(settings, options.voters, first).await?;
     let election = provisioned.election_id;

@@ -26,7 +26,7 @@ pub struct Infra {
 }
 
 /// A private Postgres, Redis and NATS, the settings that point at them,
-/// and the migrated database.
+/// the migrated database and the NATS streams.
 pub async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settings, sqlx::PgPool)> {
     let infra = Infra::start().await.context("starting a private Postgres, Redis and NATS")?;
     let mut settings = settings.clone();
@@ -36,6 +36,7 @@ pub async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settin
     tally_common::db::create_database_if_missing(&settings.database).await?;
     let db = tally_common::db::pool(&settings.database)?;
     tally_common::db::migrate(&db).await?;
+    crate::app::provision_streams(&settings.nats).await?;
     Ok((infra, settings, db))
 }
 

@@ -80,8 +80,10 @@ async fn jetstream_publish_is_acked_deduplicated_and_consumed() {
     let settings = ns.settings();
     let client = bus::connect(&settings.nats).await.expect("NATS client");
     let js = bus::jetstream(client, &settings.nats);
-    let stream = bus::ensure_votes_stream(&js, &settings.nats).await.expect("stream created");
-    bus::ensure_votes_stream(&js, &settings.nats).await.expect("ensuring twice is harmless");
+    tally_common::streams::provision(&js, &settings.nats).await.expect("stream created");
+    tally_common::streams::provision(&js, &settings.nats).await.expect("provisioning twice is harmless");
+    tally_common::streams::require(&js, &settings.nats).await.expect("streams as provisioned");
+    let stream = js.get_stream(&settings.nats.stream).await.expect("the votes stream");
     // Beside it, the quarantine for messages no worker can open.
     let quarantine = js
         .get_stream(format!("{}_QUARANTINE", settings.nats.stream))

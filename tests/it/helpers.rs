@@ -99,6 +99,17 @@ impl Namespace {
     }
 }
 
+/// The namespace's NATS streams, as `tally migrate` makes them: roles
+/// only look them up. Left alone if a test provisioned them already (with
+/// an identity of its own).
+pub async fn provision_streams(settings: &Settings) {
+    let client = tally_common::bus::connect(&settings.nats).await.expect("NATS client");
+    let js = tally_common::bus::jetstream(client, &settings.nats);
+    if tally_common::streams::require(&js, &settings.nats).await.is_err() {
+        tally::app::provision_streams(&settings.nats).await.expect("NATS streams provisioned");
+    }
+}
+
 /// Deletes the namespace's data when the test ends, pass or fail.
 pub struct Cleanup(pub Namespace);
 
@@ -130,6 +141,7 @@ pub async fn spawn_app_with(roles: Roles, configure: impl FnOnce(&mut Settings))
     let db = ns.create_database().await;
     let mut settings = ns.settings();
     configure(&mut settings);
+    provision_streams(&settings).await;
     start(ns, settings, roles, db, cleanup).await
 }
 

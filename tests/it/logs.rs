@@ -9,6 +9,7 @@ use tokio::process::Command;
 
 use crate::helpers::{
     Cleanup, ElectionSpec, Namespace, PASSWORD, RUNNERS, add_citizen, insert_election, phone_of,
+    provision_streams,
 };
 
 #[tokio::test]
@@ -22,6 +23,7 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     let key =
         tally_common::auth::enrollment::EnrollmentKey::new(settings.auth.enrollment_key().expect("key"));
     let code = tally::registry::codes::issue(&db, &key, &[4242]).await.expect("code").remove(0).1;
+    provision_streams(&settings).await;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve"])

@@ -169,6 +169,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     }
     let mut settings = ns.settings();
     settings.nats.ack_wait_secs = ACK_WAIT_SECS;
+    crate::helpers::provision_streams(&settings).await;
     let settings = Arc::new(settings);
     let ack_wait = Duration::from_secs(ACK_WAIT_SECS);
     let deps = Deps::connect(

@@ -206,7 +206,7 @@ pub async fn note_quarantine(
     nats: &tally_common::config::NatsSettings,
 ) -> anyhow::Result<()> {
     let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
-    let name = tally_common::bus::quarantine_stream_config(nats).name;
+    let name = tally_common::bus::quarantine_stream(nats);
     report.quarantined = match js.get_stream(&name).await {
         Ok(mut stream) => stream.info().await?.state.messages,
         Err(_) => 0,

@@ -109,7 +109,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let mut limited = settings.nats.clone();
     // About one second of what the API takes: full soon after the workers stop.
     limited.max_messages = (capacity as i64).max(500);
-    tally_common::bus::ensure_votes_stream(&js, &limited).await?;
+    tally_common::streams::provision(&js, &limited).await?;
 
     let api_pid = cluster.nodes[api].pid().unwrap_or(0);
     let rss_before = rss_bytes(api_pid).unwrap_or(0);
