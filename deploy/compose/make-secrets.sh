@@ -11,6 +11,9 @@
 #   secrets/nats_ca.crt                         every Tally service (trusts NATS's TLS)
 #   secrets/nats_server.crt, nats_server.key    NATS (signed by that CA, for the name `nats`)
 #   .env NATS_<IDENTITY>_PASSWORD               NATS and the one service of each identity
+#   secrets/postgres_ca.crt                     every Tally service (verifies Postgres's TLS)
+#   secrets/postgres_server.crt, .key           Postgres (for the name `postgres`)
+#   .env POSTGRES_APP_PASSWORD                  Postgres and the serving roles (tally_app)
 # The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
 # base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
@@ -21,12 +24,13 @@ if [ ! -f .env ]; then
   chmod 600 .env
   echo "wrote .env"
 fi
-# One NATS password per identity (deploy/nats/authorization.conf), added
-# to an older .env too.
-for identity in PROVISION API WORKERS BROADCASTER QUARANTINE; do
-  if ! grep -q "^NATS_${identity}_PASSWORD=" .env; then
-    printf 'NATS_%s_PASSWORD=%s\n' "$identity" "$(random)" >> .env
-    echo "added NATS_${identity}_PASSWORD to .env"
+# One NATS password per identity (deploy/nats/authorization.conf) and the
+# Postgres application role's, added to an older .env too.
+for variable in NATS_PROVISION_PASSWORD NATS_API_PASSWORD NATS_WORKERS_PASSWORD \
+                NATS_BROADCASTER_PASSWORD NATS_QUARANTINE_PASSWORD POSTGRES_APP_PASSWORD; do
+  if ! grep -q "^${variable}=" .env; then
+    printf '%s=%s\n' "$variable" "$(random)" >> .env
+    echo "added ${variable} to .env"
   fi
 done
 mkdir -p secrets
@@ -57,16 +61,22 @@ x25519_pair() { # name: writes secrets/<name>_private_key and secrets/<name>_pub
 x25519_pair sealing
 x25519_pair sealing_api
 
-# A private CA for NATS's TLS: clients trust only it (nats.tls_root_certificate).
-if [ ! -f secrets/nats_server.crt ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN=tally-nats-ca \
-    -keyout secrets/nats_ca.key -out secrets/nats_ca.crt 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj /CN=nats \
-    -keyout secrets/nats_server.key -out secrets/nats_server.csr 2>/dev/null
-  printf 'subjectAltName=DNS:nats,DNS:localhost\nextendedKeyUsage=serverAuth\n' > secrets/nats_server.ext
-  openssl x509 -req -in secrets/nats_server.csr -CA secrets/nats_ca.crt -CAkey secrets/nats_ca.key \
-    -CAcreateserial -days 825 -extfile secrets/nats_server.ext -out secrets/nats_server.crt 2>/dev/null
-  rm -f secrets/nats_server.csr secrets/nats_server.ext secrets/nats_ca.srl secrets/nats_ca.key
-  chmod 644 secrets/nats_ca.crt secrets/nats_server.crt secrets/nats_server.key  # read by the containers' users
-  echo "wrote secrets/nats_ca.crt, secrets/nats_server.crt and secrets/nats_server.key"
-fi
+# A private CA per server, for its name on the compose network: clients
+# trust only it (nats.tls_root_certificate; sslrootcert in the Postgres URL).
+server_tls() { # name: writes secrets/<name>_ca.crt, <name>_server.crt and <name>_server.key
+  local name=$1
+  [ -f "secrets/${name}_server.crt" ] && return
+  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=tally-${name}-ca" \
+    -keyout "secrets/${name}_ca.key" -out "secrets/${name}_ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=${name}" \
+    -keyout "secrets/${name}_server.key" -out "secrets/${name}_server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s,DNS:localhost\nextendedKeyUsage=serverAuth\n' "$name" > "secrets/${name}_server.ext"
+  openssl x509 -req -in "secrets/${name}_server.csr" -CA "secrets/${name}_ca.crt" -CAkey "secrets/${name}_ca.key" \
+    -CAcreateserial -days 825 -extfile "secrets/${name}_server.ext" -out "secrets/${name}_server.crt" 2>/dev/null
+  rm -f "secrets/${name}_server.csr" "secrets/${name}_server.ext" "secrets/${name}_ca.srl" "secrets/${name}_ca.key"
+  # Read by the containers' users (Postgres copies its key to a private file first).
+  chmod 644 "secrets/${name}_ca.crt" "secrets/${name}_server.crt" "secrets/${name}_server.key"
+  echo "wrote secrets/${name}_ca.crt, secrets/${name}_server.crt and secrets/${name}_server.key"
+}
+server_tls nats
+server_tls postgres
