@@ -34,6 +34,7 @@ impl ApiProcess {
         let ns = Namespace::new();
         ns.create_database().await;
         let s = ns.settings();
+        crate::helpers::provision_streams(&s).await;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"));
         command
             .args(["serve", "--roles", "api"])

@@ -184,7 +184,7 @@ async fn seed_demo_and_bench_refuse_production() {
         ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production"),
         ("TALLY_DATABASE__URL", "postgres://tally:a-real-password@127.0.0.1:5432/nowhere?sslmode=require"),
         ("TALLY_REDIS__URL", "redis://:a-real-password@127.0.0.1:6379"),
-        ("TALLY_NATS__URL", "nats://localhost:4222"),
+        ("TALLY_NATS__URL", "nats://tally:a-real-password@localhost:4222"),
     ];
     for args in [&["seed-demo"][..], &["bench", "provision", "--voters", "1", "--output", "/dev/null"]] {
         let output = Command::new(env!("CARGO_BIN_EXE_tally"))
