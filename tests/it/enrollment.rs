@@ -133,6 +133,7 @@ async fn accounts_made_before_codes_must_re_enroll() {
     .await
     .unwrap();
     assert!(!enrolled && revoked, "the migration marks the account and ends its session");
+    crate::helpers::provision_streams(&ns.settings()).await;
     let app = start(ns.clone(), ns.settings(), Roles::ALL, db, cleanup).await;
 
     let old_refresh =
