@@ -131,6 +131,12 @@ pub fn read(quota: Quota, (allowed, remaining, retry_ms, reset_ms): (i64, i64, i
     }
 }
 
+/// How long a check may take. While Redis is away its client may wait on
+/// reconnection far longer than one reply takes; a limit that cannot
+/// answer by then is treated as unavailable (let through, or refused for
+/// logins) rather than holding the request until its own timeout.
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One check on its own: one round trip.
 pub async fn check(redis: &Redis, key: &str, quota: Quota) -> anyhow::Result<Decision> {
     if quota.is_off() {
@@ -138,8 +144,11 @@ pub async fn check(redis: &Redis, key: &str, quota: Quota) -> anyhow::Result<Dec
     }
     let mut pipe = redis::pipe();
     add_to(&mut pipe, key, quota);
-    let (reply,): ((i64, i64, i64, i64),) =
-        pipe.query_async(&mut redis.clone()).await.map_err(|e| anyhow::anyhow!("rate limit check: {e}"))?;
+    let mut redis = redis.clone();
+    let (reply,): ((i64, i64, i64, i64),) = tokio::time::timeout(CHECK_WITHIN, pipe.query_async(&mut redis))
+        .await
+        .map_err(|_| anyhow::anyhow!("rate limit check: no answer within {CHECK_WITHIN:?}"))?
+        .map_err(|e| anyhow::anyhow!("rate limit check: {e}"))?;
     Ok(read(quota, reply))
 }
 
