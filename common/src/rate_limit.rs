@@ -56,7 +56,8 @@ impl Quota {
         self.limit == 0 || self.period_secs == 0
     }
 
-    fn interval_ms(&self) -> u64 {
+    /// Milliseconds between two requests at the sustained rate.
+    pub fn interval_ms(&self) -> u64 {
         (self.period_secs * 1000 / u64::from(self.limit.max(1))).max(1)
     }
 }

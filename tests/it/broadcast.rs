@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tally_common::tally::{self, Totals};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    ElectionSpec, Proxy, RUNNERS, TestApp, code_of, insert_election, spawn_app, spawn_app_with,
+    ElectionSpec, Proxy, RUNNERS, TestApp, code_of, insert_election, publish_version, spawn_app,
+    spawn_app_with,
 };
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -52,18 +52,6 @@ fn votes(message: &serde_json::Value, runner: usize) -> Option<i64> {
     message["posts"][0]["runners"][runner]["votes"].as_i64()
 }
 
-/// Writes a tally straight to Redis, as a worker does after a commit.
-async fn publish_version(app: &TestApp, election: i64, version: i64) {
-    let totals = Totals {
-        election_id: election,
-        version,
-        turnout: version,
-        votes: vec![(RUNNERS[0], version)],
-        oldest_accepted_at: None,
-    };
-    tally::apply(&app.deps().await.redis, &app.keys(), &[totals], &[], false).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_viewer_gets_a_snapshot_at_once_then_each_new_tally() {
     let app = spawn_app().await;
@@ -106,7 +94,7 @@ async fn updates_are_capped_per_viewer_and_end_on_the_latest() {
     next(&mut viewer).await.unwrap();
     let started = std::time::Instant::now();
     for version in 1..=40 {
-        publish_version(&app, election, version).await;
+        publish_version(&app.deps().await.redis, &app, election, version).await;
     }
     let mut received = 0;
     let last = loop {
@@ -130,7 +118,7 @@ async fn a_viewer_that_never_reads_does_not_delay_others() {
     let mut fast = watch(&app, election).await;
     next(&mut fast).await.unwrap();
     for version in 1..=30 {
-        publish_version(&app, election, version).await;
+        publish_version(&app.deps().await.redis, &app, election, version).await;
     }
     let last = until(&mut fast, |m| m["version"] == 30).await;
     assert_eq!(votes(&last, 0), Some(30));
@@ -143,8 +131,8 @@ async fn visibility_rules_hold_on_the_live_feed() {
         insert_election(&app.db, ElectionSpec { visibility: "turnout_only", ..Default::default() }).await;
     let after_close =
         insert_election(&app.db, ElectionSpec { visibility: "after_close", ..Default::default() }).await;
-    publish_version(&app, turnout_only, 3).await;
-    publish_version(&app, after_close, 3).await;
+    publish_version(&app.deps().await.redis, &app, turnout_only, 3).await;
+    publish_version(&app.deps().await.redis, &app, after_close, 3).await;
 
     // Turnout only: the turnout, but no counts and no version (it counts
     // commits, so it would tell how often the counts moved).

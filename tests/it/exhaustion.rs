@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use ::tally::app::Roles;
 use futures_util::{SinkExt, StreamExt};
-use tally_common::tally::{self, Totals};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Cleanup, ElectionSpec, Namespace, RUNNERS, TestApp, insert_election, spawn_app_with};
+use crate::helpers::{
+    Cleanup, ElectionSpec, Namespace, TestApp, insert_election, publish_version, spawn_app_with,
+};
 
 // ---------------------------------------------------------------------------
 // Password hashing
@@ -339,18 +340,6 @@ async fn a_websocket_viewer_sending_a_big_message_gets_1009() {
     .await
     .expect("disconnected within 10 s");
     assert_eq!(closed, Some(1009), "closed with 1009 (message too big)");
-}
-
-/// Writes a tally straight to Redis, as a worker does after a commit.
-async fn publish_version(redis: &tally_common::store::Redis, app: &TestApp, election: i64, version: i64) {
-    let totals = Totals {
-        election_id: election,
-        version,
-        turnout: version,
-        votes: vec![(RUNNERS[0], version)],
-        oldest_accepted_at: None,
-    };
-    tally::apply(redis, &app.keys(), &[totals], &[], false).await.unwrap();
 }
 
 /// An SSE request on a socket with a small receive buffer, read up to the

@@ -622,3 +622,16 @@ pub fn with_database_through(app: &TestApp, proxy: &Proxy) -> Settings {
     settings.database.acquire_timeout_ms = 500;
     settings
 }
+
+/// Writes a tally straight to Redis, as a worker does after a commit:
+/// `version` votes for the first runner, turnout `version`.
+pub async fn publish_version(redis: &tally_common::store::Redis, app: &TestApp, election: i64, version: i64) {
+    let totals = tally_common::tally::Totals {
+        election_id: election,
+        version,
+        turnout: version,
+        votes: vec![(RUNNERS[0], version)],
+        oldest_accepted_at: None,
+    };
+    tally_common::tally::apply(redis, &app.keys(), &[totals], &[], false).await.expect("tally written");
+}

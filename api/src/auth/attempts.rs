@@ -13,6 +13,7 @@
 //!   to come back later.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tally_common::ApiError;
@@ -89,10 +90,11 @@ pub async fn admit(
         return Ok(());
     }
     let key = state.deps.keys.rate_limit(per_citizen, &citizen_id.to_string());
-    let interval_ms = (quota.period_secs * 1000 / u64::from(quota.limit)).max(1);
-    let (admitted, wait_ms): (i64, i64) = redis::Script::new(BACKSTOP)
+    // Hashed once; sent by its hash, and loaded again after a Redis restart.
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BACKSTOP));
+    let (admitted, wait_ms): (i64, i64) = SCRIPT
         .key(key)
-        .arg(interval_ms)
+        .arg(quota.interval_ms())
         .arg(quota.limit)
         .arg(MAX_WAIT_MS)
         .invoke_async(&mut state.deps.redis.clone())
