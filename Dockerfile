@@ -7,18 +7,20 @@ WORKDIR /src
 # Dependencies first, with stub sources: this layer is rebuilt only when a
 # manifest or the lock file changes, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
-COPY common/Cargo.toml common/
+COPY common/domain/Cargo.toml common/domain/
+COPY common/platform/Cargo.toml common/platform/
+COPY common/http/Cargo.toml common/http/
 COPY api/Cargo.toml api/
 COPY workers/Cargo.toml workers/
 COPY broadcaster/Cargo.toml broadcaster/
-RUN for crate in common api workers broadcaster; do mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; done \
+RUN for crate in common/domain common/platform common/http api workers broadcaster; do mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; done \
  && mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked --bin tally \
- && rm -rf src common/src api/src workers/src broadcaster/src
+ && rm -rf src common/domain/src common/platform/src common/http/src api/src workers/src broadcaster/src
 COPY . .
 # The stubs' build artefacts are older than the real sources, but touch
 # makes sure cargo rebuilds the project's own crates.
-RUN touch src/main.rs src/lib.rs common/src/lib.rs api/src/lib.rs workers/src/lib.rs broadcaster/src/lib.rs \
+RUN touch src/main.rs src/lib.rs common/domain/src/lib.rs common/platform/src/lib.rs common/http/src/lib.rs api/src/lib.rs workers/src/lib.rs broadcaster/src/lib.rs \
  && cargo build --release --locked --bin tally \
  && strip target/release/tally
 

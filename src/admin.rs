@@ -2,8 +2,8 @@
 //! admin accounts; an operator with database access makes the first one.
 
 use anyhow::Context;
-use tally_common::Settings;
-use tally_common::domain::Role;
+use tally_domain::citizen::Role;
+use tally_platform::Settings;
 use uuid::Uuid;
 
 /// Who ran the command, for the audit log.
@@ -14,7 +14,7 @@ pub fn operator() -> String {
 }
 
 pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyhow::Result<()> {
-    let pool = tally_common::db::pool(&settings.database)?;
+    let pool = tally_platform::postgres::pool(&settings.database)?;
     let actor = operator();
     let mut tx = pool.begin().await.context("connecting to Postgres")?;
     let before: Option<String> =
@@ -51,10 +51,10 @@ pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyho
     };
     tx.commit().await.context("saving the role")?;
     if !ended.is_empty() {
-        let verifier = tally_common::auth::Verifier::new(
-            std::sync::Arc::new(tally_common::auth::TokenKeys::from_settings(&settings.auth)),
-            tally_common::store::connect(&settings.redis).await?,
-            tally_common::store::Keys::new(&settings.redis.key_prefix),
+        let verifier = tally_http::auth::Verifier::new(
+            std::sync::Arc::new(tally_platform::auth::TokenKeys::from_settings(&settings.auth)),
+            tally_platform::redis::connect(&settings.redis).await?,
+            tally_platform::redis::Keys::new(&settings.redis.key_prefix),
             pool.clone(),
         );
         verifier.revoke(&ended).await?;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tally_common::health::{Readiness, admin_router};
-use tally_common::http::{bind, serve_admin};
-use tally_common::{Deps, Settings};
+use tally_http::admin::admin_router;
+use tally_http::middleware::{bind, serve_admin};
+use tally_platform::readiness::Readiness;
+use tally_platform::{Deps, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -222,14 +223,14 @@ async fn run_roles(
 /// Creates or updates the NATS streams, as `tally migrate` does: with
 /// this process's NATS identity, which must be the provisioning one in
 /// production. Waits a while for a broker that is still starting.
-pub async fn provision_streams(settings: &tally_common::config::NatsSettings) -> anyhow::Result<()> {
+pub async fn provision_streams(settings: &tally_platform::config::NatsSettings) -> anyhow::Result<()> {
     const PATIENCE: Duration = Duration::from_secs(60);
-    let client = tally_common::bus::connect(settings).await?;
-    let js = tally_common::bus::jetstream(client.clone(), settings);
-    let mut backoff = tally_common::retry::Backoff::default();
+    let client = tally_platform::nats::connect(settings).await?;
+    let js = tally_platform::nats::jetstream(client.clone(), settings);
+    let mut backoff = tally_platform::retry::Backoff::default();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let provisioned = loop {
-        match tally_common::streams::provision(&js, settings).await {
+        match tally_platform::streams::provision(&js, settings).await {
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = format!("{e:#}"), "cannot provision the NATS streams yet");
                 tokio::time::sleep(backoff.next_delay()).await;

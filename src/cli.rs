@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tally_common::Settings;
-use tally_common::auth::enrollment::EnrollmentKey;
-use tally_common::config::Environment;
-use tally_common::domain::Role;
+use tally_domain::citizen::Role;
+use tally_domain::enrollment::EnrollmentKey;
+use tally_platform::Settings;
+use tally_platform::config::Environment;
 
 use crate::registry::commands::RegistryCommand;
 
@@ -239,7 +239,7 @@ impl Cli {
                 return ExitCode::from(2);
             }
         };
-        if let Err(e) = tally_common::telemetry::init_tracing(&settings.log) {
+        if let Err(e) = tally_platform::telemetry::init_tracing(&settings.log) {
             eprintln!("tally: {e:#}");
             return ExitCode::from(2);
         }
@@ -272,7 +272,7 @@ impl Command {
         }
         match self {
             Command::Keys(KeysCommand::Generate { id, api }) => {
-                let pair = tally_common::seal::generate();
+                let pair = tally_domain::seal::generate();
                 if api {
                     println!("# The API's pair: the private key to the API only, the public key to workers.");
                     println!("TALLY_SEALING__API_PRIVATE_KEY={}", pair.private);
@@ -289,7 +289,7 @@ impl Command {
                 Ok(())
             }
             Command::Serve { roles } => {
-                let shutdown = tally_common::shutdown::on_signal();
+                let shutdown = tally_platform::shutdown::on_signal();
                 let mut app = App::start(settings, roles, shutdown).await?;
                 if app.ready().await.is_ok() {
                     print_urls(&app);
@@ -304,20 +304,20 @@ impl Command {
                 Ok(())
             }
             Command::Migrate => {
-                tally_common::db::create_database_if_missing(&settings.database).await?;
-                let pool = tally_common::db::pool(&settings.database)?;
-                tally_common::db::migrate(&pool).await?;
+                tally_platform::postgres::create_database_if_missing(&settings.database).await?;
+                let pool = tally_platform::postgres::pool(&settings.database)?;
+                tally_platform::postgres::migrate(&pool).await?;
                 println!("migrations applied");
                 crate::app::provision_streams(&settings.nats).await?;
                 println!(
                     "NATS streams {} and {} ready",
                     settings.nats.stream,
-                    tally_common::bus::quarantine_stream(&settings.nats)
+                    tally_platform::nats::quarantine_stream(&settings.nats)
                 );
                 Ok(())
             }
             Command::SeedDemo { citizens } => {
-                let pool = tally_common::db::pool(&settings.database)?;
+                let pool = tally_platform::postgres::pool(&settings.database)?;
                 let key = EnrollmentKey::new(settings.auth.enrollment_key()?);
                 let report =
                     crate::seed::seed_demo(&pool, &key, citizens).await.context("seeding the demo")?;
@@ -331,7 +331,7 @@ impl Command {
                 Ok(())
             }
             Command::Bench(BenchCommand::Provision { voters, output }) => {
-                let db = tally_common::db::pool(&settings.database)?;
+                let db = tally_platform::postgres::pool(&settings.database)?;
                 let first = crate::bench::provision::next_voter_id(&db).await?;
                 let provisioned = crate::bench::provision::provision(&settings, voters, first).await?;
                 std::fs::write(&output, serde_json::to_vec(&provisioned)?)
@@ -418,10 +418,10 @@ impl Command {
 }
 
 /// The shared clients for an admin command; `None` if interrupted first.
-async fn connect(settings: Settings) -> anyhow::Result<Option<tally_common::Deps>> {
-    let shutdown = tally_common::shutdown::on_signal();
-    let readiness = tally_common::health::Readiness::default();
-    tally_common::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await
+async fn connect(settings: Settings) -> anyhow::Result<Option<tally_platform::Deps>> {
+    let shutdown = tally_platform::shutdown::on_signal();
+    let readiness = tally_platform::readiness::Readiness::default();
+    tally_platform::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await
 }
 
 /// Prints a fault-injection report and fails the command on a violation.

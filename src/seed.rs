@@ -6,7 +6,7 @@ use std::fmt;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tally_common::auth::enrollment::EnrollmentKey;
+use tally_domain::enrollment::EnrollmentKey;
 use time::OffsetDateTime;
 
 use crate::registry::generate::citizens;

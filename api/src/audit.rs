@@ -3,9 +3,9 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use tally_common::auth::AdminUser;
-use tally_common::error::FieldError;
-use tally_common::{ApiError, Json, Query};
+use tally_http::auth::AdminUser;
+use tally_http::error::FieldError;
+use tally_http::{ApiError, Json, Query};
 use time::OffsetDateTime;
 
 use crate::ApiState;

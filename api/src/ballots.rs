@@ -11,13 +11,16 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use tally_common::auth::{AuthUser, SignedUser};
-use tally_common::ballot::{VoteCommand, check_selections};
-use tally_common::bus::{self, PublishError, Stored};
-use tally_common::client_ip::ClientIp;
-use tally_common::election::{Status, VoterFacts, eligibility};
-use tally_common::rate_limit::{self, Quota};
-use tally_common::{ApiError, Json, Path};
+use tally_domain::ballot::{VoteCommand, check_selections};
+use tally_domain::election::{Status, VoterFacts, eligibility};
+use tally_http::auth::{AuthUser, SignedUser};
+use tally_http::client_ip::ClientIp;
+use tally_http::rate_limit;
+use tally_http::rate_limit::DecisionExt;
+use tally_http::{ApiError, Json, Path};
+use tally_platform::limits;
+use tally_platform::limits::Quota;
+use tally_platform::nats::{self, PublishError, Stored};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -102,7 +105,7 @@ pub async fn cast(
             .arg(if keyed { "1" } else { "0" }),
     );
     if !quota.is_off() && !charged {
-        rate_limit::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
+        limits::add_to(&mut checks, &state.deps.keys.rate_limit("client", &client.to_string()), quota);
     }
     let unavailable = |e: redis::RedisError| {
         ApiError::unavailable(anyhow::anyhow!("checking session and voter set: {e}"), 1)
@@ -116,13 +119,13 @@ pub async fn cast(
         }
         replies => replies.map_err(unavailable)?,
     };
-    let revocation: tally_common::auth::extract::RevocationReply =
+    let revocation: tally_http::auth::RevocationReply =
         redis::from_redis_value(&replies[0]).map_err(unavailable)?;
     let (voted, held, reserved_now): (bool, String, bool) =
         redis::from_redis_value(&replies[1]).map_err(unavailable)?;
     let shown = match replies.get(2) {
         Some(reply) => {
-            let decision = rate_limit::read(quota, redis::from_redis_value(reply).map_err(unavailable)?);
+            let decision = limits::read(quota, redis::from_redis_value(reply).map_err(unavailable)?);
             match decision.enforce("client") {
                 Ok(shown) => shown,
                 Err(limited) => {
@@ -133,14 +136,14 @@ pub async fn cast(
                 }
             }
         }
-        None => rate_limit::Decision::unlimited(),
+        None => limits::Decision::unlimited(),
     };
     let revoked = state.verifier.settle(voter.session_id, revocation).await;
     if !matches!(revoked, Ok(false)) {
         if reserved_now {
             release(&state, election_id, voter.citizen_id, &intent).await;
         }
-        return Err(revoked.err().unwrap_or_else(tally_common::auth::Verifier::revoked));
+        return Err(revoked.err().unwrap_or_else(tally_http::auth::Verifier::revoked));
     }
     // Whether this is a retry of a keyed ballot reserved earlier.
     let retry = match (keyed, reserved_now, held.is_empty(), voted) {
@@ -176,9 +179,9 @@ pub async fn cast(
         let id = format!("{}:{}", command.msg_id(), idempotency::key_tag(&intent));
         sealed.headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
     }
-    let stored = bus::publish_acked(
+    let stored = nats::publish_acked(
         &state.deps.jetstream,
-        bus::ballot_subject(settings, election_id),
+        nats::ballot_subject(settings, election_id),
         sealed.headers,
         sealed.payload,
         Duration::from_millis(settings.publish_timeout_ms),
@@ -252,8 +255,8 @@ type Accepted = (StatusCode, HeaderMap, Json<BallotAccepted>);
 /// A ballot that passed every check needing no Redis: who, where, what,
 /// and the receipt it will get.
 struct Screened {
-    voter: tally_common::auth::AuthUser,
-    election: std::sync::Arc<tally_common::catalog::Election>,
+    voter: tally_http::auth::AuthUser,
+    election: std::sync::Arc<tally_domain::election::Election>,
     election_id: i64,
     request: BallotRequest,
     receipt: Uuid,
@@ -334,7 +337,7 @@ async fn charge(state: &ApiState, client: IpAddr, quota: Quota) -> Result<(), Ap
     rate_limit::enforce_or_let_through(&state.deps.redis, &key, quota, "client").await.map(drop)
 }
 
-fn accepted(receipt: Uuid, shown: &rate_limit::Decision) -> Accepted {
+fn accepted(receipt: Uuid, shown: &limits::Decision) -> Accepted {
     let mut headers = HeaderMap::new();
     shown.write_headers(&mut headers);
     (StatusCode::ACCEPTED, headers, Json(BallotAccepted { receipt, status: "pending" }))

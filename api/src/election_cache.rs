@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sqlx::PgPool;
-use tally_common::catalog::{self, Election};
-use tally_common::retry::Backoff;
+use tally_domain::election::Election;
+use tally_platform::elections;
+use tally_platform::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
 const FULL_RELOAD: Duration = Duration::from_secs(30);
@@ -63,7 +64,7 @@ impl ElectionCache {
     /// moment ago, or changed by an admin), remembering briefly if there
     /// is none.
     pub async fn reload(&self, id: i64) -> anyhow::Result<Option<Arc<Election>>> {
-        let loaded = catalog::load(&self.db, id).await?.map(Arc::new);
+        let loaded = elections::load(&self.db, id).await?.map(Arc::new);
         let mut elections = self.elections.write().unwrap_or_else(|e| e.into_inner());
         let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
         match &loaded {
@@ -88,7 +89,7 @@ impl ElectionCache {
 
     pub async fn reload_all(&self) -> anyhow::Result<()> {
         let all: HashMap<i64, Arc<Election>> =
-            catalog::load_all(&self.db).await?.into_iter().map(|e| (e.id, Arc::new(e))).collect();
+            elections::load_all(&self.db).await?.into_iter().map(|e| (e.id, Arc::new(e))).collect();
         *self.elections.write().unwrap_or_else(|e| e.into_inner()) = all;
         Ok(())
     }

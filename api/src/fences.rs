@@ -1,12 +1,12 @@
 //! What this API process knows of elections' fences (see
-//! `tally_common::fence`). A fence, once found, never moves: any later
+//! `tally_platform::fence`). A fence, once found, never moves: any later
 //! one is stored after it. Until one is found, every ballot asks the
 //! stream's leader, since the fence may have been stored a moment ago.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tally_common::{Deps, fence};
+use tally_platform::{Deps, fence};
 
 #[derive(Clone, Default)]
 pub struct Fences {

@@ -12,10 +12,10 @@
 
 use axum::http::HeaderMap;
 use ring::hmac;
-use tally_common::ApiError;
+use tally_http::ApiError;
 use uuid::Uuid;
 
-pub use tally_common::http::IDEMPOTENCY_KEY as HEADER;
+pub use tally_http::middleware::IDEMPOTENCY_KEY as HEADER;
 /// The intent of a ballot sent without a key: it reserves nothing.
 pub const KEYLESS: &str = "-";
 

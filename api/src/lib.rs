@@ -15,8 +15,8 @@ pub mod state;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
-use tally_common::Deps;
-use tally_common::rate_limit;
+use tally_http::rate_limit;
+use tally_platform::Deps;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +51,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.clone())
         .merge(openapi::routes());
     let routes = rate_limit::limit_per_client(routes, &state.deps, CHECKED_IN_HANDLER);
-    tally_common::http::public_stack(routes, &state.deps.settings.http)
+    tally_http::middleware::public_stack(routes, &state.deps.settings.http)
 }
 
 /// The api role's counters, at zero before the first event.
 fn register_metrics() {
-    use tally_common::telemetry::zero_counters;
+    use tally_platform::telemetry::zero_counters;
     metrics::counter!("tally_votes_accepted_total").increment(0);
     zero_counters(
         "tally_votes_refused_total",
@@ -111,7 +111,7 @@ fn register_metrics() {
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
     let state = ApiState::new(deps)?;
-    let redis = tally_common::store::client(&state.deps.settings.redis)?;
+    let redis = tally_platform::redis::client(&state.deps.settings.redis)?;
     let follower = tokio::spawn(state.elections.clone().follow(
         redis,
         state.deps.keys.elections_channel(),
@@ -130,7 +130,7 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
         }
     });
     let settings = state.deps.settings.clone();
-    let served = tally_common::serve::serve(listener, router(state), &settings.http, shutdown).await;
+    let served = tally_http::serve::serve(listener, router(state), &settings.http, shutdown).await;
     follower.abort();
     served
 }

@@ -1,13 +1,16 @@
 //! Per-citizen rate limits of the API (the per-client limit on every route
-//! is middleware in `tally_common::rate_limit`).
+//! is middleware in `tally_http::rate_limit`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_common::ApiError;
-use tally_common::rate_limit::{self, Quota};
+use tally_http::ApiError;
+use tally_http::rate_limit;
+use tally_http::rate_limit::DecisionExt;
+use tally_platform::limits;
+use tally_platform::limits::Quota;
 
 use crate::ApiState;
 
@@ -58,7 +61,7 @@ impl PerAddress {
         let next = at + interval;
         if next > now + window {
             let wait = next - now - window;
-            let decision = rate_limit::Decision {
+            let decision = limits::Decision {
                 allowed: false,
                 limit: self.burst,
                 remaining: 0,

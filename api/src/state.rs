@@ -1,10 +1,11 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use tally_common::Deps;
-use tally_common::auth::enrollment::EnrollmentKey;
-use tally_common::auth::{Passwords, TokenKeys, Verifier};
-use tally_common::seal::Sealer;
+use tally_domain::enrollment::EnrollmentKey;
+use tally_domain::seal::Sealer;
+use tally_http::auth::Verifier;
+use tally_platform::Deps;
+use tally_platform::auth::{Passwords, TokenKeys};
 
 use crate::election_cache::ElectionCache;
 use crate::fences::Fences;

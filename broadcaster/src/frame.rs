@@ -4,8 +4,8 @@
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
-use tally_common::catalog::Election;
-use tally_common::election::Status;
+use tally_domain::election::Election;
+use tally_domain::election::Status;
 use time::OffsetDateTime;
 
 /// One snapshot of an election as viewers see it.
@@ -28,8 +28,8 @@ pub struct Counts {
     pub oldest_accepted_at: Option<OffsetDateTime>,
 }
 
-impl From<tally_common::tally::Snapshot> for Counts {
-    fn from(s: tally_common::tally::Snapshot) -> Counts {
+impl From<tally_platform::tallies::Snapshot> for Counts {
+    fn from(s: tally_platform::tallies::Snapshot) -> Counts {
         Counts { version: s.version, turnout: s.turnout, votes: s.votes, oldest_accepted_at: None }
     }
 }

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tally_common::Deps;
-use tally_common::catalog::{self, Election};
-use tally_common::election::Status;
-use tally_common::tally::{self, TallyEvent};
+use tally_domain::election::Election;
+use tally_domain::election::Status;
+use tally_platform::Deps;
+use tally_platform::elections;
+use tally_platform::tallies::{self, TallyEvent};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +81,7 @@ impl Hub {
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|e| e.into_inner()).get(&election_id) {
             return Ok(Some(feed.clone()));
         }
-        let Some(election) = catalog::load(&self.deps.db, election_id).await? else { return Ok(None) };
+        let Some(election) = elections::load(&self.deps.db, election_id).await? else { return Ok(None) };
         let counts = self.read_counts(&election).await?;
         let now = OffsetDateTime::now_utc();
         let status = election.status(now);
@@ -108,7 +109,7 @@ impl Hub {
     /// Counts as Redis holds them; once the election is over and fully
     /// recorded, as Postgres holds them.
     async fn read_counts(&self, election: &Election) -> anyhow::Result<Counts> {
-        let snapshot = tally::read(&self.deps.redis, &self.deps.keys, election.id).await?;
+        let snapshot = tallies::read(&self.deps.redis, &self.deps.keys, election.id).await?;
         if snapshot.version >= election.tally_version {
             return Ok(Counts::from(snapshot));
         }
@@ -140,7 +141,7 @@ impl Hub {
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (id, feed) in feeds {
-            match tally::read_with(conn, &self.deps.keys, id).await {
+            match tallies::read_with(conn, &self.deps.keys, id).await {
                 Ok(snapshot) => feed.apply(Counts::from(snapshot)),
                 Err(e) => {
                     tracing::warn!(election_id = id, error = format!("{e:#}"), "re-reading a tally failed")
@@ -153,7 +154,7 @@ impl Hub {
     pub async fn reload(&self, election_id: i64) {
         let feed = self.feeds.lock().unwrap_or_else(|e| e.into_inner()).get(&election_id).cloned();
         let Some(feed) = feed else { return };
-        match catalog::load(&self.deps.db, election_id).await {
+        match elections::load(&self.deps.db, election_id).await {
             Ok(Some(election)) => {
                 let mut state = feed.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.status = election.status(OffsetDateTime::now_utc());
@@ -187,7 +188,7 @@ impl Hub {
             let fresh = if was_final {
                 None
             } else {
-                catalog::load(&self.deps.db, election_id).await.ok().flatten().map(Arc::new)
+                elections::load(&self.deps.db, election_id).await.ok().flatten().map(Arc::new)
             };
             let election = fresh.clone().unwrap_or(election);
             let status = election.status(OffsetDateTime::now_utc());

@@ -18,9 +18,11 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tally_common::client_ip::ClientIp;
-use tally_common::rate_limit::{self, Quota};
-use tally_common::{ApiError, Deps, Path};
+use tally_http::client_ip::ClientIp;
+use tally_http::rate_limit;
+use tally_http::{ApiError, Path};
+use tally_platform::Deps;
+use tally_platform::limits::Quota;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,12 +61,12 @@ pub fn router(state: BroadcasterState) -> Router {
         .route("/assets/{file}", get(page::asset))
         .with_state(state.clone());
     let routes = rate_limit::limit_per_client(routes, state.hub.deps(), &[]);
-    tally_common::http::public_stack(routes, &settings.http)
+    tally_http::middleware::public_stack(routes, &settings.http)
 }
 
 /// The broadcaster's series, at zero before the first viewer.
 fn register_metrics() {
-    use tally_common::telemetry::zero_counters;
+    use tally_platform::telemetry::zero_counters;
     for transport in ["websocket", "sse"] {
         metrics::gauge!("tally_viewers", "transport" => transport).increment(0.0);
     }
@@ -77,7 +79,7 @@ fn register_metrics() {
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
     let hub = Hub::new(deps.clone(), shutdown.clone());
-    let redis = tally_common::store::client(&deps.settings.redis)?;
+    let redis = tally_platform::redis::client(&deps.settings.redis)?;
     let source = tokio::spawn(source::follow(hub.clone(), redis, shutdown.clone()));
     let tracker = TaskTracker::new();
     let viewers = PerAddress::new(deps.settings.broadcaster.max_viewers_per_ip);
@@ -86,7 +88,7 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
     // An SSE viewer that stops reading is noticed only by its socket: its
     // writes stop making progress. WebSocket viewers time out their own sends.
     let stall_limit = Some(Duration::from_millis(settings.broadcaster.slow_viewer_timeout_ms));
-    let served = tally_common::serve::serve_with_stall_limit(
+    let served = tally_http::serve::serve_with_stall_limit(
         listener,
         router(state),
         &settings.http,

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tally_common::catalog;
-use tally_common::election::Status;
-use tally_common::{ApiError, Json, Path};
+use tally_domain::election::Status;
+use tally_http::{ApiError, Json, Path};
+use tally_platform::elections;
 use time::OffsetDateTime;
 
 use crate::BroadcasterState;
@@ -58,7 +58,7 @@ pub struct Listed {
 /// Open elections, then the most recently ended, for the index page.
 pub async fn elections(State(state): State<BroadcasterState>) -> Result<Json<Vec<Listed>>, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let mut listed: Vec<Listed> = catalog::load_all(&state.hub.deps().db)
+    let mut listed: Vec<Listed> = elections::load_all(&state.hub.deps().db)
         .await?
         .into_iter()
         .filter_map(|e| {

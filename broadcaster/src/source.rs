@@ -4,8 +4,8 @@
 //! tally without reconnecting themselves.
 
 use futures_util::StreamExt;
-use tally_common::retry::Backoff;
-use tally_common::tally::TallyEvent;
+use tally_platform::retry::Backoff;
+use tally_platform::tallies::TallyEvent;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tally_api::ballots::BallotRequest;
-use tally_common::ballot::check_selections;
-use tally_common::catalog::Runner;
+use tally_domain::ballot::check_selections;
+use tally_domain::election::Runner;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = serde_json::from_slice::<BallotRequest>(data) else { return };

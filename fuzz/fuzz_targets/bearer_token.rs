@@ -6,9 +6,9 @@ use std::sync::LazyLock;
 
 use axum::http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use tally_common::Settings;
-use tally_common::auth::TokenKeys;
-use tally_common::auth::extract::user_from_header;
+use tally_platform::Settings;
+use tally_platform::auth::TokenKeys;
+use tally_http::auth::user_from_header;
 
 static KEYS: LazyLock<TokenKeys> = LazyLock::new(|| TokenKeys::from_settings(&Settings::default().auth));
 

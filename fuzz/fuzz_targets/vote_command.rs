@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_common::ballot::VoteCommand;
+use tally_domain::ballot::VoteCommand;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(command) = VoteCommand::decode(data) {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use tally_common::Settings;
-use tally_common::tally::TallyEvent;
+use tally_platform::Settings;
+use tally_platform::tallies::TallyEvent;
 use uuid::Uuid;
 
 use super::provision::{RUNNERS, close, next_voter_id, open_election, provision, retire};
@@ -61,7 +61,7 @@ pub async fn run(
     config: Option<&std::path::Path>,
     options: Options,
 ) -> anyhow::Result<Report> {
-    let db = tally_common::db::pool(&settings.database)?;
+    let db = tally_platform::postgres::pool(&settings.database)?;
     // The stack it starts only looks the streams up, as `make up` would
     // have left them.
     crate::app::provision_streams(&settings.nats).await?;
@@ -77,10 +77,10 @@ pub async fn run(
     let _stack = spawn_tally(config, "api,workers,broadcaster", admin, &settings_for_stack).await?;
 
     // Every tally event: when, and how many ballots it counts.
-    let client = tally_common::store::client(&settings.redis)?;
-    let redis = tally_common::store::connect(&settings.redis).await?;
+    let client = tally_platform::redis::client(&settings.redis)?;
+    let redis = tally_platform::redis::connect(&settings.redis).await?;
     let mut pubsub = client.get_async_pubsub().await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     pubsub.subscribe(keys.tally_channel(election)).await?;
     // Every ballot counts until the senders are done; then every accepted one.
     let (target, mut wanted) = tokio::sync::watch::channel(provisioned.tokens.len() as i64);
@@ -158,7 +158,7 @@ pub async fn run(
     // The last K or more ballots are held until the election ends.
     let _ = target.send(accepted_at.len() as i64);
     let closed_at = Instant::now();
-    let counted_before_close = tally_common::tally::read(&redis, &keys, election).await?.turnout;
+    let counted_before_close = tally_platform::tallies::read(&redis, &keys, election).await?.turnout;
     close(&db, &redis, &keys, election).await?;
     let seen = events.await?;
     let tallied_at = seen.iter().find(|(_, turnout)| *turnout >= accepted_at.len() as i64).map(|(at, _)| *at);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use tally_common::Settings;
-use tally_common::secret::Secret;
+use tally_domain::secret::Secret;
+use tally_platform::Settings;
 
 use super::free_port;
 
@@ -33,9 +33,9 @@ pub async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settin
     settings.database.url = Secret::new(infra.database_url());
     settings.redis.url = Secret::new(infra.redis_url());
     settings.nats.url = Secret::new(infra.nats_url());
-    tally_common::db::create_database_if_missing(&settings.database).await?;
-    let db = tally_common::db::pool(&settings.database)?;
-    tally_common::db::migrate(&db).await?;
+    tally_platform::postgres::create_database_if_missing(&settings.database).await?;
+    let db = tally_platform::postgres::pool(&settings.database)?;
+    tally_platform::postgres::migrate(&db).await?;
     crate::app::provision_streams(&settings.nats).await?;
     Ok((infra, settings, db))
 }

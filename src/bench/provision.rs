@@ -8,10 +8,10 @@
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tally_common::Settings;
-use tally_common::auth::TokenKeys;
-use tally_common::domain::Role;
-use tally_common::store::{Keys, Redis};
+use tally_domain::citizen::Role;
+use tally_platform::Settings;
+use tally_platform::auth::TokenKeys;
+use tally_platform::redis::{Keys, Redis};
 use time::macros::date;
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ pub async fn next_voter_id(db: &PgPool) -> anyhow::Result<i64> {
 /// `voters` adults with accounts, ids from `first`, and a new open election
 /// whose anonymity set is `workers.anonymity_set`.
 pub async fn provision(settings: &Settings, voters: u64, first: i64) -> anyhow::Result<Provisioned> {
-    let db = tally_common::db::pool(&settings.database)?;
+    let db = tally_platform::postgres::pool(&settings.database)?;
     let mut id = first;
     let end = first + voters as i64;
     while id < end {

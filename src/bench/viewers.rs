@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tally_common::Settings;
-use tally_common::tally::{self, Totals};
+use tally_platform::Settings;
+use tally_platform::tallies::{self, Totals};
 use time::OffsetDateTime;
 
 use super::provision::RUNNERS;
@@ -44,9 +44,9 @@ pub async fn run(
     config: Option<&std::path::Path>,
     options: Options,
 ) -> anyhow::Result<Report> {
-    let db = tally_common::db::pool(&settings.database)?;
-    let redis = tally_common::store::connect(&settings.redis).await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let db = tally_platform::postgres::pool(&settings.database)?;
+    let redis = tally_platform::redis::connect(&settings.redis).await?;
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     // Tallies are written to Redis directly here, as a worker's commits
     // would be; the election's K does not pace them.
     let election =
@@ -134,7 +134,7 @@ pub async fn run(
             votes: vec![(RUNNERS[0], version), (RUNNERS[1], 0)],
             oldest_accepted_at: Some(OffsetDateTime::now_utc()),
         };
-        tally::apply(&redis, &keys, &[totals], &[], false).await?;
+        tallies::apply(&redis, &keys, &[totals], &[], false).await?;
     }
     // Let the last versions arrive, then measure.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,9 +172,9 @@ fn version_of(frame: &str) -> Option<i64> {
 }
 
 async fn current_version(
-    redis: &tally_common::store::Redis,
-    keys: &tally_common::store::Keys,
+    redis: &tally_platform::redis::Redis,
+    keys: &tally_platform::redis::Keys,
     election: i64,
 ) -> anyhow::Result<i64> {
-    Ok(tally::read(redis, keys, election).await?.version)
+    Ok(tallies::read(redis, keys, election).await?.version)
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tally_common::auth::enrollment::{EnrollmentKey, new_code};
+use tally_domain::enrollment::{EnrollmentKey, new_code};
 
 use super::load::BATCH;
 

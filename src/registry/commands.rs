@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use tally_common::Settings;
-use tally_common::auth::enrollment::EnrollmentKey;
+use tally_domain::enrollment::EnrollmentKey;
+use tally_platform::Settings;
 
 use super::generate::citizens;
 use super::import::{COLUMNS, import};
@@ -39,7 +39,7 @@ const BAD_ROWS_SHOWN: usize = 1_000;
 pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Result<()> {
     match command {
         RegistryCommand::Import { file, skip_bad_rows } => {
-            let pool = tally_common::db::pool(&settings.database)?;
+            let pool = tally_platform::postgres::pool(&settings.database)?;
             let input = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let started = Instant::now();
             let report = import(&pool, std::io::BufReader::new(input), skip_bad_rows, |rows| {
@@ -71,7 +71,7 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
         }
         RegistryCommand::Codes { ids, without_account } => {
             let key = EnrollmentKey::new(settings.auth.enrollment_key()?);
-            let pool = tally_common::db::pool(&settings.database)?;
+            let pool = tally_platform::postgres::pool(&settings.database)?;
             match without_account {
                 None => {
                     let issued = super::codes::issue(&pool, &key, &ids).await?;
@@ -104,7 +104,7 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
         RegistryCommand::Generate { count, seed, first_id, output, into_db } => {
             let started = Instant::now();
             if into_db {
-                let pool = tally_common::db::pool(&settings.database)?;
+                let pool = tally_platform::postgres::pool(&settings.database)?;
                 let mut added = 0;
                 let mut next = first_id;
                 let mut left = count;

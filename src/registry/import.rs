@@ -10,7 +10,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tally_common::domain::valid_province;
+use tally_domain::citizen::valid_province;
 use time::Date;
 
 use super::Citizen;

@@ -3,9 +3,9 @@
 
 use reqwest::Method;
 use tally::app::Roles;
-use tally_common::Settings;
-use tally_common::auth::TokenKeys;
-use tally_common::domain::Role;
+use tally_domain::citizen::Role;
+use tally_platform::Settings;
+use tally_platform::auth::TokenKeys;
 
 use crate::helpers::{
     ElectionSpec, Proxy, RUNNERS, TestApp, code_of, insert_election, spawn_app, spawn_app_with, start_with,
@@ -166,7 +166,7 @@ async fn reconcile_sees_no_drift_while_commits_land_under_it() {
                 .await
                 .unwrap();
                 tx.commit().await.unwrap();
-                let totals = tally_common::tally::Totals {
+                let totals = tally_platform::tallies::Totals {
                     election_id: election,
                     version,
                     turnout,
@@ -175,7 +175,7 @@ async fn reconcile_sees_no_drift_while_commits_land_under_it() {
                 };
                 // A worker's Redis write trails its commit by a network hop or more.
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                tally_common::tally::apply(&deps.redis, &deps.keys, &[totals], &[], false).await.unwrap();
+                tally_platform::tallies::apply(&deps.redis, &deps.keys, &[totals], &[], false).await.unwrap();
                 commits += 1;
             }
             commits
@@ -200,7 +200,7 @@ async fn a_recorded_receipt_never_also_reads_rejected() {
     let app = spawn_app_with(API_ONLY, |_| {}).await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     crate::helpers::add_citizen(&app.db, 801, "Capital", "1990-01-01").await;
-    let ballot = tally_common::ballot::VoteCommand {
+    let ballot = tally_domain::ballot::VoteCommand {
         receipt: uuid::Uuid::new_v4(),
         election_id: election,
         citizen_id: 801,
@@ -220,7 +220,7 @@ async fn a_recorded_receipt_never_also_reads_rejected() {
         .unwrap();
     assert_eq!(rejected, 0, "the receipt reads recorded and nothing else");
 
-    let twin = tally_common::ballot::VoteCommand { citizen_id: 802, receipt: uuid::Uuid::new_v4(), ..ballot };
+    let twin = tally_domain::ballot::VoteCommand { citizen_id: 802, receipt: uuid::Uuid::new_v4(), ..ballot };
     crate::helpers::add_citizen(&app.db, 802, "Capital", "1990-01-01").await;
     let both = record(&app.db, &[twin.clone(), twin], &[false, true]).await.unwrap();
     assert_eq!(both.fates, [Fate::Recorded, Fate::AlreadyRecorded]);
@@ -250,14 +250,14 @@ async fn a_settled_elections_keys_leave_redis_and_an_open_ones_stay() {
     let open = insert_election(&app.db, ElectionSpec::default()).await;
     let mut redis = deps.redis.clone();
     for election in [settled, open] {
-        let totals = tally_common::tally::Totals {
+        let totals = tally_platform::tallies::Totals {
             election_id: election,
             version: 1,
             turnout: 1,
             votes: vec![(RUNNERS[0], 1), (RUNNERS[1], 0)],
             oldest_accepted_at: None,
         };
-        tally_common::tally::apply(&deps.redis, &deps.keys, &[totals], &[(election, 900)], false)
+        tally_platform::tallies::apply(&deps.redis, &deps.keys, &[totals], &[(election, 900)], false)
             .await
             .unwrap();
         let () = redis::cmd("HSET")

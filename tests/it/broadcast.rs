@@ -250,7 +250,7 @@ async fn viewers_converge_after_redis_goes_away_and_comes_back_empty() {
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let mut settings = app.settings.clone();
-    settings.redis.url = tally_common::secret::Secret::new(format!("redis://{}", proxy.addr));
+    settings.redis.url = tally_domain::secret::Secret::new(format!("redis://{}", proxy.addr));
     let broadcaster = crate::helpers::start_with(&app, settings, crate::helpers::BROADCASTER_ONLY).await;
     let mut viewer = watch(&broadcaster, election).await;
     next(&mut viewer).await.unwrap();

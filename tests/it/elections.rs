@@ -262,8 +262,8 @@ async fn results_follow_the_visibility() {
         insert_election(&app.db, ElectionSpec { visibility: "turnout_only", ..Default::default() }).await;
     let after_close =
         insert_election(&app.db, ElectionSpec { visibility: "after_close", ..Default::default() }).await;
-    let mut redis = tally_common::store::connect(&app.settings.redis).await.unwrap();
-    let keys = tally_common::store::Keys::new(&app.settings.redis.key_prefix);
+    let mut redis = tally_platform::redis::connect(&app.settings.redis).await.unwrap();
+    let keys = tally_platform::redis::Keys::new(&app.settings.redis.key_prefix);
     for id in [live, turnout_only] {
         let _: () = redis::cmd("HSET")
             .arg(keys.tally(id))

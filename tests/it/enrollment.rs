@@ -10,7 +10,7 @@ use tally::app::Roles;
 
 use crate::helpers::*;
 
-fn tally(settings: &tally_common::Settings, args: &[&str]) -> Output {
+fn tally(settings: &tally_platform::Settings, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
         .env("TALLY_DATABASE__URL", settings.database.url.expose())
@@ -69,8 +69,7 @@ async fn codes_are_stored_only_as_keyed_hashes() {
         .await
         .unwrap();
     assert_eq!(Some(stored.clone()), app.enrollment_key().hash(14, &code));
-    let other_key =
-        tally_common::auth::enrollment::EnrollmentKey::new(b"not the server's key, 32 bytes long");
+    let other_key = tally_domain::enrollment::EnrollmentKey::new(b"not the server's key, 32 bytes long");
     assert_ne!(Some(stored.clone()), other_key.hash(14, &code), "the hash needs the key");
     let text = String::from_utf8_lossy(&stored);
     assert!(!text.contains(&code) && !text.contains(&code.replace('-', "")));
@@ -97,7 +96,7 @@ async fn upgraded_with_an_old_account(ns: &Namespace) -> PgPool {
 
     add_citizen(&db, 15, "Capital", "1990-01-01").await;
     let hash =
-        tally_common::auth::Passwords::new(1).unwrap().hash("the squatter's own password".into()).await;
+        tally_platform::auth::Passwords::new(1).unwrap().hash("the squatter's own password".into()).await;
     sqlx::query(
         "INSERT INTO users (citizen_id, password_hash, phone, role) VALUES (15, $1, '+15559999999', 'admin')",
     )
@@ -113,11 +112,11 @@ async fn upgraded_with_an_old_account(ns: &Namespace) -> PgPool {
     .await
     .unwrap();
     sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) SELECT $1, session_id FROM sessions")
-        .bind(tally_common::auth::refresh::hash("an-old-refresh-token"))
+        .bind(tally_platform::auth::refresh::hash("an-old-refresh-token"))
         .execute(&db)
         .await
         .unwrap();
-    tally_common::db::migrate(&db).await.expect("the enrollment migration applies over data");
+    tally_platform::postgres::migrate(&db).await.expect("the enrollment migration applies over data");
     db
 }
 

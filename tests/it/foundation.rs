@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tally::app::Roles;
-use tally_common::bus::{self, Stored};
+use tally_platform::nats::{self, Stored};
 
 use crate::helpers::{Cleanup, Namespace, Proxy, eventually, spawn_app, spawn_app_with};
 
@@ -23,11 +23,14 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
     sqlx::query(user).bind(1_i64).bind("+15550000001").execute(&db).await.expect("a user inserts");
 
     let duplicate_user = sqlx::query(user).bind(1_i64).bind("+15550000002").execute(&db).await.unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&duplicate_user), Some("users_pkey"));
+    assert_eq!(tally_platform::postgres::violated_constraint(&duplicate_user), Some("users_pkey"));
 
     let user_without_citizen =
         sqlx::query(user).bind(99_i64).bind("+15550000003").execute(&db).await.unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&user_without_citizen), Some("users_citizen_fkey"));
+    assert_eq!(
+        tally_platform::postgres::violated_constraint(&user_without_citizen),
+        Some("users_citizen_fkey")
+    );
 
     let election: i64 = sqlx::query_scalar(
         "INSERT INTO elections (name, start_at, end_at) VALUES ('E', now(), now() + interval '1 day')
@@ -40,7 +43,7 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
     let roll = "INSERT INTO voter_roll (election_id, citizen_id) VALUES ($1, $2)";
     sqlx::query(roll).bind(election).bind(1_i64).execute(&db).await.expect("first vote recorded");
     let second = sqlx::query(roll).bind(election).bind(1_i64).execute(&db).await.unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&second), Some("voter_roll_pkey"));
+    assert_eq!(tally_platform::postgres::violated_constraint(&second), Some("voter_roll_pkey"));
 
     let runner =
         sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, 4242, 'President')")
@@ -48,7 +51,7 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
             .execute(&db)
             .await
             .unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&runner), Some("runners_citizen_fkey"));
+    assert_eq!(tally_platform::postgres::violated_constraint(&runner), Some("runners_citizen_fkey"));
 
     let backwards = sqlx::query(
         "INSERT INTO elections (name, start_at, end_at) VALUES ('E', now(), now() - interval '1 hour')",
@@ -56,7 +59,7 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
     .execute(&db)
     .await
     .unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&backwards), Some("elections_window_check"));
+    assert_eq!(tally_platform::postgres::violated_constraint(&backwards), Some("elections_window_check"));
 
     let bad_restriction = sqlx::query(
         "INSERT INTO elections (name, start_at, end_at, vote_restriction) VALUES ('E', now(), now() + interval '1 day', 'everyone')",
@@ -64,7 +67,10 @@ async fn migrations_apply_and_the_schema_refuses_bad_rows() {
     .execute(&db)
     .await
     .unwrap_err();
-    assert_eq!(tally_common::db::violated_constraint(&bad_restriction), Some("elections_restriction_check"));
+    assert_eq!(
+        tally_platform::postgres::violated_constraint(&bad_restriction),
+        Some("elections_restriction_check")
+    );
 
     let rewrite_audit =
         sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('cli:test', 'test')").execute(&db).await;
@@ -78,11 +84,11 @@ async fn jetstream_publish_is_acked_deduplicated_and_consumed() {
     let ns = Namespace::new();
     let _cleanup = Cleanup(ns.clone());
     let settings = ns.settings();
-    let client = bus::connect(&settings.nats).await.expect("NATS client");
-    let js = bus::jetstream(client, &settings.nats);
-    tally_common::streams::provision(&js, &settings.nats).await.expect("stream created");
-    tally_common::streams::provision(&js, &settings.nats).await.expect("provisioning twice is harmless");
-    tally_common::streams::require(&js, &settings.nats).await.expect("streams as provisioned");
+    let client = nats::connect(&settings.nats).await.expect("NATS client");
+    let js = nats::jetstream(client, &settings.nats);
+    tally_platform::streams::provision(&js, &settings.nats).await.expect("stream created");
+    tally_platform::streams::provision(&js, &settings.nats).await.expect("provisioning twice is harmless");
+    tally_platform::streams::require(&js, &settings.nats).await.expect("streams as provisioned");
     let stream = js.get_stream(&settings.nats.stream).await.expect("the votes stream");
     // Beside it, the quarantine for messages no worker can open.
     let quarantine = js
@@ -94,7 +100,7 @@ async fn jetstream_publish_is_acked_deduplicated_and_consumed() {
         [format!("quarantine.{}.*", settings.nats.subject_prefix)]
     );
 
-    let subject = bus::ballot_subject(&settings.nats, 7);
+    let subject = nats::ballot_subject(&settings.nats, 7);
     let timeout = Duration::from_secs(2);
     let msg_id = || {
         let mut headers = async_nats::HeaderMap::new();
@@ -102,9 +108,9 @@ async fn jetstream_publish_is_acked_deduplicated_and_consumed() {
         headers
     };
     let first =
-        bus::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("stored");
+        nats::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("stored");
     let again =
-        bus::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("acked");
+        nats::publish_acked(&js, subject.clone(), msg_id(), "hello".into(), timeout).await.expect("acked");
     assert!(matches!(first, Stored::New(_)), "{first:?}");
     // The duplicate's ack names where the original lies, which is what a
     // retry needs to learn whether it came before the close.
@@ -131,8 +137,8 @@ async fn redis_round_trip_through_the_shared_client() {
     let ns = Namespace::new();
     let _cleanup = Cleanup(ns.clone());
     let settings = ns.settings();
-    let mut redis = tally_common::store::connect(&settings.redis).await.expect("Redis");
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let mut redis = tally_platform::redis::connect(&settings.redis).await.expect("Redis");
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     let key = keys.tally(3);
     assert!(key.starts_with(&ns.id));
     let _: () = redis::cmd("HSET").arg(&key).arg("12").arg(5).query_async(&mut redis).await.expect("HSET");
@@ -174,7 +180,7 @@ async fn readyz_is_not_ready_while_a_dependency_is_unreachable() {
     // Nothing listens on a port we bound and released.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let mut settings = ns.settings();
-    settings.redis.url = tally_common::secret::Secret::new(format!("redis://{closed}"));
+    settings.redis.url = tally_domain::secret::Secret::new(format!("redis://{closed}"));
     let app = tally::app::App::start(settings, Roles::ALL, tokio_util::sync::CancellationToken::new())
         .await
         .expect("starts without its dependencies");
@@ -193,7 +199,7 @@ async fn readyz_is_not_ready_while_a_dependency_is_unreachable() {
 async fn readyz_follows_a_dependency_that_goes_away_and_returns() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().expect("addr")).await;
     let app = spawn_app_with(Roles { api: true, workers: false, broadcaster: false }, |s| {
-        s.redis.url = tally_common::secret::Secret::new(format!("redis://{}", proxy.addr));
+        s.redis.url = tally_domain::secret::Secret::new(format!("redis://{}", proxy.addr));
     })
     .await;
     let readyz = || async {

@@ -230,12 +230,12 @@ async fn private_ca(dir: &std::path::Path) {
 async fn postgres_redis_and_nats_are_reached_over_tls() {
     let dir = std::env::temp_dir().join(format!("tally-store-tls-{}", uuid::Uuid::new_v4()));
     private_ca(&dir).await;
-    let mut settings = tally_common::Settings::default();
+    let mut settings = tally_platform::Settings::default();
 
     // Postgres: the server's own certificate, TLS required by the URL.
     settings.database.url =
-        tally_common::secret::Secret::new("postgres://postgres@127.0.0.1:5432/postgres?sslmode=require");
-    let db = tally_common::db::pool(&settings.database).unwrap();
+        tally_domain::secret::Secret::new("postgres://postgres@127.0.0.1:5432/postgres?sslmode=require");
+    let db = tally_platform::postgres::pool(&settings.database).unwrap();
     let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(&db)
         .await
@@ -276,20 +276,22 @@ async fn postgres_redis_and_nats_are_reached_over_tls() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    settings.redis.url = tally_common::secret::Secret::new(format!("rediss://127.0.0.1:{redis_port}"));
+    settings.redis.url = tally_domain::secret::Secret::new(format!("rediss://127.0.0.1:{redis_port}"));
     settings.redis.tls_root_certificate = Some(dir.join("ca.pem"));
-    settings.nats.url = tally_common::secret::Secret::new(format!("tls://127.0.0.1:{nats_port}"));
+    settings.nats.url = tally_domain::secret::Secret::new(format!("tls://127.0.0.1:{nats_port}"));
     settings.nats.tls_root_certificate = Some(dir.join("ca.pem"));
     let mut redis =
-        eventually("Redis over TLS", || async { tally_common::store::connect(&settings.redis).await.ok() })
+        eventually("Redis over TLS", || async { tally_platform::redis::connect(&settings.redis).await.ok() })
             .await;
     let pong: String = redis::cmd("PING").query_async(&mut redis).await.unwrap();
     assert_eq!(pong, "PONG");
-    let nats =
-        tokio::time::timeout(std::time::Duration::from_secs(10), tally_common::bus::connect(&settings.nats))
-            .await
-            .unwrap()
-            .unwrap();
+    let nats = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tally_platform::nats::connect(&settings.nats),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     nats.flush().await.unwrap();
     assert!(nats.server_info().tls_required);
     std::fs::remove_dir_all(&dir).ok();

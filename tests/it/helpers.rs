@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tally::app::{App, Roles};
-use tally_common::Settings;
-use tally_common::secret::Secret;
+use tally_domain::secret::Secret;
+use tally_platform::Settings;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ impl Namespace {
         admin.close().await.ok();
         let pool =
             PgPool::connect(&format!("{PG_SERVER}/{}", self.database())).await.expect("connect test db");
-        tally_common::db::migrate(&pool).await.expect("migrations apply to a fresh database");
+        tally_platform::postgres::migrate(&pool).await.expect("migrations apply to a fresh database");
         pool
     }
 
@@ -103,9 +103,9 @@ impl Namespace {
 /// only look them up. Left alone if a test provisioned them already (with
 /// an identity of its own).
 pub async fn provision_streams(settings: &Settings) {
-    let client = tally_common::bus::connect(&settings.nats).await.expect("NATS client");
-    let js = tally_common::bus::jetstream(client, &settings.nats);
-    if tally_common::streams::require(&js, &settings.nats).await.is_err() {
+    let client = tally_platform::nats::connect(&settings.nats).await.expect("NATS client");
+    let js = tally_platform::nats::jetstream(client, &settings.nats);
+    if tally_platform::streams::require(&js, &settings.nats).await.is_err() {
         tally::app::provision_streams(&settings.nats).await.expect("NATS streams provisioned");
     }
 }
@@ -284,7 +284,7 @@ impl TestApp {
     /// does (any older one stops working), but without the audit entry
     /// that command adds, so tests that read the audit log see only theirs.
     pub async fn code_for(&self, citizen_id: i64) -> String {
-        let code = tally_common::auth::enrollment::new_code().expect("a code");
+        let code = tally_domain::enrollment::new_code().expect("a code");
         sqlx::query(
             "INSERT INTO enrollment_codes (citizen_id, code_hash) VALUES ($1, $2)
              ON CONFLICT (citizen_id) DO UPDATE SET code_hash = EXCLUDED.code_hash",
@@ -297,8 +297,8 @@ impl TestApp {
         code
     }
 
-    pub fn enrollment_key(&self) -> tally_common::auth::enrollment::EnrollmentKey {
-        tally_common::auth::enrollment::EnrollmentKey::new(
+    pub fn enrollment_key(&self) -> tally_domain::enrollment::EnrollmentKey {
+        tally_domain::enrollment::EnrollmentKey::new(
             self.settings.auth.enrollment_key().expect("an enrollment key"),
         )
     }
@@ -543,23 +543,24 @@ impl TestApp {
         .fetch_all(&self.db)
         .await
         .expect("runner totals");
-        let snapshot =
-            tally_common::tally::read(&self.deps().await.redis, &self.keys(), election).await.expect("tally");
+        let snapshot = tally_platform::tallies::read(&self.deps().await.redis, &self.keys(), election)
+            .await
+            .expect("tally");
         let mut cached: Vec<(i64, i64)> =
             pg.iter().map(|(r, _)| (*r, snapshot.votes.get(r).copied().unwrap_or(0))).collect();
         cached.sort();
         (pg, cached)
     }
 
-    pub fn keys(&self) -> tally_common::store::Keys {
-        tally_common::store::Keys::new(&self.settings.redis.key_prefix)
+    pub fn keys(&self) -> tally_platform::redis::Keys {
+        tally_platform::redis::Keys::new(&self.settings.redis.key_prefix)
     }
 
     /// The shared clients, as a role would have them.
-    pub async fn deps(&self) -> tally_common::Deps {
-        tally_common::Deps::connect(
+    pub async fn deps(&self) -> tally_platform::Deps {
+        tally_platform::Deps::connect(
             Arc::new(self.settings.clone()),
-            &tally_common::health::Readiness::default(),
+            &tally_platform::readiness::Readiness::default(),
             &CancellationToken::new(),
         )
         .await
@@ -589,8 +590,8 @@ impl TestApp {
 impl TestApp {
     /// Ballots still in the stream (the stream is a work queue, so these
     /// are the ones no worker has acked).
-    pub async fn queued(&self, deps: &tally_common::Deps) -> u64 {
-        tally_common::bus::ballots_waiting(&deps.jetstream, &self.settings.nats).await.expect("stream")
+    pub async fn queued(&self, deps: &tally_platform::Deps) -> u64 {
+        tally_platform::nats::ballots_waiting(&deps.jetstream, &self.settings.nats).await.expect("stream")
     }
 }
 pub const API_AND_WORKERS: Roles = Roles { api: true, workers: true, broadcaster: false };
@@ -625,13 +626,18 @@ pub fn with_database_through(app: &TestApp, proxy: &Proxy) -> Settings {
 
 /// Writes a tally straight to Redis, as a worker does after a commit:
 /// `version` votes for the first runner, turnout `version`.
-pub async fn publish_version(redis: &tally_common::store::Redis, app: &TestApp, election: i64, version: i64) {
-    let totals = tally_common::tally::Totals {
+pub async fn publish_version(
+    redis: &tally_platform::redis::Redis,
+    app: &TestApp,
+    election: i64,
+    version: i64,
+) {
+    let totals = tally_platform::tallies::Totals {
         election_id: election,
         version,
         turnout: version,
         votes: vec![(RUNNERS[0], version)],
         oldest_accepted_at: None,
     };
-    tally_common::tally::apply(redis, &app.keys(), &[totals], &[], false).await.expect("tally written");
+    tally_platform::tallies::apply(redis, &app.keys(), &[totals], &[], false).await.expect("tally written");
 }

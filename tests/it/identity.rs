@@ -1,7 +1,7 @@
 use base64::Engine;
 use tally::app::Roles;
-use tally_common::auth::TokenKeys;
-use tally_common::domain::Role;
+use tally_domain::citizen::Role;
+use tally_platform::auth::TokenKeys;
 
 use crate::helpers::{PASSWORD, TestApp, add_citizen, code_of, phone_of, spawn_app, spawn_app_with};
 
@@ -240,13 +240,13 @@ async fn every_kind_of_bad_token_is_refused() {
         keys.sign(&claims).unwrap()
     };
     // A token minted by a server configured differently from ours.
-    let minted_with = |change: &dyn Fn(&mut tally_common::config::AuthSettings)| {
+    let minted_with = |change: &dyn Fn(&mut tally_platform::config::AuthSettings)| {
         let mut other = settings.clone();
         change(&mut other);
         let keys = TokenKeys::from_settings(&other);
         keys.sign(&keys.claims(50, sid, Role::Voter, "Capital", dob)).unwrap()
     };
-    let secret = tally_common::secret::Secret::new;
+    let secret = tally_domain::secret::Secret::new;
     let wrong_issuer = minted_with(&|s| s.issuer = "someone-else".into());
     let wrong_audience = minted_with(&|s| s.audience = "another-api".into());
     let unknown_kid = minted_with(&|s| {

@@ -176,7 +176,7 @@ async fn live_connections_are_limited_per_address() {
 async fn without_redis_routes_fail_open_and_logins_and_signups_fail_closed() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let app = spawn_app_with(API_ONLY, |s| {
-        s.redis.url = tally_common::secret::Secret::new(format!("redis://{}", proxy.addr));
+        s.redis.url = tally_domain::secret::Secret::new(format!("redis://{}", proxy.addr));
         s.redis.response_timeout_ms = 300;
     })
     .await;
@@ -199,7 +199,7 @@ async fn without_redis_routes_fail_open_and_logins_and_signups_fail_closed() {
     proxy.restore();
 }
 
-fn behind_a_proxy(s: &mut tally_common::Settings) {
+fn behind_a_proxy(s: &mut tally_platform::Settings) {
     s.http.trusted_proxies = vec!["127.0.0.0/8".into(), "::1".into()];
 }
 

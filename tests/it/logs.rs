@@ -20,8 +20,7 @@ async fn a_vote_flow_logs_no_secrets_or_personal_data_at_any_level() {
     add_citizen(&db, 4242, "Capital", "1990-01-01").await;
     let election = insert_election(&db, ElectionSpec::default()).await;
     let settings = ns.settings();
-    let key =
-        tally_common::auth::enrollment::EnrollmentKey::new(settings.auth.enrollment_key().expect("key"));
+    let key = tally_domain::enrollment::EnrollmentKey::new(settings.auth.enrollment_key().expect("key"));
     let code = tally::registry::codes::issue(&db, &key, &[4242]).await.expect("code").remove(0).1;
     provision_streams(&settings).await;
 

@@ -21,10 +21,10 @@ use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use sqlx::PgPool;
-use tally_common::Deps;
-use tally_common::ballot::VoteCommand;
-use tally_common::bus::{self, Stored};
-use tally_common::seal::{Opener, Sealer};
+use tally_domain::ballot::VoteCommand;
+use tally_domain::seal::{Opener, Sealer};
+use tally_platform::Deps;
+use tally_platform::nats::{self, Stored};
 use tally_workers::consume::{on_tick, step};
 use tally_workers::hold::Holds;
 use time::OffsetDateTime;
@@ -174,7 +174,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     let ack_wait = Duration::from_secs(ACK_WAIT_SECS);
     let deps = Deps::connect(
         settings.clone(),
-        &tally_common::health::Readiness::default(),
+        &tally_platform::readiness::Readiness::default(),
         &tokio_util::sync::CancellationToken::new(),
     )
     .await
@@ -381,10 +381,10 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     // Redis, before any reconcile: the held ballots and the close flush
     // reached it. Only a flush of Redis after the last commit may leave it
     // empty (no commit since to rewrite it); it is then never partial.
-    let snapshot = tally_common::tally::read(&deps.redis, &deps.keys, election).await.unwrap();
+    let snapshot = tally_platform::tallies::read(&deps.redis, &deps.keys, election).await.unwrap();
     let cached: BTreeMap<i64, i64> =
         RUNNERS.iter().map(|r| (*r, snapshot.votes.get(r).copied().unwrap_or(0))).collect();
-    let lost = snapshot == tally_common::tally::Snapshot::default()
+    let lost = snapshot == tally_platform::tallies::Snapshot::default()
         && flushed_at_version == Some(version)
         && turnout > 0;
     if !lost {
@@ -394,7 +394,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     }
 
     tally_workers::reconcile::reconcile(&deps, Some(election)).await.unwrap();
-    let snapshot = tally_common::tally::read(&deps.redis, &deps.keys, election).await.unwrap();
+    let snapshot = tally_platform::tallies::read(&deps.redis, &deps.keys, election).await.unwrap();
     let cached: BTreeMap<i64, i64> =
         RUNNERS.iter().map(|r| (*r, snapshot.votes.get(r).copied().unwrap_or(0))).collect();
     assert_eq!(cached, model, "Redis equals the model after a reconcile");
@@ -449,8 +449,8 @@ async fn publish(deps: &Deps, sealer: &Sealer, command: &VoteCommand, msg_id: Op
     if let Some(id) = msg_id {
         sealed.headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
     }
-    let subject = bus::ballot_subject(&deps.settings.nats, command.election_id);
-    bus::publish_acked(&deps.jetstream, subject, sealed.headers, sealed.payload, Duration::from_secs(2))
+    let subject = nats::ballot_subject(&deps.settings.nats, command.election_id);
+    nats::publish_acked(&deps.jetstream, subject, sealed.headers, sealed.payload, Duration::from_secs(2))
         .await
         .unwrap()
 }
@@ -482,7 +482,7 @@ async fn crash(deps: &Deps, opener: &Opener, worker: &mut Worker, max: usize, at
         let late = tally_workers::consume::late(deps, &group).await.unwrap();
         let outcome = tally_workers::record::record(&deps.db, &commands, &late).await.unwrap();
         if at == Crash::AfterRedis {
-            tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false)
+            tally_platform::tallies::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false)
                 .await
                 .unwrap();
         }
@@ -528,7 +528,7 @@ async fn tally_version(db: &PgPool, election: i64) -> i64 {
 
 /// Ballots no worker has acked yet (the stream is a work queue).
 async fn queued(deps: &Deps) -> u64 {
-    tally_common::bus::ballots_waiting(&deps.jetstream, &deps.settings.nats).await.unwrap()
+    tally_platform::nats::ballots_waiting(&deps.jetstream, &deps.settings.nats).await.unwrap()
 }
 
 /// Cases the random search once found, kept as fixed regressions.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::Stream};
-use tally_common::secret::Secret;
-use tally_common::{Settings, bus, fence, streams};
+use tally_domain::secret::Secret;
+use tally_platform::{Settings, fence, nats, streams};
 
 use crate::helpers::{
     API_ONLY, BROADCASTER_ONLY, ElectionSpec, Namespace, RUNNERS, WORKERS_ONLY, eventually, insert_election,
@@ -79,8 +79,8 @@ impl Drop for LockedNats {
 }
 
 async fn js_as(settings: &Settings) -> (jetstream::Context, Stream<()>) {
-    let client = bus::connect(&settings.nats).await.unwrap();
-    let js = bus::jetstream(client, &settings.nats);
+    let client = nats::connect(&settings.nats).await.unwrap();
+    let js = nats::jetstream(client, &settings.nats);
     let votes = js.get_stream_no_info(&settings.nats.stream).await.unwrap();
     (js, votes)
 }
@@ -122,17 +122,17 @@ async fn nats_refuses_a_wrong_user_and_gives_each_identity_only_its_rights() {
     streams::require(&api_js, &api.nats).await.expect("the API finds them");
 
     // The API publishes a ballot and gets its ack.
-    let subject = bus::ballot_subject(&api.nats, 41);
+    let subject = nats::ballot_subject(&api.nats, 41);
     let timeout = Duration::from_secs(2);
-    let stored = bus::publish_acked(&api_js, subject.clone(), Default::default(), "sealed".into(), timeout)
+    let stored = nats::publish_acked(&api_js, subject.clone(), Default::default(), "sealed".into(), timeout)
         .await
         .expect("the API publishes ballots");
     let fence_subject = fence::subject(&api.nats, 41);
-    let forged = bus::publish_acked(&api_js, fence_subject, Default::default(), "".into(), timeout).await;
+    let forged = nats::publish_acked(&api_js, fence_subject, Default::default(), "".into(), timeout).await;
     assert!(forged.is_err(), "the API cannot raise a fence");
 
     // It counts, but reads no ballot and consumes none.
-    assert!(bus::holds_any(&api_votes, &subject).await.unwrap(), "the API counts waiting ballots");
+    assert!(nats::holds_any(&api_votes, &subject).await.unwrap(), "the API counts waiting ballots");
     assert_eq!(reads_ballot(&api_votes, &subject).await, [false, false], "the API reads no ballot");
     let consumer = api_js
         .create_consumer_on_stream(
@@ -148,7 +148,7 @@ async fn nats_refuses_a_wrong_user_and_gives_each_identity_only_its_rights() {
     // The broadcaster likewise.
     let (broadcaster_js, broadcaster_votes) = js_as(&broadcaster).await;
     streams::require(&broadcaster_js, &broadcaster.nats).await.expect("the broadcaster finds the streams");
-    assert!(bus::holds_any(&broadcaster_votes, &subject).await.unwrap());
+    assert!(nats::holds_any(&broadcaster_votes, &subject).await.unwrap());
     assert_eq!(reads_ballot(&broadcaster_votes, &subject).await, [false, false], "nor does the broadcaster");
 
     // Workers read ballots and raise the fence; the API reads the fence.
@@ -200,14 +200,14 @@ async fn every_role_works_with_only_its_own_rights() {
     // cannot read it.
     let workers_nats = nats.as_role(&api.settings, "workers");
     let (workers_js, _) = js_as(&workers_nats).await;
-    let aside = bus::quarantine_subject(&workers_nats.nats, &election.to_string());
-    bus::publish_acked(&workers_js, aside, Default::default(), "sealed".into(), Duration::from_secs(2))
+    let aside = nats::quarantine_subject(&workers_nats.nats, &election.to_string());
+    nats::publish_acked(&workers_js, aside, Default::default(), "sealed".into(), Duration::from_secs(2))
         .await
         .expect("workers set ballots aside");
     let operator = nats.as_role(&api.settings, "quarantine");
-    let deps = tally_common::Deps::connect(
+    let deps = tally_platform::Deps::connect(
         std::sync::Arc::new(operator),
-        &tally_common::health::Readiness::default(),
+        &tally_platform::readiness::Readiness::default(),
         &tokio_util::sync::CancellationToken::new(),
     )
     .await
@@ -216,6 +216,6 @@ async fn every_role_works_with_only_its_own_rights() {
     let listed = tally_workers::quarantine::list(&deps, Some(election)).await.unwrap();
     assert_eq!(listed.len(), 1, "the quarantine identity reads the quarantine");
     let (api_js, _) = js_as(&api.settings).await;
-    let held = api_js.get_stream_no_info(bus::quarantine_stream(&api.settings.nats)).await.unwrap();
+    let held = api_js.get_stream_no_info(nats::quarantine_stream(&api.settings.nats)).await.unwrap();
     assert!(held.get_raw_message(listed[0].sequence).await.is_err(), "the API cannot read it");
 }

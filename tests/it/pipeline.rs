@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tally_common::ballot::VoteCommand;
+use tally_domain::ballot::VoteCommand;
 use time::OffsetDateTime;
 
 use crate::helpers::{
@@ -41,7 +41,7 @@ async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
     app.close(election).await;
     let event =
         tokio::time::timeout(Duration::from_secs(10), events.on_message().next()).await.unwrap().unwrap();
-    let event: tally_common::tally::TallyEvent =
+    let event: tally_platform::tallies::TallyEvent =
         serde_json::from_str(&event.get_payload::<String>().unwrap()).unwrap();
     assert_eq!((event.election_id, event.version, event.turnout), (election, 1, 1));
     assert_eq!(event.votes[&RUNNERS[0]], 1);
@@ -286,7 +286,7 @@ async fn reconcile_restores_a_flushed_tally_and_voter_set() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("drift 12") && stdout.contains("6 voters restored"), "{stdout}");
     assert_eq!(app.totals(election).await.1, pg);
-    let snapshot = tally_common::tally::read(&redis, &app.keys(), election).await.unwrap();
+    let snapshot = tally_platform::tallies::read(&redis, &app.keys(), election).await.unwrap();
     assert_eq!(snapshot.turnout, 6);
     // The API's fast path knows these voters again.
     let known: i64 =
@@ -360,7 +360,7 @@ async fn ballots_wait_in_the_stream_while_postgres_is_down() {
 async fn the_api_answers_503_quickly_while_nats_is_down() {
     let proxy = Proxy::start("127.0.0.1:4222".parse().unwrap()).await;
     let app = spawn_app_with(API_ONLY, |s| {
-        s.nats.url = tally_common::secret::Secret::new(format!("nats://{}", proxy.addr));
+        s.nats.url = tally_domain::secret::Secret::new(format!("nats://{}", proxy.addr));
         s.nats.publish_timeout_ms = 500;
     })
     .await;
@@ -382,7 +382,7 @@ async fn unopenable_messages_are_quarantined_whole_and_never_counted() {
     let app = spawn_app().await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
     let deps = app.deps().await;
-    let subject = tally_common::bus::ballot_subject(&app.settings.nats, election);
+    let subject = tally_platform::nats::ballot_subject(&app.settings.nats, election);
 
     // Garbage, and a well-formed ballot sealed by someone who knows the
     // workers' public key but not the API's private key.
@@ -391,10 +391,10 @@ async fn unopenable_messages_are_quarantined_whole_and_never_counted() {
     junk_headers.insert(async_nats::header::NATS_MESSAGE_ID, "junk-1");
     junk_headers.insert("X-Test", "garbage");
     let sealing = &app.settings.sealing;
-    let forger = tally_common::seal::Sealer::new(
+    let forger = tally_domain::seal::Sealer::new(
         &sealing.key_id,
-        &tally_common::seal::public_key(&sealing.public_keys[&sealing.key_id]).unwrap(),
-        &tally_common::seal::private_key(&tally_common::seal::generate().private).unwrap(),
+        &tally_domain::seal::public_key(&sealing.public_keys[&sealing.key_id]).unwrap(),
+        &tally_domain::seal::private_key(&tally_domain::seal::generate().private).unwrap(),
     )
     .unwrap();
     let forged = VoteCommand {
@@ -407,7 +407,7 @@ async fn unopenable_messages_are_quarantined_whole_and_never_counted() {
     .seal(&forger, 1);
     let sent = [(junk_headers, junk.clone()), (forged.headers.clone(), forged.payload.clone())];
     for (headers, payload) in sent.iter().cloned() {
-        tally_common::bus::publish_acked(
+        tally_platform::nats::publish_acked(
             &deps.jetstream,
             subject.clone(),
             headers,

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use tally::app::Roles;
-use tally_common::ballot::{self, SealedBallot, VoteCommand};
-use tally_common::bus;
-use tally_common::seal::Sealer;
-use tally_common::secret::Secret;
+use tally_domain::ballot::{self, SealedBallot, VoteCommand};
+use tally_domain::seal::Sealer;
+use tally_domain::secret::Secret;
+use tally_platform::nats;
 use tally_workers::quarantine;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -35,27 +35,27 @@ async fn register(app: &TestApp, first: i64, n: i64) {
 
 /// Publishes a ballot sealed as the API seals it, and notes its voter in
 /// the voter set as the API does after the broker's ack.
-async fn publish(app: &TestApp, deps: &tally_common::Deps, command: &VoteCommand) {
+async fn publish(app: &TestApp, deps: &tally_platform::Deps, command: &VoteCommand) {
     let sealed = command.seal(&app.settings.sealing.sealer().unwrap(), 1);
     publish_sealed(app, deps, command, sealed).await;
 }
 
 async fn publish_sealed(
     app: &TestApp,
-    deps: &tally_common::Deps,
+    deps: &tally_platform::Deps,
     command: &VoteCommand,
     sealed: SealedBallot,
 ) {
-    let stored = bus::publish_acked(
+    let stored = nats::publish_acked(
         &deps.jetstream,
-        bus::ballot_subject(&app.settings.nats, command.election_id),
+        nats::ballot_subject(&app.settings.nats, command.election_id),
         sealed.headers,
         sealed.payload,
         Duration::from_secs(5),
     )
     .await
     .unwrap();
-    assert!(matches!(stored, bus::Stored::New(_)), "{stored:?}");
+    assert!(matches!(stored, nats::Stored::New(_)), "{stored:?}");
     let _: i64 = redis::cmd("SADD")
         .arg(app.keys().voters(command.election_id))
         .arg(command.citizen_id)
@@ -74,7 +74,7 @@ fn ballot(election_id: i64, citizen_id: i64, runner: i64) -> VoteCommand {
     }
 }
 
-async fn in_voter_set(app: &TestApp, deps: &tally_common::Deps, election: i64, citizen: i64) -> bool {
+async fn in_voter_set(app: &TestApp, deps: &tally_platform::Deps, election: i64, citizen: i64) -> bool {
     redis::cmd("SISMEMBER")
         .arg(app.keys().voters(election))
         .arg(citizen)
@@ -186,11 +186,11 @@ async fn quarantined_ballots_hold_the_final_count_until_replayed_or_rejected() {
     let rejected = insert_election(&app.db, ElectionSpec::default()).await;
     register(&app, 5_300_000, 4).await;
     // A key the API was pointed at before the workers were given it.
-    let rotated = tally_common::seal::generate();
+    let rotated = tally_domain::seal::generate();
     let early = Sealer::new(
         "k2",
-        &tally_common::seal::public_key(&rotated.public).unwrap(),
-        &tally_common::seal::private_key(app.settings.sealing.api_private_key.expose()).unwrap(),
+        &tally_domain::seal::public_key(&rotated.public).unwrap(),
+        &tally_domain::seal::private_key(app.settings.sealing.api_private_key.expose()).unwrap(),
     )
     .unwrap();
     let x = ballot(replayed, 5_300_000, RUNNERS[1]);
@@ -237,7 +237,7 @@ async fn quarantined_ballots_hold_the_final_count_until_replayed_or_rejected() {
 
     // The other election's are rejected: the one a key here opens says so
     // on its receipt and frees its voter; the future one cannot.
-    let operator = tally_common::Deps { settings: std::sync::Arc::new(upgraded), ..deps.clone() };
+    let operator = tally_platform::Deps { settings: std::sync::Arc::new(upgraded), ..deps.clone() };
     let done = quarantine::reject(&operator, rejected).await.unwrap();
     assert_eq!((done.with_receipt, done.without_receipt), (1, 1));
     let status = app.settled(&z.receipt.to_string()).await;
@@ -415,16 +415,16 @@ async fn a_retry_after_a_lost_answer_counts_once() {
             .unwrap();
         let command = VoteCommand { receipt: first.receipt, ..ballot(election, citizen, RUNNERS[1]) };
         let sealed = command.seal(&app.settings.sealing.sealer().unwrap(), 1);
-        let stored = bus::publish_acked(
+        let stored = nats::publish_acked(
             &deps.jetstream,
-            bus::ballot_subject(&app.settings.nats, election),
+            nats::ballot_subject(&app.settings.nats, election),
             sealed.headers,
             sealed.payload,
             Duration::from_secs(5),
         )
         .await
         .unwrap();
-        assert!(matches!(stored, bus::Stored::New(_)));
+        assert!(matches!(stored, nats::Stored::New(_)));
         tokio::time::sleep(wait).await;
 
         let (status, retry) =

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use crate::helpers::{Cleanup, Namespace, add_citizen, code_of, spawn_app};
 
-fn tally(settings: &tally_common::Settings, args: &[&str]) -> Output {
+fn tally(settings: &tally_platform::Settings, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
         .env("TALLY_DATABASE__URL", settings.database.url.expose())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tally::app::Roles;
-use tally_common::secret::Secret;
+use tally_domain::secret::Secret;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{ElectionSpec, RUNNERS, TestApp, Voter, eventually, insert_election, spawn_app_with};
@@ -646,7 +646,7 @@ async fn a_redelivered_recorded_ballot_never_shrinks_a_group() {
     let mut commands = Vec::new();
     while let Some(Ok(message)) = batch.next().await {
         commands.push(
-            tally_common::ballot::VoteCommand::open(&opener, message.headers.as_ref(), &message.payload)
+            tally_domain::ballot::VoteCommand::open(&opener, message.headers.as_ref(), &message.payload)
                 .unwrap(),
         );
     }

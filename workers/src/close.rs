@@ -1,5 +1,5 @@
 //! Ending elections: every worker, every second, raises the fence of each
-//! election that is closed or past its end (see `tally_common::fence`),
+//! election that is closed or past its end (see `tally_platform::fence`),
 //! and marks an election final once none of its ballots is left to record
 //! or in quarantine. Postgres's clock decides when; the stream's order
 //! decides which ballots count.
@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tally_common::ballot::VoteCommand;
-use tally_common::seal::Opener;
-use tally_common::{Deps, bus, fence};
+use tally_domain::ballot::VoteCommand;
+use tally_domain::seal::Opener;
+use tally_platform::{Deps, fence, nats};
 use tokio_util::sync::CancellationToken;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -31,7 +31,7 @@ pub async fn periodically(deps: Deps, opener: Opener, shutdown: CancellationToke
 /// One round: fences, then leftovers swept, then final marks.
 pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
     let settings = &deps.settings.nats;
-    let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
+    let votes = tally_platform::fence::votes_stream(&deps.jetstream, settings).await?;
     let ended: Vec<i64> = sqlx::query_scalar(
         "SELECT election_id FROM elections
          WHERE fence_seq IS NULL AND cancelled_at IS NULL AND (closed_at IS NOT NULL OR end_at <= now())",
@@ -68,12 +68,12 @@ pub async fn step(deps: &Deps, opener: &Opener) -> anyhow::Result<()> {
         sweep(deps, opener, &votes, election).await?;
         // The quarantine first: a replay stores its copy in VOTES before
         // it leaves the quarantine, so in this order no check misses it.
-        if bus::quarantined(&deps.jetstream, settings, election).await? {
+        if nats::quarantined(&deps.jetstream, settings, election).await? {
             continue;
         }
         // Waiting ballots, late ones too: a replayed ballot can be stored
         // after the fence and still be on time.
-        if bus::holds_any(&votes, &bus::ballot_subject(settings, election)).await? {
+        if nats::holds_any(&votes, &nats::ballot_subject(settings, election)).await? {
             continue;
         }
         let marked =
@@ -105,7 +105,7 @@ async fn sweep(
     votes: &async_nats::jetstream::stream::Stream<()>,
     election: i64,
 ) -> anyhow::Result<()> {
-    let subject = bus::ballot_subject(&deps.settings.nats, election);
+    let subject = nats::ballot_subject(&deps.settings.nats, election);
     let mut found = Vec::new();
     let mut next = 1;
     while found.len() < SWEEP_AT_MOST {

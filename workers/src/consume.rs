@@ -7,10 +7,10 @@ use anyhow::Context;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
-use tally_common::Deps;
-use tally_common::ballot::VoteCommand;
-use tally_common::retry::{Backoff, until_ok};
-use tally_common::seal::Opener;
+use tally_domain::ballot::VoteCommand;
+use tally_domain::seal::Opener;
+use tally_platform::Deps;
+use tally_platform::retry::{Backoff, until_ok};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -297,7 +297,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
         }
     };
     if let Err(e) =
-        tally_common::tally::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false).await
+        tally_platform::tallies::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false).await
     {
         // Postgres has the group; its redelivery is settled at once (see
         // `take`) and rewrites Redis from Postgres's totals.
@@ -326,7 +326,7 @@ async fn commit(deps: &Deps, holds: &mut Holds, group: Vec<HeldBallot>, origin: 
 /// stored before a ballot we hold is always found.
 pub async fn late(deps: &Deps, group: &[HeldBallot]) -> anyhow::Result<Vec<bool>> {
     let settings = &deps.settings.nats;
-    let votes = tally_common::fence::votes_stream(&deps.jetstream, settings).await?;
+    let votes = tally_platform::fence::votes_stream(&deps.jetstream, settings).await?;
     let mut fences: std::collections::HashMap<i64, Option<u64>> = std::collections::HashMap::new();
     let mut late = Vec::with_capacity(group.len());
     for ballot in group {
@@ -334,7 +334,7 @@ pub async fn late(deps: &Deps, group: &[HeldBallot]) -> anyhow::Result<Vec<bool>
         let fence = match fences.get(&election) {
             Some(fence) => *fence,
             None => {
-                let fence = tally_common::fence::first(&votes, settings, election).await?;
+                let fence = tally_platform::fence::first(&votes, settings, election).await?;
                 fences.insert(election, fence);
                 fence
             }
@@ -423,7 +423,7 @@ async fn culprits(deps: &Deps, commands: &[VoteCommand]) -> anyhow::Result<Vec<(
 /// Frees rejected voters in the voter set. Logged only on failure: the
 /// voter is then refused as having voted, and can read why on the receipt.
 async fn release(deps: &Deps, voters: &[(i64, i64)]) {
-    if let Err(e) = tally_common::tally::release_voters(&deps.redis, &deps.keys, voters).await {
+    if let Err(e) = tally_platform::tallies::release_voters(&deps.redis, &deps.keys, voters).await {
         tracing::warn!(error = format!("{e:#}"), "rejected voters stay in the voter set");
     }
 }

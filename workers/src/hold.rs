@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{AckKind, Message};
 use sqlx::{Connection, PgConnection};
-use tally_common::Deps;
-use tally_common::ballot::VoteCommand;
+use tally_domain::ballot::VoteCommand;
+use tally_platform::Deps;
 
 /// How long another worker's ballot waits before the broker offers it
 /// again: 250 to 750 ms, varied by message and delivery so that no two
@@ -176,7 +176,7 @@ impl Holds {
 
     /// Re-reads each held election's K, whether it has ended, and once it
     /// has, how many of its messages the stream still holds. An election
-    /// ends at its fence (see `tally_common::fence`), not by a clock: a
+    /// ends at its fence (see `tally_platform::fence`), not by a clock: a
     /// ballot stored before the fence still counts, and must not arrive
     /// after the flush to make a group of its own. A cancelled one ends
     /// at its cancellation (its ballots are all rejected).
@@ -339,8 +339,8 @@ impl Holds {
 /// not yet acked).
 async fn in_stream(deps: &Deps, election: i64) -> anyhow::Result<usize> {
     let settings = &deps.settings.nats;
-    let subject = tally_common::bus::ballot_subject(settings, election);
-    Ok(tally_common::bus::count_on(&deps.jetstream, &settings.stream, &subject).await? as usize)
+    let subject = tally_platform::nats::ballot_subject(settings, election);
+    Ok(tally_platform::nats::count_on(&deps.jetstream, &settings.stream, &subject).await? as usize)
 }
 
 #[cfg(test)]

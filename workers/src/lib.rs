@@ -14,12 +14,12 @@ pub mod record;
 
 use std::time::Duration;
 
-use tally_common::Deps;
+use tally_platform::Deps;
 use tokio_util::sync::CancellationToken;
 
 /// The workers' counters, at zero before the first event.
 fn register_metrics() {
-    use tally_common::telemetry::zero_counters;
+    use tally_platform::telemetry::zero_counters;
     for name in [
         "tally_votes_recorded_total",
         "tally_votes_duplicates_skipped_total",

@@ -5,9 +5,9 @@
 
 use anyhow::Context;
 use async_nats::jetstream::{AckKind, Message};
-use tally_common::Deps;
-use tally_common::ballot::{KEY_HEADER, VoteCommand};
-use tally_common::bus;
+use tally_domain::ballot::{KEY_HEADER, VoteCommand};
+use tally_platform::Deps;
+use tally_platform::nats;
 
 /// Why a worker set the message aside, in the words of its error (which
 /// never quote what the ballot holds).
@@ -26,7 +26,7 @@ pub async fn set_aside(deps: &Deps, message: Message, error: String) {
     metrics::counter!("tally_quarantined_ballots_total").increment(1);
     tracing::warn!(subject = %message.subject, error = %error, "ballot quarantined: it cannot be opened or checked");
     let election = message.subject.rsplit('.').next().unwrap_or("unknown").to_string();
-    let subject = bus::quarantine_subject(&deps.settings.nats, &election);
+    let subject = nats::quarantine_subject(&deps.settings.nats, &election);
     // Every header but the dedup id, which would make the quarantine drop
     // a second copy of the same citizen's message.
     let mut headers = copy_headers(message.headers.as_ref(), async_nats::header::NATS_MESSAGE_ID.as_ref());
@@ -36,7 +36,7 @@ pub async fn set_aside(deps: &Deps, message: Message, error: String) {
         headers.insert(STORED_AT_HEADER, stored_at.to_string().as_str());
     }
     let kept = async {
-        bus::publish_acked(&deps.jetstream, subject, headers, message.payload.clone(), PUBLISH_TIMEOUT)
+        nats::publish_acked(&deps.jetstream, subject, headers, message.payload.clone(), PUBLISH_TIMEOUT)
             .await?;
         note(deps, message.subject.as_str(), &error).await
     }
@@ -113,11 +113,11 @@ async fn messages(
     let settings = &deps.settings.nats;
     let mut stream = deps
         .jetstream
-        .get_stream(bus::quarantine_stream(settings))
+        .get_stream(nats::quarantine_stream(settings))
         .await
         .context("opening the quarantine")?;
     let state = stream.info().await.context("reading the quarantine")?.state.clone();
-    let wanted = election.map(|e| bus::quarantine_subject(settings, &e.to_string()));
+    let wanted = election.map(|e| nats::quarantine_subject(settings, &e.to_string()));
     let mut found = Vec::new();
     if state.messages == 0 {
         return Ok(found);
@@ -136,7 +136,7 @@ async fn messages(
 /// quarantine. Those still unreadable come back to it.
 pub async fn replay(deps: &Deps, election: Option<i64>) -> anyhow::Result<usize> {
     let settings = &deps.settings.nats;
-    let stream = deps.jetstream.get_stream(bus::quarantine_stream(settings)).await?;
+    let stream = deps.jetstream.get_stream(nats::quarantine_stream(settings)).await?;
     let mut replayed = 0;
     for (sequence, message) in messages(deps, election).await? {
         let Some(election) = message.subject.rsplit('.').next().and_then(|e| e.parse::<i64>().ok()) else {
@@ -145,9 +145,9 @@ pub async fn replay(deps: &Deps, election: Option<i64>) -> anyhow::Result<usize>
         let mut headers = copy_headers(Some(&message.headers), REASON_HEADER);
         // Its own dedup id: the original's is still in the broker's window.
         headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("replay:{sequence}").as_str());
-        bus::publish_acked(
+        nats::publish_acked(
             &deps.jetstream,
-            bus::ballot_subject(settings, election),
+            nats::ballot_subject(settings, election),
             headers,
             message.payload.clone(),
             PUBLISH_TIMEOUT,
@@ -175,13 +175,13 @@ pub struct Rejected {
 /// if not on the voter roll, may cast again.
 pub async fn reject(deps: &Deps, election: i64) -> anyhow::Result<Rejected> {
     let opener = deps.settings.sealing.opener()?;
-    let stream = deps.jetstream.get_stream(bus::quarantine_stream(&deps.settings.nats)).await?;
+    let stream = deps.jetstream.get_stream(nats::quarantine_stream(&deps.settings.nats)).await?;
     let mut done = Rejected::default();
     for (sequence, message) in messages(deps, Some(election)).await? {
         match VoteCommand::open(&opener, Some(&message.headers), &message.payload) {
             Ok(command) if command.election_id == election => {
                 let released = crate::record::reject(&deps.db, &[(&command, "unreadable")]).await?;
-                tally_common::tally::release_voters(&deps.redis, &deps.keys, &released).await?;
+                tally_platform::tallies::release_voters(&deps.redis, &deps.keys, &released).await?;
                 done.with_receipt += 1;
             }
             _ => done.without_receipt += 1,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 
-use tally_common::Deps;
+use tally_platform::Deps;
 use tokio_util::sync::CancellationToken;
 
 const EVERY: Duration = Duration::from_secs(5);
@@ -34,8 +34,8 @@ pub async fn poll(deps: Deps, shutdown: CancellationToken) {
 /// An election seen before and now empty is set to zero, not dropped.
 async fn sample_quarantine(deps: &Deps, seen: &mut HashSet<String>) -> anyhow::Result<()> {
     let settings = &deps.settings.nats;
-    let stream = deps.jetstream.get_stream(tally_common::bus::quarantine_stream(settings)).await?;
-    let all = tally_common::bus::quarantine_subject(settings, "*");
+    let stream = deps.jetstream.get_stream(tally_platform::nats::quarantine_stream(settings)).await?;
+    let all = tally_platform::nats::quarantine_subject(settings, "*");
     let mut subjects = stream.info_with_subjects(&all).await?;
     let mut now = HashSet::new();
     while let Some((subject, count)) = subjects.try_next().await? {

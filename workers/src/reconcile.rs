@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tally_common::Deps;
-use tally_common::tally::{self, Totals};
+use tally_platform::Deps;
+use tally_platform::tallies::{self, Totals};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -41,10 +41,10 @@ pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Rep
         let Some(totals) = committed(deps, election_id).await? else { continue };
         report.elections += 1;
         report.voters_restored += restore_voters(deps, election_id, totals.turnout).await?;
-        let mut cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
+        let mut cached = tallies::read(&deps.redis, &deps.keys, election_id).await?;
         if cached.version < totals.version {
             tokio::time::sleep(CATCH_UP).await;
-            cached = tally::read(&deps.redis, &deps.keys, election_id).await?;
+            cached = tallies::read(&deps.redis, &deps.keys, election_id).await?;
         }
         if cached.version > totals.version {
             // A worker committed and wrote Redis after we read Postgres.
@@ -60,7 +60,7 @@ pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Rep
             continue;
         }
         report.drift += drift;
-        report.repaired += tally::apply(&deps.redis, &deps.keys, &[totals], &[], true).await?;
+        report.repaired += tallies::apply(&deps.redis, &deps.keys, &[totals], &[], true).await?;
     }
     metrics::gauge!("tally_reconcile_drift").set(report.drift as f64);
     metrics::counter!("tally_reconcile_drift_total").increment(report.drift.max(0) as u64);

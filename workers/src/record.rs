@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use sqlx::{PgPool, Postgres, Transaction};
-use tally_common::ballot::{VoteCommand, check_selections};
-use tally_common::catalog::{Runner, contested};
-use tally_common::election::{Schedule, Status};
-use tally_common::tally::Totals;
+use tally_domain::ballot::{VoteCommand, check_selections};
+use tally_domain::election::{Runner, contested};
+use tally_domain::election::{Schedule, Status};
+use tally_platform::tallies::Totals;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -77,7 +77,7 @@ struct ElectionFacts {
 
 /// Records a group of ballots in one transaction. `late[i]` says the
 /// broker stored ballot `i` after its election's fence (see
-/// `tally_common::fence`): it is rejected as `election_closed`. A short or
+/// `tally_platform::fence`): it is rejected as `election_closed`. A short or
 /// empty `late` means none is.
 pub async fn record(db: &PgPool, commands: &[VoteCommand], late: &[bool]) -> anyhow::Result<BatchOutcome> {
     let mut tx = db.begin().await.context("starting a batch")?;
@@ -139,7 +139,7 @@ async fn write(
     for (i, command) in commands.iter().enumerate() {
         let verdict = match elections.get(&command.election_id) {
             None => Err("unknown_election"),
-            // The end is the fence, not a clock: see `tally_common::fence`.
+            // The end is the fence, not a clock: see `tally_platform::fence`.
             Some(_) if late.get(i).copied().unwrap_or(false) => Err("election_closed"),
             // Before the start, or cancelled: no clock of ours says the
             // end, but the API's said it was open when it was not.

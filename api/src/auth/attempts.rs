@@ -16,8 +16,10 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use tally_common::ApiError;
-use tally_common::rate_limit::{self, Quota};
+use tally_http::ApiError;
+use tally_http::rate_limit::DecisionExt;
+use tally_platform::limits;
+use tally_platform::limits::Quota;
 
 use crate::ApiState;
 
@@ -80,7 +82,7 @@ pub async fn admit(
         (per_ip, client.to_string(), window(address_limit)),
         (per_pair, format!("{citizen_id}@{client}"), window(auth.attempts_per_citizen_address)),
     ] {
-        rate_limit::check(&state.deps.redis, &state.deps.keys.rate_limit(scope, &subject), quota)
+        limits::check(&state.deps.redis, &state.deps.keys.rate_limit(scope, &subject), quota)
             .await
             .map_err(|e| ApiError::unavailable(e, 1))?
             .enforce(scope)?;

@@ -2,9 +2,9 @@
 
 use axum::extract::State;
 use serde::Serialize;
-use tally_common::auth::AuthUser;
-use tally_common::domain::age_on;
-use tally_common::{ApiError, Json};
+use tally_domain::citizen::age_on;
+use tally_http::auth::AuthUser;
+use tally_http::{ApiError, Json};
 use time::OffsetDateTime;
 
 use crate::ApiState;

@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
-use tally_common::auth::{AuthUser, refresh};
-use tally_common::client_ip::ClientIp;
-use tally_common::domain::Role;
-use tally_common::{ApiError, Json};
+use tally_domain::citizen::Role;
+use tally_http::auth::AuthUser;
+use tally_http::client_ip::ClientIp;
+use tally_http::{ApiError, Json};
+use tally_platform::auth::refresh;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

@@ -5,10 +5,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tally_common::client_ip::ClientIp;
-use tally_common::db::violated_constraint;
-use tally_common::domain::{CitizenId, NewPassword, Phone};
-use tally_common::{ApiError, Json};
+use tally_domain::citizen::{CitizenId, NewPassword, Phone};
+use tally_http::client_ip::ClientIp;
+use tally_http::{ApiError, Json};
+use tally_platform::postgres::violated_constraint;
 use uuid::Uuid;
 
 use super::attempts::{self, Attempt};

@@ -6,12 +6,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use sqlx::{Postgres, Transaction};
-use tally_common::auth::AdminUser;
-use tally_common::catalog::{self, Election};
-use tally_common::db::violated_constraint;
-use tally_common::election::Status;
-use tally_common::error::FieldError;
-use tally_common::{ApiError, Json, Path};
+use tally_domain::election::Election;
+use tally_domain::election::Status;
+use tally_http::auth::AdminUser;
+use tally_http::error::FieldError;
+use tally_http::{ApiError, Json, Path};
+use tally_platform::elections;
+use tally_platform::postgres::violated_constraint;
 use time::OffsetDateTime;
 
 use super::draft::{Draft, ElectionInput, validate};
@@ -245,7 +246,7 @@ async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Election, A
             .fetch_optional(&mut **tx)
             .await?;
     exists.ok_or_else(not_found)?;
-    catalog::load_tx(tx, id).await?.ok_or_else(not_found)
+    elections::load_tx(tx, id).await?.ok_or_else(not_found)
 }
 
 /// Like `lock`, refusing an election that has already opened.
@@ -274,7 +275,7 @@ async fn commit_audited(
 ) -> Result<ElectionView, ApiError> {
     let now = OffsetDateTime::now_utc();
     let after =
-        catalog::load_tx(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
+        elections::load_tx(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
     sqlx::query(
         "INSERT INTO audit_log (actor, action, election_id, before, after) VALUES ($1, $2, $3, $4, $5)",
     )

@@ -3,9 +3,10 @@
 
 use serde::Deserialize;
 use sqlx::PgPool;
-use tally_common::config::WorkerSettings;
-use tally_common::election::{Restriction, Visibility};
-use tally_common::error::FieldError;
+use tally_domain::election::Restriction;
+use tally_domain::visibility::Visibility;
+use tally_http::error::FieldError;
+use tally_platform::config::WorkerSettings;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

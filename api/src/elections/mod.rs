@@ -6,13 +6,14 @@ pub mod public;
 pub mod results;
 pub mod view;
 
-use tally_common::ApiError;
-use tally_common::catalog::{self, Election};
+use tally_domain::election::Election;
+use tally_http::ApiError;
+use tally_platform::elections;
 
 use crate::ApiState;
 
 pub(crate) async fn find(state: &ApiState, election_id: i64) -> Result<Election, ApiError> {
-    catalog::load(&state.deps.db, election_id).await?.ok_or_else(not_found)
+    elections::load(&state.deps.db, election_id).await?.ok_or_else(not_found)
 }
 
 pub(crate) fn not_found() -> ApiError {

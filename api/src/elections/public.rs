@@ -2,11 +2,11 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use tally_common::auth::AuthUser;
-use tally_common::catalog;
-use tally_common::election::{Status, VoterFacts, eligibility};
-use tally_common::error::FieldError;
-use tally_common::{ApiError, Json, Path, Query};
+use tally_domain::election::{Status, VoterFacts, eligibility};
+use tally_http::auth::AuthUser;
+use tally_http::error::FieldError;
+use tally_http::{ApiError, Json, Path, Query};
+use tally_platform::elections;
 use time::OffsetDateTime;
 
 use super::find;
@@ -64,7 +64,7 @@ pub async fn list(
     let now = OffsetDateTime::now_utc();
     // The status is computed, not stored, so filtering happens here, with
     // the same rule every role uses.
-    let matching: Vec<ElectionView> = catalog::load_all(&state.deps.db)
+    let matching: Vec<ElectionView> = elections::load_all(&state.deps.db)
         .await?
         .iter()
         .filter(|e| status.is_none_or(|s| e.status(now) == s))

@@ -5,9 +5,12 @@
 
 use axum::extract::State;
 use serde::Serialize;
-use tally_common::catalog::{self, Election};
-use tally_common::election::{Status, Visibility};
-use tally_common::{ApiError, Json, Path, tally};
+use tally_domain::election::Election;
+use tally_domain::election::Status;
+use tally_domain::visibility::Visibility;
+use tally_http::{ApiError, Json, Path};
+use tally_platform::elections;
+use tally_platform::tallies;
 use time::OffsetDateTime;
 
 use super::find;
@@ -58,7 +61,7 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
     // Final only once the workers say so; the counts are read after that
     // mark, so they are the final ones.
     let recorded = if ended {
-        catalog::load(&state.deps.db, id).await.map_err(|e| ApiError::unavailable(e, 1))?
+        elections::load(&state.deps.db, id).await.map_err(|e| ApiError::unavailable(e, 1))?
     } else {
         None
     };
@@ -69,7 +72,7 @@ pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Resu
             (recorded.tally_version, recorded.turnout, votes, is_final)
         }
         None => {
-            let snapshot = tally::read(&state.deps.redis, &state.deps.keys, id)
+            let snapshot = tallies::read(&state.deps.redis, &state.deps.keys, id)
                 .await
                 .map_err(|e| ApiError::unavailable(e, 1))?;
             (snapshot.version, snapshot.turnout, snapshot.votes, false)

@@ -1,7 +1,7 @@
 //! The JSON shape of an election.
 
 use serde::Serialize;
-use tally_common::catalog::Election;
+use tally_domain::election::Election;
 use time::OffsetDateTime;
 
 #[derive(Serialize, Clone, Debug, utoipa::ToSchema)]

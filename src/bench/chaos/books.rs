@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures_util::StreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
-use tally_common::store::{Keys, Redis};
+use tally_platform::redis::{Keys, Redis};
 use uuid::Uuid;
 
 use super::audience::Seen;
@@ -73,7 +73,7 @@ impl Books {
         .fetch_all(db)
         .await?;
         let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(db).await?;
-        let cached = tally_common::tally::read(redis, keys, election).await?;
+        let cached = tally_platform::tallies::read(redis, keys, election).await?;
         let recorded_votes: BTreeMap<i64, i64> = runners.into_iter().collect();
         let redis_votes =
             recorded_votes.keys().map(|r| (*r, cached.votes.get(r).copied().unwrap_or(0))).collect();
@@ -183,9 +183,9 @@ pub struct Queue {
     pub consumer_waiting_pulls: usize,
 }
 
-pub async fn queue(nats: &tally_common::config::NatsSettings) -> anyhow::Result<Queue> {
-    let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
-    let stream_messages = tally_common::bus::ballots_waiting(&js, nats).await?;
+pub async fn queue(nats: &tally_platform::config::NatsSettings) -> anyhow::Result<Queue> {
+    let js = tally_platform::nats::jetstream(tally_platform::nats::connect(nats).await?, nats);
+    let stream_messages = tally_platform::nats::ballots_waiting(&js, nats).await?;
     let info: serde_json::Value =
         js.request(format!("CONSUMER.INFO.{}.{}", nats.stream, nats.consumer), &()).await?;
     let number = |field: &str| info[field].as_u64().unwrap_or(0);
@@ -203,10 +203,10 @@ pub async fn queue(nats: &tally_common::config::NatsSettings) -> anyhow::Result<
 /// any is a violation.
 pub async fn note_quarantine(
     report: &mut Accounting,
-    nats: &tally_common::config::NatsSettings,
+    nats: &tally_platform::config::NatsSettings,
 ) -> anyhow::Result<()> {
-    let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
-    let name = tally_common::bus::quarantine_stream(nats);
+    let js = tally_platform::nats::jetstream(tally_platform::nats::connect(nats).await?, nats);
+    let name = tally_platform::nats::quarantine_stream(nats);
     report.quarantined = match js.get_stream(&name).await {
         Ok(mut stream) => stream.info().await?.state.messages,
         Err(_) => 0,

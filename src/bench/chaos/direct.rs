@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tally_common::Settings;
-use tally_common::ballot::{SCHEMA_MAJOR, SCHEMA_MINOR, VoteCommand};
+use tally_domain::ballot::{SCHEMA_MAJOR, SCHEMA_MINOR, VoteCommand};
+use tally_platform::Settings;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -42,7 +42,7 @@ impl Direct {
         spare: Vec<(i64, String, i64)>,
     ) -> anyhow::Result<Direct> {
         let nats = &settings.nats;
-        let js = tally_common::bus::jetstream(tally_common::bus::connect(nats).await?, nats);
+        let js = tally_platform::nats::jetstream(tally_platform::nats::connect(nats).await?, nats);
         let logs = spare
             .iter()
             .map(|(citizen_id, _, runner)| VoterLog {
@@ -114,9 +114,9 @@ impl Direct {
         // As a careful client: until the broker confirms it.
         let mut tries = 0;
         loop {
-            let stored = tally_common::bus::publish_acked(
+            let stored = tally_platform::nats::publish_acked(
                 &self.js,
-                tally_common::bus::ballot_subject(nats, self.election),
+                tally_platform::nats::ballot_subject(nats, self.election),
                 sealed.headers.clone(),
                 sealed.payload.clone(),
                 Duration::from_secs(2),

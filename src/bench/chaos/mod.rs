@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use tally_common::Settings;
+use tally_platform::Settings;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
@@ -151,8 +151,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let mut logs = voting.finish().await;
     logs.extend(direct.logs.iter().cloned());
 
-    let redis = tally_common::store::connect(&settings.redis).await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let redis = tally_platform::redis::connect(&settings.redis).await?;
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     let k = ANONYMITY_SET as usize;
     let mut violations = Vec::new();
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tally_common::Settings;
+use tally_platform::Settings;
 use tokio_util::sync::CancellationToken;
 
 use super::books::{self, Accounting, Books};
@@ -95,8 +95,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let capacity = probed.iter().filter(|l| l.statuses == [202]).count() as f64 / PROBE.as_secs_f64();
     // The probe's election ends here, so that the ballots workers hold for
     // it are flushed instead of staying in the stream through the run.
-    let redis = tally_common::store::connect(&settings.redis).await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let redis = tally_platform::redis::connect(&settings.redis).await?;
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     close(&db, &redis, &keys, probe.election_id).await?;
 
     let offered = (2.0 * capacity).max(100.0) as u32;
@@ -105,11 +105,12 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     // The API loads elections at start; this one is new.
     cluster.restart(api).await?;
     cluster.nodes[api].pid().into_iter().for_each(confine);
-    let js = tally_common::bus::jetstream(tally_common::bus::connect(&settings.nats).await?, &settings.nats);
+    let js =
+        tally_platform::nats::jetstream(tally_platform::nats::connect(&settings.nats).await?, &settings.nats);
     let mut limited = settings.nats.clone();
     // About one second of what the API takes: full soon after the workers stop.
     limited.max_messages = (capacity as i64).max(500);
-    tally_common::streams::provision(&js, &limited).await?;
+    tally_platform::streams::provision(&js, &limited).await?;
 
     let api_pid = cluster.nodes[api].pid().unwrap_or(0);
     let rss_before = rss_bytes(api_pid).unwrap_or(0);

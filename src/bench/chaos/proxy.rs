@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use tally_common::Settings;
+use tally_platform::Settings;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -94,8 +94,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     cluster.kill(apis[0]).await;
     let logs = voting.finish().await;
 
-    let redis = tally_common::store::connect(&settings.redis).await?;
-    let keys = tally_common::store::Keys::new(&settings.redis.key_prefix);
+    let redis = tally_platform::redis::connect(&settings.redis).await?;
+    let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     let within = Duration::from_secs(60);
     close(&db, &redis, &keys, election).await?;
     let books = Books::settle(&db, &redis, &keys, election, &logs, || audience.snapshot(), within).await?;

@@ -1,0 +1,26 @@
+//! What every role runs on: settings, telemetry, and the clients for
+//! Postgres, Redis and NATS with what Tally keeps in each.
+//!
+//! Above `tally-domain`, below `tally-http`, which it never names.
+
+pub mod auth;
+pub mod config;
+pub mod deps;
+pub mod elections;
+pub mod fence;
+pub mod limits;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+pub mod proxies;
+pub mod readiness;
+pub mod redis;
+pub mod retry;
+pub mod shutdown;
+pub mod streams;
+pub mod tallies;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::Settings;
+pub use deps::Deps;

@@ -1,0 +1,98 @@
+//! Redis: a multiplexed connection that reconnects by itself, and the key
+//! names every role agrees on.
+
+use std::time::Duration;
+
+use crate::config::RedisSettings;
+
+pub type Redis = redis::aio::ConnectionManager;
+
+/// Connects once (callers retry this with backoff at start-up); afterwards
+/// the manager reconnects on its own after a Redis restart.
+pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Redis> {
+    let client = client(settings)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_millis(settings.response_timeout_ms))
+        .set_number_of_retries(2);
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))
+}
+
+pub fn client(settings: &RedisSettings) -> anyhow::Result<redis::Client> {
+    crate::tls::install_crypto_provider();
+    let invalid =
+        |e: redis::RedisError| anyhow::anyhow!("invalid setting `redis.url` (env TALLY_REDIS__URL): {e}");
+    let Some(root) = &settings.tls_root_certificate else {
+        return redis::Client::open(settings.url.expose()).map_err(invalid);
+    };
+    let root_cert = std::fs::read(root)
+        .map_err(|e| anyhow::anyhow!("cannot read redis.tls_root_certificate {}: {e}", root.display()))?;
+    let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+    redis::Client::build_with_tls(settings.url.expose(), certificates).map_err(invalid)
+}
+
+/// Key and channel names, all under the configured prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.to_string() }
+    }
+
+    /// Hash of runner id → votes, plus `_version` and `_turnout`.
+    pub fn tally(&self, election_id: i64) -> String {
+        format!("{}:tally:{{{election_id}}}", self.prefix)
+    }
+
+    /// Set of citizens whose ballot this election has accepted.
+    pub fn voters(&self, election_id: i64) -> String {
+        format!("{}:voters:{{{election_id}}}", self.prefix)
+    }
+
+    /// Hash: citizen → the ballot they reserved before publishing (see
+    /// `api::idempotency`). Same hash slot as the voter set.
+    pub fn intents(&self, election_id: i64) -> String {
+        format!("{}:intents:{{{election_id}}}", self.prefix)
+    }
+
+    /// Pub/sub channel carrying this election's tally events.
+    pub fn tally_channel(&self, election_id: i64) -> String {
+        format!("{}:{election_id}", self.prefix)
+    }
+
+    pub fn tally_channel_pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+
+    /// The election id of a tally channel; `None` for anything else that
+    /// the pattern happens to match.
+    pub fn election_of_channel(&self, channel: &str) -> Option<i64> {
+        channel.strip_prefix(&self.prefix)?.strip_prefix(':')?.parse().ok()
+    }
+
+    pub fn rate_limit(&self, scope: &str, subject: &str) -> String {
+        format!("{}:rl:{scope}:{subject}", self.prefix)
+    }
+
+    pub fn revoked_session(&self, session_id: &str) -> String {
+        format!("{}:revoked:{session_id}", self.prefix)
+    }
+
+    /// Present (never expiring) once this Redis holds every revocation
+    /// still in force; a new or emptied Redis lacks it (see
+    /// `auth::extract`).
+    pub fn revocations_loaded(&self) -> String {
+        format!("{}:revoked-loaded", self.prefix)
+    }
+
+    /// Channel on which admins' election changes are announced, so every
+    /// API replica refreshes its cache.
+    pub fn elections_channel(&self) -> String {
+        format!("{}-control:elections", self.prefix)
+    }
+}
