@@ -301,10 +301,10 @@ async fn screen(
     let facts = VoterFacts { province: &voter.province, dob: voter.dob };
     if let Err(reason) = eligibility(&election.schedule, &election.restriction, election.min_age, &facts, now)
     {
-        metrics::counter!("tally_votes_refused_total", "reason" => reason.as_str()).increment(1);
         return Err(ApiError::forbidden("not_eligible")
             .with_reason(reason.as_str())
-            .with_detail(reason.as_str()));
+            .with_detail(reason.as_str())
+            .counted(tally_http::error::Counted::BallotRefused(reason.as_str())));
     }
     if request.selections.len() > MAX_SELECTIONS {
         return Err(refused("invalid_selection").with_detail("too many selections"));
@@ -366,11 +366,11 @@ fn second_ballot() -> ApiError {
 }
 
 fn refused(code: &'static str) -> ApiError {
-    metrics::counter!("tally_votes_refused_total", "reason" => code).increment(1);
-    match code {
+    let error = match code {
         "invalid_selection" => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code),
         _ => ApiError::conflict(code),
-    }
+    };
+    error.counted(tally_http::error::Counted::BallotRefused(code))
 }
 
 async fn already_voted(state: &ApiState, election_id: i64, citizen_id: i64) -> Result<bool, ApiError> {

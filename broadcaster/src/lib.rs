@@ -117,8 +117,7 @@ async fn admit(
     // connections below still holds.
     rate_limit::enforce_or_let_through(&deps.redis, &key, quota, "live-connects").await?;
     let slot = state.viewers.admit(client).ok_or_else(|| {
-        metrics::counter!("tally_rate_limited_total", "scope" => "viewers_per_ip").increment(1);
-        ApiError::rate_limited(5).with_detail("too many live connections from this address")
+        ApiError::rate_limited(5, "viewers_per_ip").with_detail("too many live connections from this address")
     })?;
     let feed =
         state.hub.feed(election_id).await.map_err(|e| ApiError::unavailable(e, 1))?.ok_or_else(|| {

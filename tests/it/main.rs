@@ -19,6 +19,7 @@ mod model;
 mod nats_auth;
 mod observability;
 mod openapi;
+mod outage;
 mod pipeline;
 mod promise;
 mod registry;

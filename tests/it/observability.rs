@@ -155,6 +155,14 @@ async fn every_panel_and_alert_evaluates_against_a_live_stack() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut failures = Vec::new();
+    let exported =
+        app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    for family in exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split_whitespace().next().unwrap_or_default();
+        if name.starts_with("tally_") && !exported.contains(&format!("# HELP {name} ")) {
+            failures.push(format!("{name} has no help text (declare it in tally_platform::metrics)"));
+        }
+    }
     for (panel, expr) in panel_queries(root) {
         let answer = query(expr.clone()).await.unwrap_or_default();
         if answer["status"] != "success" {

@@ -104,8 +104,7 @@ pub async fn admit(
         .map_err(|e| ApiError::unavailable(anyhow::anyhow!("attempt backstop: {e}"), 1))?;
     let wait_ms = wait_ms.max(0) as u64;
     if admitted != 1 {
-        metrics::counter!("tally_rate_limited_total", "scope" => per_citizen).increment(1);
-        return Err(ApiError::rate_limited(wait_ms.div_ceil(1000))
+        return Err(ApiError::rate_limited(wait_ms.div_ceil(1000), per_citizen)
             .with_detail("too many attempts for this citizen from everywhere; retry after Retry-After"));
     }
     if wait_ms > 0 {

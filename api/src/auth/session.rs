@@ -8,6 +8,7 @@ use sqlx::{Postgres, Transaction};
 use tally_domain::citizen::Role;
 use tally_http::auth::AuthUser;
 use tally_http::client_ip::ClientIp;
+use tally_http::error::Counted;
 use tally_http::{ApiError, Json};
 use tally_platform::auth::refresh;
 use time::OffsetDateTime;
@@ -82,15 +83,13 @@ pub async fn login(
     let account = match (matched, account) {
         // Only the password's holder learns that the account must re-enroll.
         (true, Some(_)) if !enrolled => {
-            metrics::counter!("tally_auth_failures_total", "reason" => "reenrollment_required").increment(1);
             return Err(reenrollment_required());
         }
         (true, Some(account)) => account,
         _ => {
-            metrics::counter!("tally_auth_failures_total", "reason" => "invalid_credentials").increment(1);
-            return Err(
-                ApiError::unauthorized("invalid_credentials").with_detail("wrong citizen id or password")
-            );
+            return Err(ApiError::unauthorized("invalid_credentials")
+                .with_detail("wrong citizen id or password")
+                .counted(Counted::AuthFailure("invalid_credentials")));
         }
     };
 
@@ -142,7 +141,6 @@ pub async fn refresh(
     let per_minute = state.deps.settings.limits.refresh_per_citizen_per_minute;
     crate::limits::per_citizen(&state, "refresh-citizen", citizen_id, per_minute).await?;
     if must_reenroll {
-        metrics::counter!("tally_auth_failures_total", "reason" => "reenrollment_required").increment(1);
         return Err(reenrollment_required());
     }
     if revoked_at.is_some() || expires_at <= OffsetDateTime::now_utc() {
@@ -272,12 +270,15 @@ fn issue(
 /// An account made before sign-up needed an enrollment code: anyone could
 /// have made it, so its citizen must sign up again with a code.
 pub fn reenrollment_required() -> ApiError {
-    ApiError::forbidden("reenrollment_required").with_detail(
-        "this account predates enrollment codes; sign up again with the code the registry mailed you",
-    )
+    ApiError::forbidden("reenrollment_required")
+        .with_detail(
+            "this account predates enrollment codes; sign up again with the code the registry mailed you",
+        )
+        .counted(Counted::AuthFailure("reenrollment_required"))
 }
 
 fn refused(reason: &'static str) -> ApiError {
-    metrics::counter!("tally_auth_failures_total", "reason" => reason).increment(1);
-    ApiError::unauthorized("invalid_refresh_token").with_detail("sign in again")
+    ApiError::unauthorized("invalid_refresh_token")
+        .with_detail("sign in again")
+        .counted(Counted::AuthFailure(reason))
 }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tally_domain::citizen::{CitizenId, NewPassword, Phone};
 use tally_http::client_ip::ClientIp;
+use tally_http::error::Counted;
 use tally_http::{ApiError, Json};
 use tally_platform::postgres::violated_constraint;
 use uuid::Uuid;
@@ -164,9 +165,9 @@ async fn enroll(
 }
 
 fn invalid_code() -> ApiError {
-    metrics::counter!("tally_auth_failures_total", "reason" => "invalid_enrollment_code").increment(1);
     ApiError::forbidden("invalid_enrollment_code")
         .with_detail("the enrollment code is missing, wrong, already used or replaced by a newer one")
+        .counted(Counted::AuthFailure("invalid_enrollment_code"))
 }
 
 fn not_in_registry() -> ApiError {

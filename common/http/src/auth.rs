@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Counted};
 use tally_domain::citizen::Role;
 use tally_platform::auth::tokens::{Claims, TokenError, TokenKeys};
 use tally_platform::redis::{Keys, Redis};
@@ -51,8 +51,7 @@ pub struct AuthUser {
 pub struct AdminUser(pub AuthUser);
 
 fn refuse(reason: &'static str, code: &'static str) -> ApiError {
-    metrics::counter!("tally_auth_failures_total", "reason" => reason).increment(1);
-    ApiError::unauthorized(code)
+    ApiError::unauthorized(code).counted(Counted::AuthFailure(reason))
 }
 
 impl Verifier {
@@ -255,8 +254,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
-            metrics::counter!("tally_auth_failures_total", "reason" => "not_admin").increment(1);
-            return Err(ApiError::forbidden("forbidden").with_detail("this action needs an administrator"));
+            return Err(ApiError::forbidden("forbidden")
+                .with_detail("this action needs an administrator")
+                .counted(Counted::AuthFailure("not_admin")));
         }
         Ok(AdminUser(user))
     }

@@ -1,8 +1,14 @@
 //! The one error type at the HTTP boundary, rendered as RFC 9457
 //! `application/problem+json` with a stable machine `code`.
 //!
-//! Server-side failures keep their cause for the log (written inside the
-//! request's span) and show the client only a generic title.
+//! An error is a value: building one logs nothing and counts nothing.
+//! Its response carries an [`Outcome`] that one layer (`middleware`)
+//! logs, with the cause, inside the request's span, and counts. The
+//! client sees only a generic title for a server-side failure.
+//!
+//! A dependency that cannot answer (Postgres, Redis or NATS unreachable,
+//! a pool with no free connection) is 503 with `Retry-After`, whichever
+//! handler met it: [`ApiError::internal`] looks through the cause.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +27,26 @@ pub struct ApiError {
     pub reason: Option<&'static str>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
+    counted: Option<Counted>,
+}
+
+/// A refusal the response layer counts, with its label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// `tally_auth_failures_total{reason}`
+    AuthFailure(&'static str),
+    /// `tally_rate_limited_total{scope}`
+    RateLimited(&'static str),
+    /// `tally_votes_refused_total{reason}`
+    BallotRefused(&'static str),
+}
+
+/// What an error response leaves for the response layer, in its extensions.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub code: &'static str,
+    pub cause: Option<std::sync::Arc<anyhow::Error>>,
+    pub counted: Option<Counted>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -55,7 +81,14 @@ impl ApiError {
             reason: None,
             headers: Vec::new(),
             source: None,
+            counted: None,
         }
+    }
+
+    /// Marks the refusal for the response layer to count.
+    pub fn counted(mut self, counted: Counted) -> Self {
+        self.counted = Some(counted);
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -77,12 +110,14 @@ impl ApiError {
         self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
     }
 
-    /// A failure of ours. The cause is logged, never sent.
+    /// A failure of ours, or of a dependency that cannot answer now (then
+    /// 503, see [`is_unreachable`]). The cause is logged, never sent.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        ApiError {
-            source: Some(source.into()),
-            ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        let source = source.into();
+        if is_unreachable(&source) {
+            return ApiError::unavailable(source, 1);
         }
+        ApiError { source: Some(source), ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal") }
     }
 
     /// A dependency is down or saturated; the client may retry.
@@ -115,8 +150,27 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code)
     }
 
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited").with_retry_after(retry_after_secs)
+    pub fn rate_limited(retry_after_secs: u64, scope: &'static str) -> Self {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            .with_retry_after(retry_after_secs)
+            .counted(Counted::RateLimited(scope))
+    }
+
+    /// Input that cannot be taken as it is. Every such answer has one
+    /// shape: its `code`, and `errors` naming where the problem is
+    /// (`body`, `body.<field>`, `query`, `path`, `header.<name>`).
+    pub fn rejected_input(
+        status: StatusCode,
+        code: &'static str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        let message = message.into();
+        ApiError {
+            errors: vec![FieldError { field: field.to_owned(), message: message.clone() }],
+            ..ApiError::new(status, code)
+        }
+        .with_detail(message)
     }
 
     fn title(&self) -> &'static str {
@@ -131,6 +185,41 @@ impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::internal(e)
     }
+}
+
+/// Whether a failure means a dependency cannot answer now, rather than a
+/// fault of ours: a connection refused, reset or timed out, a pool with
+/// no free connection, a server that is shutting down or no longer the
+/// primary.
+pub fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                e,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    // A conversation cut short: what a balancer with no
+                    // server behind it gives, or a connection dropped mid-reply.
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            ) || e.as_database_error().and_then(|d| d.code()).is_some_and(|code| {
+                // admin_shutdown, crash_shutdown, cannot_connect_now,
+                // read_only_sql_transaction (a primary that became a standby)
+                matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+            });
+        }
+        if let Some(e) = cause.downcast_ref::<redis::RedisError>() {
+            return e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.kind() == redis::ErrorKind::ReadOnly;
+        }
+        cause.downcast_ref::<std::io::Error>().is_some()
+            || cause.downcast_ref::<tokio::time::error::Elapsed>().is_some()
+    })
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -150,14 +239,6 @@ impl From<tally_platform::auth::HashError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(source) = &self.source {
-            // Runs inside the handler, hence inside the request span.
-            if self.status == StatusCode::SERVICE_UNAVAILABLE {
-                tracing::warn!(code = self.code, error = format!("{source:#}"), "dependency unavailable");
-            } else {
-                tracing::error!(code = self.code, error = format!("{source:#}"), "request failed");
-            }
-        }
         let body = Problem {
             kind: format!("/problems/{}", self.code),
             title: self.title(),
@@ -172,6 +253,11 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
+        response.extensions_mut().insert(Outcome {
+            code: self.code,
+            cause: self.source.map(std::sync::Arc::new),
+            counted: self.counted,
+        });
         response
     }
 }

@@ -1,5 +1,7 @@
 //! Extractors whose rejections are problem+json, not axum's plain
-//! text: bad syntax 400, wrong shape 422, wrong content type 415, too big 413.
+//! text: bad syntax 400, wrong shape 422, wrong content type 415, too big
+//! 413. Each has the one shape of rejected input
+//! ([`ApiError::rejected_input`]): a code, and `errors` naming the place.
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -21,20 +23,38 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers()) {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-                .with_detail("expected `Content-Type: application/json`"));
+            return Err(ApiError::rejected_input(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "header.content-type",
+                "expected `Content-Type: application/json`",
+            ));
         }
         let body = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                ApiError::rejected_input(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "body",
+                    "the body is too large",
+                )
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body")
+                ApiError::rejected_input(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "body",
+                    "the body could not be read",
+                )
             }
         })?;
         // Postgres text cannot hold NUL, and no field has a use for it.
         if body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
-                .with_detail("text may not contain NUL (\\u0000) characters"));
+            return Err(ApiError::rejected_input(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "body",
+                "text may not contain NUL (\\u0000) characters",
+            ));
         }
         // Nesting deeper than 128 levels is a syntax error (serde_json's
         // recursion limit), so a deep document cannot exhaust the stack.
@@ -62,7 +82,7 @@ fn reject(rejection: JsonRejection) -> ApiError {
         }
         _ => (StatusCode::BAD_REQUEST, "unreadable_body"),
     };
-    ApiError::new(status, code).with_detail(rejection.body_text())
+    ApiError::rejected_input(status, code, "body", rejection.body_text())
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -89,7 +109,12 @@ where
             .await
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|rejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query").with_detail(rejection.body_text())
+                ApiError::rejected_input(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "query",
+                    rejection.body_text(),
+                )
             })
     }
 }
@@ -113,7 +138,12 @@ where
             .await
             .map(|axum::extract::Path(value)| Path(value))
             .map_err(|rejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_path").with_detail(rejection.body_text())
+                ApiError::rejected_input(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    "path",
+                    rejection.body_text(),
+                )
             })
     }
 }

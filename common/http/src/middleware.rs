@@ -22,7 +22,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Counted, Outcome};
 use tally_platform::config::HttpSettings;
 use tally_platform::proxies::TrustedProxies;
 
@@ -50,7 +50,7 @@ pub fn public_stack(router: Router, settings: &HttpSettings) -> Router {
             // The panic message is printed by the panic hook, never sent.
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal").into_response()
         }))
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(record_outcome))
         .layer(middleware::from_fn_with_state(Duration::from_millis(settings.request_timeout_ms), time_limit))
         .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(settings.max_in_flight)), shed_load))
         .layer(
@@ -120,23 +120,67 @@ fn on_response(response: &Response, latency: Duration, span: &Span) {
     }
 }
 
-/// Counts by route template, never by raw path, so ids in URLs do not
-/// become label values.
-async fn record_metrics(request: Request, next: Next) -> Response {
+/// The one place where answers are logged and counted: handlers and
+/// extractors return errors as values (see `error`), and this layer,
+/// inside the request's span, writes the cause of a failure to the log
+/// and counts requests and refusals.
+///
+/// Counts are by route template, never by raw path, and by a known
+/// method, never by whatever a client sends, so label values stay few.
+async fn record_outcome(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
+    if let Some(outcome) = response.extensions().get::<Outcome>() {
+        report(outcome, response.status());
+    }
     let status = response.status().as_u16().to_string();
-    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("tally_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+fn report(outcome: &Outcome, status: StatusCode) {
+    if let Some(cause) = &outcome.cause {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(code = outcome.code, error = format!("{cause:#}"), "dependency unavailable");
+        } else {
+            tracing::error!(code = outcome.code, error = format!("{cause:#}"), "request failed");
+        }
+    }
+    match outcome.counted {
+        Some(Counted::AuthFailure(reason)) => {
+            metrics::counter!("tally_auth_failures_total", "reason" => reason).increment(1);
+        }
+        Some(Counted::RateLimited(scope)) => {
+            metrics::counter!("tally_rate_limited_total", "scope" => scope).increment(1);
+        }
+        Some(Counted::BallotRefused(reason)) => {
+            metrics::counter!("tally_votes_refused_total", "reason" => reason).increment(1);
+        }
+        None => {}
+    }
+}
+
+/// The request methods this service answers; anything else is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A request that takes longer than the limit is answered 503 so the client

@@ -24,7 +24,7 @@ pub const HEADERS: [HeaderName; 3] = [
 pub trait DecisionExt: Sized {
     /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
     fn write_headers(&self, headers: &mut axum::http::HeaderMap);
-    /// The 429 for a refused decision, counted under `scope`.
+    /// The 429 for a refused decision, to be counted under `scope`.
     fn refusal(&self, scope: &'static str) -> ApiError;
     /// `Err(429)` when refused.
     fn enforce(self, scope: &'static str) -> Result<Decision, ApiError>;
@@ -41,9 +41,8 @@ impl DecisionExt for Decision {
     }
 
     fn refusal(&self, scope: &'static str) -> ApiError {
-        metrics::counter!("tally_rate_limited_total", "scope" => scope).increment(1);
         header_values(self).into_iter().fold(
-            ApiError::rate_limited(self.retry_after_secs)
+            ApiError::rate_limited(self.retry_after_secs, scope)
                 .with_detail("too many requests; retry after Retry-After"),
             |error, (name, value)| error.with_header(name, value),
         )

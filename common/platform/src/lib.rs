@@ -9,6 +9,7 @@ pub mod deps;
 pub mod elections;
 pub mod fence;
 pub mod limits;
+pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod process;

@@ -63,7 +63,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
-            describe();
+            crate::metrics::describe();
+            metrics::counter!("tally_http_shed_total").increment(0);
             handle
         })
         .clone()
@@ -75,29 +76,4 @@ pub fn zero_counters(name: &'static str, label: &'static str, values: &[&'static
     for value in values {
         metrics::counter!(name, label => *value).increment(0);
     }
-}
-
-fn describe() {
-    metrics::describe_counter!(
-        "tally_http_requests_total",
-        "HTTP requests answered, by route template, method and status"
-    );
-    metrics::describe_histogram!(
-        "tally_http_request_duration_seconds",
-        metrics::Unit::Seconds,
-        "HTTP request latency, by route template and method"
-    );
-    metrics::describe_counter!(
-        "tally_http_shed_total",
-        "Requests refused 503 `overloaded` because the listener was at http.max_in_flight"
-    );
-    metrics::counter!("tally_http_shed_total").increment(0);
-    metrics::describe_gauge!(
-        "tally_build_info",
-        "Always 1; labels carry the version and the roles this process runs"
-    );
-    metrics::describe_gauge!(
-        "tally_dependency_up",
-        "1 when the last readiness probe of a dependency succeeded"
-    );
 }
