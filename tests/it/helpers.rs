@@ -128,6 +128,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub ns: Namespace,
     app: Option<App>,
+    /// The shared clients, connected on first use and then kept.
+    deps: Arc<tokio::sync::OnceCell<tally_platform::Deps>>,
     _cleanup: Arc<Cleanup>,
 }
 
@@ -164,6 +166,7 @@ pub async fn start(
         client: reqwest::Client::new(),
         ns,
         app: Some(app),
+        deps: Arc::default(),
         _cleanup: cleanup,
     }
 }
@@ -556,16 +559,22 @@ impl TestApp {
         tally_platform::redis::Keys::new(&self.settings.redis.key_prefix)
     }
 
-    /// The shared clients, as a role would have them.
+    /// The shared clients, as a role would have them: connected once per
+    /// test, on first use.
     pub async fn deps(&self) -> tally_platform::Deps {
-        tally_platform::Deps::connect(
-            Arc::new(self.settings.clone()),
-            &tally_platform::readiness::Readiness::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("dependencies reachable")
-        .expect("not shut down")
+        self.deps
+            .get_or_init(|| async {
+                tally_platform::Deps::connect(
+                    Arc::new(self.settings.clone()),
+                    &tally_platform::readiness::Readiness::default(),
+                    &CancellationToken::new(),
+                )
+                .await
+                .expect("dependencies reachable")
+                .expect("not shut down")
+            })
+            .await
+            .clone()
     }
 }
 
