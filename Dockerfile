@@ -13,10 +13,14 @@ COPY common/http/Cargo.toml common/http/
 COPY api/Cargo.toml api/
 COPY workers/Cargo.toml workers/
 COPY broadcaster/Cargo.toml broadcaster/
-RUN for crate in common/domain common/platform common/http api workers broadcaster; do mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; done \
+# tally-bench is a workspace member, so its manifest must be there; the
+# image never builds it (only `--bin tally`).
+COPY bench/Cargo.toml bench/
+RUN for crate in common/domain common/platform common/http api workers broadcaster bench; do mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; done \
+ && echo 'fn main() {}' > bench/src/main.rs \
  && mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked --bin tally \
- && rm -rf src common/domain/src common/platform/src common/http/src api/src workers/src broadcaster/src
+ && rm -rf src common/domain/src common/platform/src common/http/src api/src workers/src broadcaster/src bench/src
 COPY . .
 # The stubs' build artefacts are older than the real sources, but touch
 # makes sure cargo rebuilds the project's own crates.

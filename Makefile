@@ -4,6 +4,10 @@ SHELL := /bin/bash
 export PATH := $(PATH):/usr/sbin:/sbin
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
 TALLY_RELEASE := target/release/tally
+# The harness is a binary of its own, tally-bench, that drives the tally binary it is given;
+# `--workspace` lets one `cargo build --bin` name both packages' binaries.
+BENCH_RELEASE := target/release/tally-bench --tally $(TALLY_RELEASE)
+BENCH_DEBUG := target/debug/tally-bench --tally target/debug/tally
 
 VENV := .venv
 
@@ -54,7 +58,7 @@ services:
 	@./scripts/ensure-services.sh
 
 build:
-	$(CARGO) build --release --bin tally
+	$(CARGO) build --release --workspace --bin tally --bin tally-bench
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -73,7 +77,7 @@ unit:
 
 ## load-smoke: the k6 scripts for a few seconds against a fresh stack (debug build)
 load-smoke: tools
-	$(CARGO) build --bin tally
+	$(CARGO) build --workspace --bin tally --bin tally-bench
 	LOAD_BIN=target/debug/tally scripts/load.sh smoke
 
 ## load: the k6 scripts at load against a fresh stack (release build)
@@ -83,20 +87,20 @@ load: services tools build
 ## chaos: faults under load on private Postgres/Redis/NATS processes, then every vote accounted for,
 ## and the API driven at twice its capacity (release build; accounts printed as JSON)
 chaos: services build
-	timeout 900 $(TALLY_RELEASE) bench chaos --rate 300 --rounds 3 --viewers 50 --out artifacts/chaos
-	timeout 600 $(TALLY_RELEASE) bench overload --seconds 20 --out artifacts/overload
+	timeout 900 $(BENCH_RELEASE) chaos --rate 300 --rounds 3 --viewers 50 --out artifacts/chaos
+	timeout 600 $(BENCH_RELEASE) overload --seconds 20 --out artifacts/overload
 
 ## chaos-smoke: one round of every fault and a short overload, on the debug build (make test)
 chaos-smoke: services
-	$(CARGO) build --bin tally
-	timeout 600 target/debug/tally bench chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
-	timeout 600 target/debug/tally bench overload --seconds 12 --min-offer-ratio 1.5 --out artifacts/overload-smoke
+	$(CARGO) build --workspace --bin tally --bin tally-bench
+	timeout 600 $(BENCH_DEBUG) chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
+	timeout 600 $(BENCH_DEBUG) overload --seconds 12 --min-offer-ratio 1.5 --out artifacts/overload-smoke
 
 ## proxy-check: Debian's nginx with deploy/nginx/tally.conf (nginx -t first) in front of two
 ## replicas of each role; ballots and viewers through it while one API replica is killed
 proxy-check: services packages
-	$(CARGO) build --bin tally
-	timeout 300 target/debug/tally bench proxy --out artifacts/proxy
+	$(CARGO) build --workspace --bin tally --bin tally-bench
+	timeout 300 $(BENCH_DEBUG) proxy --out artifacts/proxy
 
 ## deploy-check: what can be checked without a Docker engine or a cluster: docker-compose.yml
 ## against the Compose specification's schema, the Dockerfile with hadolint, and the

@@ -9,6 +9,8 @@
 set -euo pipefail
 MODE="${1:-smoke}"
 TALLY="${LOAD_BIN:-target/debug/tally}"
+# tally-bench is built beside the tally it drives (same profile).
+BENCH="$(dirname "$TALLY")/tally-bench"
 K6="${K6:-.venv/bin/k6}"
 ID="load$(date +%s)$$"
 WORK="$(mktemp -d)"
@@ -47,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$TALLY" migrate >/dev/null
-"$TALLY" bench provision --voters "$VOTERS" --output "$WORK/voters.json"
+"$BENCH" --tally "$TALLY" provision --voters "$VOTERS" --output "$WORK/voters.json"
 ELECTION=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["election_id"])' "$WORK/voters.json")
 "$TALLY" serve >"$WORK/serve.log" 2>&1 &
 SERVER=$!

@@ -50,9 +50,6 @@ enum Command {
         #[arg(long)]
         election: Option<i64>,
     },
-    /// Measure this machine.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// The national registry: import a CSV, generate a synthetic one, issue enrollment codes.
     #[command(subcommand)]
     Citizens(CitizensCommand),
@@ -145,84 +142,6 @@ enum CitizensCommand {
 }
 
 #[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// N ballots through the whole stack; also the one-transaction-per-vote design for comparison.
-    E2e {
-        #[arg(long, default_value_t = 100_000)]
-        voters: u64,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Offer ballots at this rate (per second) instead of as fast as possible.
-        #[arg(long)]
-        rate: Option<u32>,
-        /// Votes for the naive comparison; 0 skips it.
-        #[arg(long, default_value_t = 20_000)]
-        naive_votes: u64,
-    },
-    /// Write N voters' tokens and an open election as JSON, for k6.
-    Provision {
-        #[arg(long)]
-        voters: u64,
-        #[arg(long)]
-        output: PathBuf,
-    },
-    /// Faults under load on a private stack of separate processes, then every vote accounted for.
-    Chaos {
-        /// Ballots offered per second.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        /// Rounds of the fault schedule; each kills or crashes every component once.
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        /// Milliseconds of steady load between faults.
-        #[arg(long, default_value_t = 3000)]
-        gap_ms: u64,
-        #[arg(long, default_value_t = 20)]
-        viewers: usize,
-        /// Directory for the per-voter log and the processes' logs.
-        #[arg(long, default_value = "artifacts/chaos")]
-        out: PathBuf,
-    },
-    /// The API offered twice what it can take, the stream filled to its limit; every 202 still recorded.
-    Overload {
-        #[arg(long, default_value_t = 15)]
-        seconds: u64,
-        /// The share of one core the system under test may use (a CPU
-        /// cgroup when this process may create one; otherwise only pinning).
-        #[arg(long, default_value_t = 0.3)]
-        system_cpu: f64,
-        /// Fail when the client offers less than this multiple of the capacity.
-        #[arg(long, default_value_t = 1.8)]
-        min_offer_ratio: f64,
-        #[arg(long, default_value = "artifacts/overload")]
-        out: PathBuf,
-    },
-    /// nginx (deploy/nginx/tally.conf) in front of two replicas of each role; one API replica killed mid-run.
-    Proxy {
-        #[arg(long, default_value_t = 2000)]
-        voters: u64,
-        #[arg(long, default_value_t = 150)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        viewers: usize,
-        #[arg(long, default_value = "deploy/nginx/tally.conf")]
-        nginx_conf: PathBuf,
-        #[arg(long, default_value = "artifacts/proxy")]
-        out: PathBuf,
-    },
-    /// K WebSocket viewers on one broadcaster process while tallies change.
-    Viewers {
-        #[arg(long, default_value_t = 10_000)]
-        viewers: usize,
-        /// New tally versions per second (each viewer gets at most the broadcaster's cap).
-        #[arg(long, default_value_t = 20)]
-        updates_per_sec: u32,
-        #[arg(long, default_value_t = 30)]
-        seconds: u64,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 enum AdminCommand {
     /// Make a user an administrator.
     Grant { citizen_id: i64 },
@@ -250,7 +169,7 @@ impl Cli {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(self.command.execute(settings, self.config.as_deref())) {
+        match runtime.block_on(self.command.execute(settings)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tally: {e:#}");
@@ -261,13 +180,11 @@ impl Cli {
 }
 
 impl Command {
-    async fn execute(self, settings: Settings, config: Option<&std::path::Path>) -> anyhow::Result<()> {
-        // Both write synthetic citizens, accounts or codes into the database.
-        if matches!(self, Command::SeedDemo { .. } | Command::Bench(_))
-            && settings.env == Environment::Production
-        {
+    async fn execute(self, settings: Settings) -> anyhow::Result<()> {
+        // It writes synthetic citizens, accounts and codes into the database.
+        if matches!(self, Command::SeedDemo { .. }) && settings.env == Environment::Production {
             anyhow::bail!(
-                "seed-demo and bench make synthetic citizens and accounts; they refuse to run with TALLY_ENV=production"
+                "seed-demo makes synthetic citizens and accounts; it refuses to run with TALLY_ENV=production"
             );
         }
         match self {
@@ -299,7 +216,7 @@ impl Command {
             Command::Health => {
                 let admin = settings.http.admin_addr;
                 let probe = format!("127.0.0.1:{}", admin.port());
-                crate::bench::probe_ready(&probe).await.with_context(|| format!("{probe} is not ready"))?;
+                crate::health::probe_ready(&probe).await.with_context(|| format!("{probe} is not ready"))?;
                 println!("ready");
                 Ok(())
             }
@@ -322,48 +239,6 @@ impl Command {
                 let report =
                     crate::seed::seed_demo(&pool, &key, citizens).await.context("seeding the demo")?;
                 println!("{report}");
-                Ok(())
-            }
-            Command::Bench(BenchCommand::E2e { voters, connections, rate, naive_votes }) => {
-                let options = crate::bench::e2e::Options { voters, connections, rate, naive_votes };
-                let report = crate::bench::e2e::run(&settings, config, options).await?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                Ok(())
-            }
-            Command::Bench(BenchCommand::Provision { voters, output }) => {
-                let db = tally_platform::postgres::pool(&settings.database)?;
-                let first = crate::bench::provision::next_voter_id(&db).await?;
-                let provisioned = crate::bench::provision::provision(&settings, voters, first).await?;
-                std::fs::write(&output, serde_json::to_vec(&provisioned)?)
-                    .with_context(|| format!("writing {}", output.display()))?;
-                println!("{voters} voters for election {} in {}", provisioned.election_id, output.display());
-                Ok(())
-            }
-            Command::Bench(BenchCommand::Chaos { rate, rounds, gap_ms, viewers, out }) => {
-                let gap = std::time::Duration::from_millis(gap_ms);
-                let options = crate::bench::chaos::Options { rate, rounds, gap, viewers, out };
-                let report = crate::bench::chaos::run(&settings, config, options).await?;
-                verdict("chaos run", &report, report.passed, report.votes.violations.len())
-            }
-            Command::Bench(BenchCommand::Overload { seconds, system_cpu, min_offer_ratio, out }) => {
-                let options =
-                    crate::bench::chaos::overload::Options { seconds, system_cpu, min_offer_ratio, out };
-                let report = crate::bench::chaos::overload::run(&settings, config, options).await?;
-                verdict("overload run", &report, report.passed, report.votes.violations.len())
-            }
-            Command::Bench(BenchCommand::Proxy { voters, rate, viewers, nginx_conf, out }) => {
-                let options = crate::bench::chaos::proxy::Options { voters, rate, viewers, nginx_conf, out };
-                let report = crate::bench::chaos::proxy::run(&settings, config, options).await?;
-                verdict("proxy check", &report, report.passed, report.votes.violations.len())
-            }
-            Command::Bench(BenchCommand::Viewers { viewers, updates_per_sec, seconds }) => {
-                let options = crate::bench::viewers::Options {
-                    viewers,
-                    updates_per_sec,
-                    duration: std::time::Duration::from_secs(seconds),
-                };
-                let report = crate::bench::viewers::run(&settings, config, options).await?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             }
             Command::Reconcile { election } => {
@@ -422,18 +297,6 @@ async fn connect(settings: Settings) -> anyhow::Result<Option<tally_platform::De
     let shutdown = tally_platform::shutdown::on_signal();
     let readiness = tally_platform::readiness::Readiness::default();
     tally_platform::Deps::connect(std::sync::Arc::new(settings), &readiness, &shutdown).await
-}
-
-/// Prints a fault-injection report and fails the command on a violation.
-fn verdict(
-    what: &str,
-    report: &impl serde::Serialize,
-    passed: bool,
-    violations: usize,
-) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(report)?);
-    anyhow::ensure!(passed, "the {what} found {violations} violations");
-    Ok(())
 }
 
 fn print_urls(app: &App) {

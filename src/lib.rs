@@ -3,7 +3,7 @@
 
 pub mod admin;
 pub mod app;
-pub mod bench;
 pub mod cli;
+pub mod health;
 pub mod registry;
 pub mod seed;

@@ -1,4 +1,4 @@
-// Casting ballots with pre-issued tokens (see `tally bench provision`),
+// Casting ballots with pre-issued tokens (see `tally-bench provision`),
 // then polling each receipt. Every voter votes once.
 //   k6 run -e API=http://127.0.0.1:8080 -e VOTERS_FILE=voters.json vote.js
 // Workers hold at least K ballots of an open election (its anonymity set)

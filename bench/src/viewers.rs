@@ -15,8 +15,10 @@ use tally_platform::Settings;
 use tally_platform::tallies::{self, Totals};
 use time::OffsetDateTime;
 
-use super::provision::RUNNERS;
-use super::{Latencies, free_port, rss_bytes, spawn_tally};
+use crate::kit::cancel;
+use crate::process::{End, Tally, end};
+use crate::provision::RUNNERS;
+use crate::{Latencies, free_port, rss_bytes, serve_ready};
 
 pub struct Options {
     pub viewers: usize,
@@ -33,24 +35,20 @@ pub struct Report {
     pub versions_published: i64,
     pub messages_received: u64,
     pub messages_per_sec: f64,
-    pub delay_p50_ms: Option<u64>,
-    pub delay_p99_ms: Option<u64>,
-    pub delay_max_ms: Option<u64>,
+    pub delay_p50_ms: Option<f64>,
+    pub delay_p99_ms: Option<f64>,
+    pub delay_max_ms: Option<f64>,
     pub broadcaster_rss_mib: Option<f64>,
 }
 
-pub async fn run(
-    settings: &Settings,
-    config: Option<&std::path::Path>,
-    options: Options,
-) -> anyhow::Result<Report> {
+pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
     let db = tally_platform::postgres::pool(&settings.database)?;
     let redis = tally_platform::redis::connect(&settings.redis).await?;
     let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     // Tallies are written to Redis directly here, as a worker's commits
     // would be; the election's K does not pace them.
     let election =
-        super::provision::open_election(&db, "Benchmark election (viewers)", settings.workers.anonymity_set)
+        crate::provision::open_election(&db, "Benchmark election (viewers)", settings.workers.anonymity_set)
             .await?;
 
     let (port, admin) = (free_port()?, free_port()?);
@@ -58,7 +56,7 @@ pub async fn run(
         ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{port}")),
         ("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", (options.viewers + 100).to_string()),
     ];
-    let mut child = spawn_tally(config, "broadcaster", admin, &broadcaster_settings).await?;
+    let child = serve_ready(tally, "broadcaster", admin, &broadcaster_settings).await?;
     let pid = child.id().context("broadcaster pid")?;
 
     // Version → when it was published, to measure each arrival against.
@@ -142,13 +140,9 @@ pub async fn run(
     let rss = rss_bytes(pid);
     stop.cancel();
     while viewers.join_next().await.is_some() {}
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    end(&mut Some(child), End::Term(Duration::from_secs(10))).await;
     // The benchmark's election should not linger in the live lists.
-    sqlx::query("UPDATE elections SET cancelled_at = now() WHERE election_id = $1")
-        .bind(election)
-        .execute(&db)
-        .await?;
+    cancel(&db, election).await?;
 
     let messages = latencies.count();
     Ok(Report {

@@ -1,4 +1,4 @@
-//! `tally bench proxy`: Debian's nginx with `deploy/nginx/tally.conf` in
+//! `tally-bench proxy`: Debian's nginx with `deploy/nginx/tally.conf` in
 //! front of two API, two worker and two broadcaster processes on loopback.
 //! Ballots and live viewers go through the proxy; one API replica is
 //! killed mid-run. Both replicas must have served, viewers must end on the
@@ -19,10 +19,13 @@ use tokio_util::sync::CancellationToken;
 use super::audience::Audience;
 use super::books::{self, Accounting, Books};
 use super::voters::{Pace, Voters, ballots};
-use crate::bench::cluster::Cluster;
-use crate::bench::free_port;
-use crate::bench::infra::{private_stack, wait_for_port};
-use crate::bench::provision::{FIRST_VOTER, close, provision};
+use crate::cluster::Cluster;
+use crate::free_port;
+use crate::infra::{private_stack, wait_for_port};
+use crate::kit::close;
+use crate::process::Tally;
+use crate::process::{End, end};
+use crate::provision::{FIRST_VOTER, provision};
 
 pub struct Options {
     pub voters: u64,
@@ -52,8 +55,8 @@ pub struct Report {
     pub commit_groups: Vec<i64>,
 }
 
-pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -> anyhow::Result<Report> {
-    let (infra, settings, db) = private_stack(settings).await?;
+pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
+    let (infra, settings, db) = private_stack(tally, settings).await?;
     let provisioned = provision(&settings, options.voters, FIRST_VOTER).await?;
     let election = provisioned.election_id;
     let mut stack = infra.settings();
@@ -63,9 +66,9 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         ("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", "100000".to_owned()),
     ]);
     let layout = [("api", 2), ("workers", 2), ("broadcaster", 2)];
-    let mut cluster = Cluster::start(config, &options.out.join("logs"), stack, &layout).await?;
+    let mut cluster = Cluster::start(tally, &options.out.join("logs"), stack, &layout).await?;
     let apis = cluster.with_role("api");
-    let ports = |role: &str, pick: fn(&crate::bench::cluster::Node) -> u16| {
+    let ports = |role: &str, pick: fn(&crate::cluster::Node) -> u16| {
         cluster.with_role(role).into_iter().map(|i| pick(&cluster.nodes[i])).collect::<Vec<_>>()
     };
     let (api_ports, live_ports) = (ports("api", |n| n.api), ports("broadcaster", |n| n.live));
@@ -88,7 +91,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
     let client = reqwest::Client::new();
     let mut accepted_per_api_replica = Vec::new();
     for &i in &apis {
-        let accepted = crate::bench::metric(cluster.nodes[i].admin, "tally_votes_accepted_total").await;
+        let accepted = crate::metric(cluster.nodes[i].admin, "tally_votes_accepted_total").await;
         accepted_per_api_replica.push(accepted.unwrap_or(0.0) as u64);
     }
     cluster.kill(apis[0]).await;
@@ -218,13 +221,8 @@ impl Nginx {
     }
 
     /// TERM (fast shutdown) and a wait, so no worker outlives its master.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
+    async fn stop(self) {
+        end(&mut Some(self.child), End::Term(Duration::from_secs(10))).await;
     }
 
     async fn tls_status(&self, path: &str) -> u16 {

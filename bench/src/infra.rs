@@ -13,7 +13,8 @@ use tokio::process::{Child, Command};
 use tally_domain::secret::Secret;
 use tally_platform::Settings;
 
-use super::free_port;
+use crate::free_port;
+use crate::process::{End, Tally, end};
 
 pub struct Infra {
     pub dir: PathBuf,
@@ -26,17 +27,18 @@ pub struct Infra {
 }
 
 /// A private Postgres, Redis and NATS, the settings that point at them,
-/// the migrated database and the NATS streams.
-pub async fn private_stack(settings: &Settings) -> anyhow::Result<(Infra, Settings, sqlx::PgPool)> {
+/// and the database and NATS streams as `tally migrate` makes them.
+pub async fn private_stack(
+    tally: &Tally,
+    settings: &Settings,
+) -> anyhow::Result<(Infra, Settings, sqlx::PgPool)> {
     let infra = Infra::start().await.context("starting a private Postgres, Redis and NATS")?;
     let mut settings = settings.clone();
     settings.database.url = Secret::new(infra.database_url());
     settings.redis.url = Secret::new(infra.redis_url());
     settings.nats.url = Secret::new(infra.nats_url());
-    tally_platform::postgres::create_database_if_missing(&settings.database).await?;
+    tally.migrate(&infra.settings()).await.context("migrating the private stack")?;
     let db = tally_platform::postgres::pool(&settings.database)?;
-    tally_platform::postgres::migrate(&db).await?;
-    crate::app::provision_streams(&settings.nats).await?;
     Ok((infra, settings, db))
 }
 
@@ -102,13 +104,13 @@ impl Infra {
 
     /// Redis is killed and comes back empty, as a cache without persistence does.
     pub async fn crash_redis(&mut self) -> anyhow::Result<()> {
-        kill(&mut self.redis).await;
+        end(&mut self.redis, End::Kill).await;
         self.start_redis().await
     }
 
     /// NATS is killed; JetStream's files on disk survive, as on a process crash.
     pub async fn crash_nats(&mut self) -> anyhow::Result<()> {
-        kill(&mut self.nats).await;
+        end(&mut self.nats, End::Kill).await;
         self.start_nats().await
     }
 
@@ -219,12 +221,6 @@ async fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
         bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
-}
-
-async fn kill(child: &mut Option<Child>) {
-    if let Some(mut child) = child.take() {
-        let _ = child.kill().await;
-    }
 }
 
 pub async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {

@@ -1,11 +1,11 @@
-//! `tally bench overload`: the API offered about twice what it can take,
+//! `tally-bench overload`: the API offered about twice what it can take,
 //! with the workers stopped for a while so the stream fills to its limit.
 //! The API must keep answering quickly (202, or 503/429 with
 //! `Retry-After`), its memory must stay bounded, the stream must not grow
 //! past its limit, and every ballot that got 202 must still be recorded
 //! (counted after the election is closed: workers hold its last K).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::books::{self, Accounting, Books};
 use super::cpu::{Quota, pin};
 use super::voters::{Pace, Voters, ballots};
-use crate::bench::cluster::Cluster;
-use crate::bench::infra::private_stack;
-use crate::bench::provision::{FIRST_VOTER, close, provision};
-use crate::bench::rss_bytes;
+use crate::cluster::Cluster;
+use crate::infra::private_stack;
+use crate::kit::close;
+use crate::process::Tally;
+use crate::provision::{FIRST_VOTER, provision};
+use crate::rss_bytes;
 
 pub struct Options {
     pub seconds: u64,
@@ -39,9 +41,9 @@ pub struct Report {
     pub offered_ratio: f64,
     /// The CPU quota the system ran under, if this machine allowed one.
     pub system_cpu_share: Option<f64>,
-    pub answered_p50_ms: Option<u64>,
-    pub answered_p99_ms: Option<u64>,
-    pub answered_max_ms: Option<u64>,
+    pub answered_p50_ms: Option<f64>,
+    pub answered_p99_ms: Option<f64>,
+    pub answered_max_ms: Option<f64>,
     pub refusals_without_retry_after: u64,
     pub api_rss_mib_before: f64,
     pub api_rss_mib_max: f64,
@@ -56,8 +58,8 @@ const IN_FLIGHT_LIMIT: usize = 256;
 /// Generous: a bound, not a target. Growth without end would pass it.
 const RSS_CEILING_MIB: f64 = 1024.0;
 
-pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -> anyhow::Result<Report> {
-    let (infra, settings, db) = private_stack(settings).await?;
+pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
+    let (infra, settings, db) = private_stack(tally, settings).await?;
     let probe = provision(&settings, PROBE_VOTERS, FIRST_VOTER).await?;
 
     let mut stack = infra.settings();
@@ -66,7 +68,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         ("TALLY_LOG__FILTER", "warn".to_owned()),
     ]);
     let mut cluster =
-        Cluster::start(config, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
+        Cluster::start(tally, &options.out.join("logs"), stack, &[("api", 1), ("workers", 1)]).await?;
     let (api, worker) = (cluster.with_role("api")[0], cluster.with_role("workers")[0]);
     let port = cluster.nodes[api].api;
     // The system under test (servers and Tally) gets part of one core and
@@ -129,19 +131,19 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         let messages = js.get_stream(&limited.stream).await?.info().await?.state.messages;
         stream_max = stream_max.max(messages);
         if !paused && full_since.is_none() && started.elapsed().as_secs() * 3 >= options.seconds {
-            cluster.signal(worker, "STOP")?;
+            cluster.pause(worker, true)?;
             paused = true;
         }
         if paused && messages as i64 >= limited.max_messages && full_since.is_none() {
             full_since = Some(Instant::now());
         }
         if paused && full_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
-            cluster.signal(worker, "CONT")?;
+            cluster.pause(worker, false)?;
             paused = false;
         }
     }
     if paused {
-        cluster.signal(worker, "CONT")?;
+        cluster.pause(worker, false)?;
     }
     let offered_per_sec =
         voting.logs.iter().filter(|l| l.lock().is_ok_and(|l| !l.statuses.is_empty())).count() as f64

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use super::{free_port, wait_ready};
+use crate::process::{End, Tally, end, signal};
+use crate::{free_port, wait_ready};
 
 pub struct Node {
     pub name: String,
@@ -27,7 +28,7 @@ impl Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     settings: Vec<(&'static str, String)>,
-    config: Option<PathBuf>,
+    tally: Tally,
     logs: PathBuf,
 }
 
@@ -35,7 +36,7 @@ impl Cluster {
     /// Starts `count` processes for each `roles` entry and waits until all
     /// are ready.
     pub async fn start(
-        config: Option<&Path>,
+        tally: &Tally,
         logs: &Path,
         settings: Vec<(&'static str, String)>,
         layout: &[(&'static str, usize)],
@@ -43,12 +44,8 @@ impl Cluster {
         // Each run's logs start empty; a restarted process appends to its own.
         let _ = std::fs::remove_dir_all(logs);
         std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            settings,
-            config: config.map(Path::to_owned),
-            logs: logs.to_owned(),
-        };
+        let mut cluster =
+            Cluster { nodes: Vec::new(), settings, tally: tally.clone(), logs: logs.to_owned() };
         for (roles, count) in layout {
             for n in 0..*count {
                 cluster.nodes.push(Node {
@@ -77,35 +74,21 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.logs.join(format!("{}.log", node.name)))
-            .context("opening a process log")?;
-        let mut command = Command::new(std::env::current_exe()?);
-        command.args(["serve", "--roles", node.roles]);
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
-        command
-            .envs(self.settings.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(super::ONE_ADDRESS_LOAD)
-            .env("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{}", node.admin))
-            .env("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{}", node.api))
-            .env("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", node.live))
-            .stdout(log.try_clone().context("sharing a process log")?)
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("starting {}", node.name))?;
+        let mut settings = self.settings.clone();
+        settings.extend([
+            ("TALLY_HTTP__ADMIN_ADDR", format!("127.0.0.1:{}", node.admin)),
+            ("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{}", node.api)),
+            ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", node.live)),
+        ]);
+        let log = self.logs.join(format!("{}.log", node.name));
+        let child = self.tally.serve(node.roles, &settings, Some(&log))?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
 
     /// SIGKILL: no drain, no goodbye, a batch possibly half done.
     pub async fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill().await;
-        }
+        end(&mut self.nodes[i].child, End::Kill).await;
     }
 
     /// Starts the node again on its own ports and waits until it is ready.
@@ -115,27 +98,16 @@ impl Cluster {
         wait_ready(self.nodes[i].admin).await
     }
 
-    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
-    pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
-        let pid = self.nodes[i].pid().context("the process is not running")?;
-        let status =
-            std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
-        Ok(())
+    /// SIGSTOP (`true`) or SIGCONT (`false`).
+    pub fn pause(&self, i: usize, paused: bool) -> anyhow::Result<()> {
+        let child = self.nodes[i].child.as_ref().context("the process is not running")?;
+        signal(child, if paused { "STOP" } else { "CONT" })
     }
 
-    /// SIGTERM to every node, then waits for each to drain and exit.
+    /// Every node drains and exits, all at once; those that take longer
+    /// than 20 s are killed.
     pub async fn stop(&mut self) {
-        for i in 0..self.nodes.len() {
-            let _ = self.signal(i, "CONT");
-            let _ = self.signal(i, "TERM");
-        }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take()
-                && tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
+        let grace = End::Term(std::time::Duration::from_secs(20));
+        futures_util::future::join_all(self.nodes.iter_mut().map(|node| end(&mut node.child, grace))).await;
     }
 }

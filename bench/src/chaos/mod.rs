@@ -1,4 +1,4 @@
-//! `tally bench chaos`: the whole system as separate processes on a private
+//! `tally-bench chaos`: the whole system as separate processes on a private
 //! Postgres, Redis and NATS, under a steady vote load with live viewers,
 //! while processes are killed and paused and the stores crash. When the
 //! system is quiet again the live tallies must agree everywhere (with at
@@ -24,9 +24,11 @@ use serde::Serialize;
 use tally_platform::Settings;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::Cluster;
-use super::infra::private_stack;
-use super::provision::{FIRST_VOTER, close, provision};
+use crate::cluster::Cluster;
+use crate::infra::private_stack;
+use crate::kit::close;
+use crate::process::Tally;
+use crate::provision::{FIRST_VOTER, provision};
 use audience::Audience;
 use books::{Accounting, Books};
 use direct::Direct;
@@ -99,9 +101,9 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
 /// convergence under faults is checked, not only the close flush.
 const ANONYMITY_SET: i32 = 5;
 
-pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -> anyhow::Result<Report> {
+pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let (mut infra, mut settings, db) = private_stack(settings).await?;
+    let (mut infra, mut settings, db) = private_stack(tally, settings).await?;
     settings.workers.anonymity_set = ANONYMITY_SET;
 
     let schedule: Vec<Fault> = ROUND.iter().copied().cycle().take(ROUND.len() * options.rounds).collect();
@@ -121,8 +123,8 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         ("TALLY_LOG__FILTER", "warn".to_owned()),
     ]);
     let layout = [("api", 2), ("workers", 2), ("broadcaster", 2)];
-    let mut cluster = Cluster::start(config, &options.out.join("logs"), stack_settings, &layout).await?;
-    let port_of = |cluster: &Cluster, role: &str, pick: fn(&super::cluster::Node) -> u16| {
+    let mut cluster = Cluster::start(tally, &options.out.join("logs"), stack_settings, &layout).await?;
+    let port_of = |cluster: &Cluster, role: &str, pick: fn(&crate::cluster::Node) -> u16| {
         cluster.with_role(role).into_iter().map(|i| pick(&cluster.nodes[i])).collect::<Vec<u16>>()
     };
     let apis = port_of(&cluster, "api", |n| n.api);
@@ -176,7 +178,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
 
     let mut held_per_worker = Vec::new();
     for i in cluster.with_role("workers") {
-        held_per_worker.push(super::metric(cluster.nodes[i].admin, "tally_ballots_held").await);
+        held_per_worker.push(crate::metric(cluster.nodes[i].admin, "tally_ballots_held").await);
     }
     let holders = held_per_worker.iter().filter(|held| held.is_some_and(|n| n > 0.0)).count();
     if holders > 1 {
@@ -211,7 +213,7 @@ pub async fn run(settings: &Settings, config: Option<&Path>, options: Options) -
         votes.violations.push(format!("not final within {}s of the close", CONVERGE_WITHIN.as_secs()));
         let mut held_per_worker = Vec::new();
         for i in cluster.with_role("workers") {
-            held_per_worker.push(super::metric(cluster.nodes[i].admin, "tally_ballots_held").await);
+            held_per_worker.push(crate::metric(cluster.nodes[i].admin, "tally_ballots_held").await);
         }
         unsettled = Some(Unsettled {
             unrecorded_accepted: books.unresolved(&logs),

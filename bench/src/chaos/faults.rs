@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::direct::{self, Direct};
-use crate::bench::cluster::Cluster;
-use crate::bench::infra::Infra;
+use crate::cluster::Cluster;
+use crate::infra::Infra;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
@@ -81,9 +81,9 @@ pub async fn inject(
         Fault::CrashRedis => infra.crash_redis().await?,
         Fault::PauseWorker(n) => {
             let i = node("workers", n);
-            cluster.signal(i, "STOP")?;
+            cluster.pause(i, true)?;
             tokio::time::sleep(ack_wait + Duration::from_secs(2)).await;
-            cluster.signal(i, "CONT")?;
+            cluster.pause(i, false)?;
         }
         Fault::RollingUpgrade => {
             let voters = direct.take(direct::PER_UPGRADE)?;

@@ -16,8 +16,10 @@ use tally_platform::Settings;
 use tally_platform::tallies::TallyEvent;
 use uuid::Uuid;
 
-use super::provision::{RUNNERS, close, next_voter_id, open_election, provision, retire};
-use super::{free_port, spawn_tally};
+use crate::kit::{cancel, close};
+use crate::process::Tally;
+use crate::provision::{RUNNERS, next_voter_id, open_election, provision};
+use crate::{Latencies, free_port, serve_ready};
 
 pub struct Options {
     pub voters: u64,
@@ -47,24 +49,20 @@ pub struct Report {
     pub uncounted_at_close: i64,
     /// From the close to the tally that counts every accepted ballot.
     pub close_to_tally_ms: f64,
-    pub api_p50_ms: f64,
-    pub api_p99_ms: f64,
-    pub api_p999_ms: f64,
-    pub visible_p50_ms: f64,
-    pub visible_p99_ms: f64,
+    pub api_p50_ms: Option<f64>,
+    pub api_p99_ms: Option<f64>,
+    pub api_p999_ms: Option<f64>,
+    pub visible_p50_ms: Option<f64>,
+    pub visible_p99_ms: Option<f64>,
     pub naive_votes_per_sec: Option<f64>,
     pub pipeline_over_naive: Option<f64>,
 }
 
-pub async fn run(
-    settings: &Settings,
-    config: Option<&std::path::Path>,
-    options: Options,
-) -> anyhow::Result<Report> {
-    let db = tally_platform::postgres::pool(&settings.database)?;
+pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
     // The stack it starts only looks the streams up, as `make up` would
     // have left them.
-    crate::app::provision_streams(&settings.nats).await?;
+    tally.migrate(&[]).await?;
+    let db = tally_platform::postgres::pool(&settings.database)?;
     let first = next_voter_id(&db).await?;
     let provisioned = provision(settings, options.voters, first).await?;
     let election = provisioned.election_id;
@@ -74,7 +72,7 @@ pub async fn run(
         ("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{api}")),
         ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", free_port()?)),
     ];
-    let _stack = spawn_tally(config, "api,workers,broadcaster", admin, &settings_for_stack).await?;
+    let _stack = serve_ready(tally, "api,workers,broadcaster", admin, &settings_for_stack).await?;
 
     // Every tally event: when, and how many ballots it counts.
     let client = tally_platform::redis::client(&settings.redis)?;
@@ -115,13 +113,13 @@ pub async fn run(
     let url = Arc::new(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballots"));
     let tokens = Arc::new(provisioned.tokens);
     let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Latencies::default());
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..options.connections {
         let (http, url, tokens, next) = (http.clone(), url.clone(), tokens.clone(), next.clone());
-        let rate = options.rate;
+        let (rate, latencies) = (options.rate, latencies.clone());
         senders.spawn(async move {
-            let mut latencies = Vec::new();
             let mut accepted_at = Vec::new();
             let mut refused = 0u64;
             loop {
@@ -137,21 +135,19 @@ pub async fn run(
                 let body = serde_json::json!({ "selections": [RUNNERS[i % 2]] });
                 let response = http.post(url.as_str()).bearer_auth(token).json(&body).send().await;
                 let done = Instant::now();
-                latencies.push(done - sent);
+                latencies.record(done - sent);
                 match response {
                     Ok(r) if r.status() == 202 => accepted_at.push(done),
                     _ => refused += 1,
                 }
             }
-            (latencies, accepted_at, refused)
+            (accepted_at, refused)
         });
     }
-    let mut latencies = Vec::new();
     let mut accepted_at = Vec::new();
     let mut refused = 0;
     while let Some(done) = senders.join_next().await {
-        let (l, a, r) = done?;
-        latencies.extend(l);
+        let (a, r) = done?;
         accepted_at.extend(a);
         refused += r;
     }
@@ -168,18 +164,16 @@ pub async fn run(
 
     // The k-th accepted ballot is visible once a tally counts k ballots.
     accepted_at.sort();
-    let mut visible = Vec::with_capacity(accepted_at.len());
+    let visible = Latencies::default();
     let mut e = 0;
     for (k, accepted) in accepted_at.iter().enumerate() {
         while e < seen.len() && seen[e].1 < (k + 1) as i64 {
             e += 1;
         }
         if let Some((at, _)) = seen.get(e) {
-            visible.push(at.saturating_duration_since(*accepted));
+            visible.record(at.saturating_duration_since(*accepted));
         }
     }
-    latencies.sort();
-    visible.sort();
 
     let mut report = Report {
         ballots: options.voters,
@@ -192,11 +186,11 @@ pub async fn run(
         votes_per_sec: accepted_at.len() as f64 / seconds,
         uncounted_at_close: accepted_at.len() as i64 - counted_before_close,
         close_to_tally_ms,
-        api_p50_ms: quantile_ms(&latencies, 0.5),
-        api_p99_ms: quantile_ms(&latencies, 0.99),
-        api_p999_ms: quantile_ms(&latencies, 0.999),
-        visible_p50_ms: quantile_ms(&visible, 0.5),
-        visible_p99_ms: quantile_ms(&visible, 0.99),
+        api_p50_ms: latencies.quantile_ms(0.5),
+        api_p99_ms: latencies.quantile_ms(0.99),
+        api_p999_ms: latencies.quantile_ms(0.999),
+        visible_p50_ms: visible.quantile_ms(0.5),
+        visible_p99_ms: visible.quantile_ms(0.99),
         ..Report::default()
     };
     if options.naive_votes > 0 {
@@ -259,14 +253,6 @@ async fn naive(db: &sqlx::PgPool, votes: u64, connections: usize, first: i64) ->
         done??;
     }
     let rate = votes as f64 / started.elapsed().as_secs_f64();
-    retire(db, election).await?;
+    cancel(db, election).await?;
     Ok(rate)
-}
-
-fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::schedule::Schedule;
-use crate::bench::Latencies;
+use crate::Latencies;
 
 /// Status recorded for a request that got no HTTP answer at all.
 pub const NO_ANSWER: u16 = 0;
@@ -83,7 +83,7 @@ fn retryable(status: u16) -> bool {
 
 /// (citizen id, token, runner) for each provisioned voter, alternating
 /// between the two runners.
-pub fn ballots(provisioned: &crate::bench::provision::Provisioned, first: i64) -> Vec<(i64, String, i64)> {
+pub fn ballots(provisioned: &crate::provision::Provisioned, first: i64) -> Vec<(i64, String, i64)> {
     provisioned
         .tokens
         .iter()

@@ -1,0 +1,216 @@
+//! `tally-bench`: drives the `tally` binary given by `--tally` through
+//! benchmarks and fault-injection runs, with the settings it would read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tally_bench::process::Tally;
+use tally_bench::{chaos, e2e, provision, viewers};
+use tally_platform::Settings;
+use tally_platform::config::Environment;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally-bench",
+    version,
+    about = "Measures a Tally binary on this machine and injects faults into it."
+)]
+struct Cli {
+    /// The `tally` binary under test.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_BIN",
+        value_name = "PATH",
+        default_value = "target/release/tally"
+    )]
+    tally: PathBuf,
+
+    /// TOML file with settings, for this harness and every `tally` it
+    /// starts; TALLY_* environment variables override it.
+    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// N ballots through the whole stack; also the one-transaction-per-vote design for comparison.
+    E2e {
+        #[arg(long, default_value_t = 100_000)]
+        voters: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Offer ballots at this rate (per second) instead of as fast as possible.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Votes for the naive comparison; 0 skips it.
+        #[arg(long, default_value_t = 20_000)]
+        naive_votes: u64,
+    },
+    /// Write N voters' tokens and an open election as JSON, for k6.
+    Provision {
+        #[arg(long)]
+        voters: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Faults under load on a private stack of separate processes, then every vote accounted for.
+    Chaos {
+        /// Ballots offered per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Rounds of the fault schedule; each kills or crashes every component once.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Milliseconds of steady load between faults.
+        #[arg(long, default_value_t = 3000)]
+        gap_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        /// Directory for the per-voter log and the processes' logs.
+        #[arg(long, default_value = "artifacts/chaos")]
+        out: PathBuf,
+    },
+    /// The API offered twice what it can take, the stream filled to its limit; every 202 still recorded.
+    Overload {
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// The share of one core the system under test may use (a CPU
+        /// cgroup when this process may create one; otherwise only pinning).
+        #[arg(long, default_value_t = 0.3)]
+        system_cpu: f64,
+        /// Fail when the client offers less than this multiple of the capacity.
+        #[arg(long, default_value_t = 1.8)]
+        min_offer_ratio: f64,
+        #[arg(long, default_value = "artifacts/overload")]
+        out: PathBuf,
+    },
+    /// nginx (deploy/nginx/tally.conf) in front of two replicas of each role; one API replica killed mid-run.
+    Proxy {
+        #[arg(long, default_value_t = 2000)]
+        voters: u64,
+        #[arg(long, default_value_t = 150)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        viewers: usize,
+        #[arg(long, default_value = "deploy/nginx/tally.conf")]
+        nginx_conf: PathBuf,
+        #[arg(long, default_value = "artifacts/proxy")]
+        out: PathBuf,
+    },
+    /// K WebSocket viewers on one broadcaster process while tallies change.
+    Viewers {
+        #[arg(long, default_value_t = 10_000)]
+        viewers: usize,
+        /// New tally versions per second (each viewer gets at most the broadcaster's cap).
+        #[arg(long, default_value_t = 20)]
+        updates_per_sec: u32,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("tally-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = tally_platform::telemetry::init_tracing(&settings.log) {
+        eprintln!("tally-bench: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tally = Tally { bin: cli.tally, config: cli.config };
+    match runtime.block_on(run(cli.command, &settings, &tally)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Result<()> {
+    // Every run writes synthetic citizens and accounts into the database.
+    if settings.env == Environment::Production {
+        anyhow::bail!(
+            "tally-bench makes synthetic citizens and accounts; it refuses to run with TALLY_ENV=production"
+        );
+    }
+    // Provisioning writes straight to the database; everything else starts the binary.
+    if !matches!(command, Command::Provision { .. }) {
+        anyhow::ensure!(
+            tally.bin.is_file(),
+            "no tally binary at {} (build it, or give --tally PATH)",
+            tally.bin.display()
+        );
+    }
+    match command {
+        Command::E2e { voters, connections, rate, naive_votes } => {
+            let options = e2e::Options { voters, connections, rate, naive_votes };
+            let report = e2e::run(settings, tally, options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Provision { voters, output } => {
+            let db = tally_platform::postgres::pool(&settings.database)?;
+            let first = provision::next_voter_id(&db).await?;
+            let provisioned = provision::provision(settings, voters, first).await?;
+            std::fs::write(&output, serde_json::to_vec(&provisioned)?)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("{voters} voters for election {} in {}", provisioned.election_id, output.display());
+            Ok(())
+        }
+        Command::Chaos { rate, rounds, gap_ms, viewers, out } => {
+            let gap = Duration::from_millis(gap_ms);
+            let options = chaos::Options { rate, rounds, gap, viewers, out };
+            let report = chaos::run(settings, tally, options).await?;
+            verdict("chaos run", &report, report.passed, report.votes.violations.len())
+        }
+        Command::Overload { seconds, system_cpu, min_offer_ratio, out } => {
+            let options = chaos::overload::Options { seconds, system_cpu, min_offer_ratio, out };
+            let report = chaos::overload::run(settings, tally, options).await?;
+            verdict("overload run", &report, report.passed, report.votes.violations.len())
+        }
+        Command::Proxy { voters, rate, viewers, nginx_conf, out } => {
+            let options = chaos::proxy::Options { voters, rate, viewers, nginx_conf, out };
+            let report = chaos::proxy::run(settings, tally, options).await?;
+            verdict("proxy check", &report, report.passed, report.votes.violations.len())
+        }
+        Command::Viewers { viewers, updates_per_sec, seconds } => {
+            let duration = Duration::from_secs(seconds);
+            let options = viewers::Options { viewers, updates_per_sec, duration };
+            let report = viewers::run(settings, tally, options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+/// Prints a fault-injection report and fails the command on a violation.
+fn verdict(
+    what: &str,
+    report: &impl serde::Serialize,
+    passed: bool,
+    violations: usize,
+) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    anyhow::ensure!(passed, "the {what} found {violations} violations");
+    Ok(())
+}
