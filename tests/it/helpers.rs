@@ -416,45 +416,19 @@ impl Default for ElectionSpec {
 
 pub const RUNNERS: [i64; 2] = [9001, 9002];
 
+/// Through the test kit, which the benchmarks share.
 pub async fn insert_election(db: &PgPool, spec: ElectionSpec) -> i64 {
-    for runner in RUNNERS {
-        sqlx::query(
-            "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
-             VALUES ($1, $2, '1970-01-01', 'Capital', '1 Oak Street', 'Capital') ON CONFLICT DO NOTHING",
-        )
-        .bind(runner)
-        .bind(format!("Runner {runner}"))
-        .execute(db)
-        .await
-        .expect("runner citizen");
-    }
-    // One transaction: an API cache loading in between would see an
-    // election with no runners, which counts as cancelled.
-    let mut tx = db.begin().await.expect("begin");
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
-         VALUES ('Test election', now() + make_interval(secs => $1), now() + make_interval(secs => $2), $3, $4, $5, $6)
-         RETURNING election_id",
-    )
-    .bind(spec.starts_in_secs as f64)
-    .bind(spec.ends_in_secs as f64)
-    .bind(spec.restriction)
-    .bind(spec.min_age)
-    .bind(spec.visibility)
-    .bind(spec.anonymity_set)
-    .fetch_one(&mut *tx)
-    .await
-    .expect("insert election");
-    for runner in RUNNERS {
-        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, 'President')")
-            .bind(id)
-            .bind(runner)
-            .execute(&mut *tx)
-            .await
-            .expect("insert runner");
-    }
-    tx.commit().await.expect("commit");
-    id
+    let spec = tally_bench::kit::ElectionSpec {
+        starts_in_secs: spec.starts_in_secs,
+        ends_in_secs: spec.ends_in_secs,
+        restriction: spec.restriction.into(),
+        visibility: spec.visibility.into(),
+        min_age: spec.min_age,
+        anonymity_set: spec.anonymity_set,
+        runners: RUNNERS.to_vec(),
+        ..Default::default()
+    };
+    tally_bench::kit::insert_election(db, &spec).await.expect("insert election")
 }
 
 impl TestApp {
