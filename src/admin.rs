@@ -4,13 +4,14 @@
 use anyhow::Context;
 use tally_domain::citizen::Role;
 use tally_platform::Settings;
+use tally_platform::audit::{self, Action, Actor};
 use uuid::Uuid;
 
 /// Who ran the command, for the audit log.
-pub fn operator() -> String {
+pub fn operator() -> Actor {
     let user =
         std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    Actor::Operator(user)
 }
 
 pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyhow::Result<()> {
@@ -30,13 +31,14 @@ pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyho
         .bind(role.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO audit_log (actor, action, before, after) VALUES ($1, $2, $3, $4)")
-        .bind(&actor)
-        .bind(if role == Role::Admin { "admin.grant" } else { "admin.revoke" })
-        .bind(serde_json::json!({"citizen_id": citizen_id, "role": before}))
-        .bind(serde_json::json!({"citizen_id": citizen_id, "role": role.as_str()}))
-        .execute(&mut *tx)
-        .await?;
+    let entry = audit::Entry {
+        actor: actor.clone(),
+        action: if role == Role::Admin { Action::AdminGrant } else { Action::AdminRevoke },
+        election_id: None,
+        before: Some(serde_json::json!({"citizen_id": citizen_id, "role": before})),
+        after: Some(serde_json::json!({"citizen_id": citizen_id, "role": role.as_str()})),
+    };
+    audit::record(&mut tx, entry).await?;
     // Tokens carry the role; ending the sessions makes a revocation take
     // effect now rather than when the tokens expire.
     let ended: Vec<Uuid> = if role == Role::Voter {

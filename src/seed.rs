@@ -6,7 +6,10 @@ use std::fmt;
 
 use anyhow::Context;
 use sqlx::PgPool;
+use tally_domain::election::Restriction;
 use tally_domain::enrollment::EnrollmentKey;
+use tally_domain::visibility::Visibility;
+use tally_platform::elections::{self, NewElection, NewRunner};
 use time::OffsetDateTime;
 
 use crate::registry::generate::citizens;
@@ -69,25 +72,20 @@ pub async fn seed_demo(pool: &PgPool, key: &EnrollmentKey, count: u64) -> anyhow
         Some(id) => (id, false),
         None => {
             let now = OffsetDateTime::now_utc();
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
-                 VALUES ($1, $2, $3, '@everyone', 18, 'live') RETURNING election_id",
-            )
-            .bind(DEMO_ELECTION)
-            .bind(now)
-            .bind(now + time::Duration::days(7))
-            .fetch_one(&mut *tx)
-            .await
-            .context("creating the demo election")?;
-            for (citizen_id, post) in DEMO_RUNNERS {
-                sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(citizen_id)
-                    .bind(post)
-                    .execute(&mut *tx)
-                    .await
-                    .context("adding a demo runner")?;
-            }
+            let demo = NewElection {
+                name: DEMO_ELECTION.into(),
+                start_at: now,
+                end_at: now + time::Duration::days(7),
+                restriction: Restriction::Everyone,
+                min_age: 18,
+                visibility: Visibility::Live,
+                anonymity_set: None,
+                runners: DEMO_RUNNERS
+                    .iter()
+                    .map(|(citizen_id, post)| NewRunner { citizen_id: *citizen_id, post: (*post).into() })
+                    .collect(),
+            };
+            let id = elections::create(&mut *tx, &demo).await.context("creating the demo election")?;
             (id, true)
         }
     };

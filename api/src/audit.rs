@@ -7,12 +7,17 @@ use tally_http::auth::AdminUser;
 use tally_http::error::FieldError;
 use tally_http::{ApiError, Json, Query};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 const MAX_PAGE: i64 = 200;
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,8 @@
 //! retry with the same intent is the same ballot; the same key with
 //! other selections is refused; another key, or no key, while a ballot is
 //! reserved or stored, is a second ballot. Neither the key nor anything a
-//! reader could reverse is stored or logged.
+//! reader could reverse is stored or logged. The reservation itself is kept
+//! with the voter set, in `tally_platform::voters`.
 
 use axum::http::HeaderMap;
 use ring::hmac;
@@ -70,27 +71,6 @@ impl Keyed {
         }
     }
 }
-
-/// Reserves the voter for this intent (when ARGV[3] is 1: keyed ballots
-/// only), unless they have voted or another ballot holds the reservation.
-/// Returns whether they voted, the intent reserved, and whether this call
-/// reserved it. A keyless ballot reserves nothing: no retry can claim it,
-/// and a reservation left by a request that died would lock its voter out.
-pub const RESERVE: &str = r"
-local voted = redis.call('SISMEMBER', KEYS[1], ARGV[1])
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if (not held) and voted == 0 and ARGV[3] == '1' then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  return {0, ARGV[2], 1}
-end
-return {voted, held or '', 0}
-";
-
-/// Gives a reservation up, if it is still this intent's.
-pub const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-";
 
 /// How a reserved intent relates to this request's.
 #[derive(Debug, PartialEq, Eq)]

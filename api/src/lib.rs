@@ -14,44 +14,42 @@ pub mod openapi;
 pub mod state;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
-use tally_http::rate_limit;
-use tally_platform::Deps;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+use tally_platform::Deps;
 
 pub use state::ApiState;
 
-/// Routes whose handlers apply the per-client limit themselves: ballots
-/// inside the Redis pipeline they send anyway (one round trip on the hot
-/// path), receipts in the process (a Redis key would date each look-up).
-const CHECKED_IN_HANDLER: &[(&str, &str)] =
-    &[("POST", "/v1/elections/{id}/ballots"), ("GET", "/v1/receipts/{receipt}")];
-
+/// The api role's router. Each route is registered once, with its OpenAPI
+/// operation (`utoipa_axum::routes!`), so the served routes and the
+/// document are the same list.
+///
+/// Which per-client limit a route gets is a matter of where it is
+/// registered: the routes of [`limited_by_layer`] pass the `PerClient`
+/// layer; those of [`ballots::routes_limited_in_handler`] count the client
+/// themselves, and must not pass the layer too. Each kind of limit has one
+/// enforcement point, so it fails one way: the shared limit (`client`)
+/// goes through `PerClient::settle` (from the layer, or from the ballot's
+/// preflight round trip), which lets a request through and counts it when
+/// Redis cannot answer; receipts' limit (`receipts-client`) is kept in the
+/// process by `PerAddress::admit`, and needs no Redis to answer.
 pub fn router(state: ApiState) -> Router {
-    let routes = Router::new()
-        .route("/v1/auth/signup", post(auth::signup::signup))
-        .route("/v1/auth/login", post(auth::session::login))
-        .route("/v1/auth/refresh", post(auth::session::refresh))
-        .route("/v1/auth/logout", post(auth::session::logout))
-        .route("/v1/auth/logout-all", post(auth::session::logout_all))
-        .route("/v1/me", get(auth::me::me))
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/elections", get(elections::public::list).post(elections::admin::create))
-        .route("/v1/elections/{id}", get(elections::public::get).patch(elections::admin::update))
-        .route("/v1/elections/{id}/runners", post(elections::admin::add_runner))
-        .route("/v1/elections/{id}/runners/{citizen_id}", delete(elections::admin::remove_runner))
-        .route("/v1/elections/{id}/close", post(elections::admin::close))
-        .route("/v1/elections/{id}/cancel", post(elections::admin::cancel))
-        .route("/v1/elections/{id}/eligibility", get(elections::public::check_eligibility))
-        .route("/v1/elections/{id}/results", get(elections::results::results))
-        .route("/v1/elections/{id}/ballots", post(ballots::cast))
-        .route("/v1/elections/{id}/ballot", get(ballots::mine))
-        .route("/v1/receipts/{receipt}", get(ballots::receipt))
-        .with_state(state.clone())
-        .merge(openapi::routes());
-    let routes = rate_limit::limit_per_client(routes, &state.deps, CHECKED_IN_HANDLER);
+    let (limited, limited_paths) = limited_by_layer().split_for_parts();
+    let (own, own_paths) = ballots::routes_limited_in_handler().split_for_parts();
+    let docs = openapi::routes(openapi::document(limited_paths.merge_from(own_paths)));
+    let limited = state.per_client.layer(limited.with_state(state.clone()).merge(docs));
+    let routes = limited.merge(own.with_state(state.clone()));
     tally_http::middleware::public_stack(routes, &state.deps.settings.http)
+}
+
+fn limited_by_layer() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .merge(auth::routes())
+        .merge(audit::routes())
+        .merge(elections::routes())
+        .merge(ballots::routes())
 }
 
 /// The api role's counters, at zero before the first event.

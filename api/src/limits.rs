@@ -1,5 +1,6 @@
-//! Per-citizen rate limits of the API (the per-client limit on every route
-//! is middleware in `tally_http::rate_limit`).
+//! Per-citizen rate limits of the API, and receipts' per-address limit
+//! kept in the process (the shared per-client limit is
+//! `tally_http::rate_limit::PerClient`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,13 +1,12 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations, and
-//! the interactive documentation that renders it.
+//! The OpenAPI 3.1 document and the interactive documentation that renders
+//! it. Its paths come from the router itself (`crate::router`): a route is
+//! registered once, and is documented by being registered.
 
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
-
-use crate::{audit, auth, ballots, elections};
 
 /// Every error response: RFC 9457 problem details with a stable `code`.
 #[derive(ToSchema)]
@@ -41,30 +40,8 @@ pub struct FieldProblem {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally API", description = "Sign up, sign in, elections and results. Errors are application/problem+json."),
-    paths(
-        auth::signup::signup,
-        auth::session::login,
-        auth::session::refresh,
-        auth::session::logout,
-        auth::session::logout_all,
-        auth::me::me,
-        audit::list,
-        elections::public::list,
-        elections::public::get,
-        elections::public::check_eligibility,
-        elections::results::results,
-        elections::admin::create,
-        elections::admin::update,
-        elections::admin::add_runner,
-        elections::admin::remove_runner,
-        elections::admin::close,
-        elections::admin::cancel,
-        ballots::cast,
-        ballots::mine,
-        ballots::receipt,
-    ),
     components(schemas(Problem, FieldProblem)),
-    modifiers(&BearerAuth, &CommonProblems),
+    modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "elections", description = "Elections, eligibility and results"),
@@ -90,6 +67,7 @@ impl Modify for BearerAuth {
 
 /// Answers any operation can give, documented once here rather than on
 /// every handler: unreadable input, and a process that cannot serve now.
+/// Applied to the finished document, once the routes have added their paths.
 struct CommonProblems;
 
 impl Modify for CommonProblems {
@@ -128,12 +106,20 @@ fn problem(description: &str) -> RefOr<Response> {
     )
 }
 
+/// The document for `paths`: the description, the security scheme and the
+/// answers every operation shares, around what the routes declared.
+pub fn document(paths: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi().merge_from(paths);
+    CommonProblems.modify(&mut document);
+    document
+}
+
 /// `/openapi.json` and the interactive UI at `/docs`.
-pub fn routes() -> Router {
+pub fn routes(document: utoipa::openapi::OpenApi) -> Router {
     // Swagger UI runs its own scripts and inline styles, from this origin only.
     let csp =
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
-    Router::from(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())).layer(
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", document)).layer(
         tower_http::set_header::SetResponseHeaderLayer::overriding(
             axum::http::header::CONTENT_SECURITY_POLICY,
             axum::http::HeaderValue::from_static(csp),

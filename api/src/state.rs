@@ -4,6 +4,7 @@ use axum::extract::FromRef;
 use tally_domain::enrollment::EnrollmentKey;
 use tally_domain::seal::Sealer;
 use tally_http::auth::Verifier;
+use tally_http::rate_limit::PerClient;
 use tally_platform::Deps;
 use tally_platform::auth::{Passwords, TokenKeys};
 
@@ -20,6 +21,8 @@ pub struct ApiState {
     pub elections: ElectionCache,
     /// This process's HPKE context: every ballot it accepts is sealed with it.
     pub sealer: Arc<Sealer>,
+    /// The per-client limit, whether a layer or a handler counts it.
+    pub per_client: PerClient,
     pub receipt_limit: PerAddress,
     pub fences: Fences,
     /// The secret receipts derived from an Idempotency-Key are keyed with.
@@ -36,6 +39,7 @@ impl ApiState {
         let verifier = Verifier::new(tokens.clone(), deps.redis.clone(), deps.keys.clone(), deps.db.clone());
         let elections = ElectionCache::new(deps.db.clone());
         let sealer = Arc::new(deps.settings.sealing.sealer()?);
+        let per_client = PerClient::new(&deps);
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
@@ -48,6 +52,7 @@ impl ApiState {
             verifier,
             elections,
             sealer,
+            per_client,
             receipt_limit,
             fences: Fences::default(),
         })

@@ -60,7 +60,7 @@ pub fn router(state: BroadcasterState) -> Router {
         .route("/elections/{id}", get(page::election))
         .route("/assets/{file}", get(page::asset))
         .with_state(state.clone());
-    let routes = rate_limit::limit_per_client(routes, state.hub.deps(), &[]);
+    let routes = rate_limit::PerClient::new(state.hub.deps()).layer(routes);
     tally_http::middleware::public_stack(routes, &settings.http)
 }
 

@@ -8,6 +8,7 @@ use std::io::Write;
 use anyhow::Context;
 use sqlx::PgPool;
 use tally_domain::enrollment::{EnrollmentKey, new_code};
+use tally_platform::audit;
 
 use super::load::BATCH;
 
@@ -105,11 +106,12 @@ async fn audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     after: serde_json::Value,
 ) -> anyhow::Result<()> {
-    sqlx::query("INSERT INTO audit_log (actor, action, after) VALUES ($1, 'enrollment.issue', $2)")
-        .bind(crate::admin::operator())
-        .bind(after)
-        .execute(&mut **tx)
-        .await
-        .context("recording the issue in the audit log")?;
-    Ok(())
+    let entry = audit::Entry {
+        actor: crate::admin::operator(),
+        action: audit::Action::EnrollmentIssue,
+        election_id: None,
+        before: None,
+        after: Some(after),
+    };
+    audit::record(tx, entry).await
 }

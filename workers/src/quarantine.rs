@@ -181,7 +181,7 @@ pub async fn reject(deps: &Deps, election: i64) -> anyhow::Result<Rejected> {
         match VoteCommand::open(&opener, Some(&message.headers), &message.payload) {
             Ok(command) if command.election_id == election => {
                 let released = crate::record::reject(&deps.db, &[(&command, "unreadable")]).await?;
-                tally_platform::tallies::release_voters(&deps.redis, &deps.keys, &released).await?;
+                tally_platform::voters::release_rejected(&deps.redis, &deps.keys, &released).await?;
                 done.with_receipt += 1;
             }
             _ => done.without_receipt += 1,

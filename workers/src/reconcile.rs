@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tally_platform::Deps;
 use tally_platform::tallies::{self, Totals};
+use tally_platform::voters;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -97,10 +98,9 @@ async fn expire_settled(deps: &Deps, election_id: i64) -> anyhow::Result<()> {
     let keys = &deps.keys;
     let ttl = deps.settings.redis.settled_election_ttl_secs;
     let mut pipe = redis::pipe();
-    for key in [keys.tally(election_id), keys.voters(election_id), keys.intents(election_id)] {
-        // NX: a countdown already running is not restarted by every pass.
-        pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("NX").ignore();
-    }
+    // NX: a countdown already running is not restarted by every pass.
+    pipe.cmd("EXPIRE").arg(keys.tally(election_id)).arg(ttl).arg("NX").ignore();
+    voters::queue_expiry(&mut pipe, keys, election_id, ttl);
     pipe.query_async::<()>(&mut deps.redis.clone()).await?;
     Ok(())
 }
@@ -132,9 +132,7 @@ async fn committed(deps: &Deps, election_id: i64) -> anyhow::Result<Option<Total
 /// roll, so a second ballot is refused at once again rather than accepted
 /// and then rejected by a worker.
 async fn restore_voters(deps: &Deps, election_id: i64, turnout: i64) -> anyhow::Result<u64> {
-    let key = deps.keys.voters(election_id);
-    let mut redis = deps.redis.clone();
-    let cached: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut redis).await?;
+    let cached = voters::count(&deps.redis, &deps.keys, election_id).await?;
     if cached >= turnout {
         return Ok(0);
     }
@@ -151,7 +149,7 @@ async fn restore_voters(deps: &Deps, election_id: i64, turnout: i64) -> anyhow::
         .fetch_all(&deps.db)
         .await?;
         let Some(last) = citizens.last().copied() else { break };
-        let added: u64 = redis::cmd("SADD").arg(&key).arg(&citizens).query_async(&mut redis).await?;
+        let added = voters::restore(&deps.redis, &deps.keys, election_id, &citizens).await?;
         restored += added;
         after = last;
     }

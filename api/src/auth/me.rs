@@ -8,7 +8,6 @@ use tally_http::{ApiError, Json};
 use time::OffsetDateTime;
 
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 #[derive(Serialize, utoipa::ToSchema)]

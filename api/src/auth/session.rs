@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use super::attempts::{self, Attempt};
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -11,7 +11,8 @@ use tally_domain::election::Status;
 use tally_http::auth::AdminUser;
 use tally_http::error::FieldError;
 use tally_http::{ApiError, Json, Path};
-use tally_platform::elections;
+use tally_platform::audit::{self, Action, Actor};
+use tally_platform::elections::{self, NewElection};
 use tally_platform::postgres::violated_constraint;
 use time::OffsetDateTime;
 
@@ -19,7 +20,6 @@ use super::draft::{Draft, ElectionInput, validate};
 use super::not_found;
 use super::view::ElectionView;
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -40,20 +40,18 @@ pub async fn create(
     let workers = &state.deps.settings.workers;
     let draft = validate(&state.deps.db, workers, None, input, now).await?.map_err(ApiError::validation)?;
     let mut tx = state.deps.db.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING election_id",
-    )
-    .bind(&draft.name)
-    .bind(draft.start_at)
-    .bind(draft.end_at)
-    .bind(draft.restriction.to_string())
-    .bind(draft.min_age)
-    .bind(draft.visibility.as_str())
-    .bind(draft.anonymity_set)
-    .fetch_one(&mut *tx)
-    .await?;
-    let after = commit_audited(&state, tx, admin.citizen_id, "election.create", id, None).await?;
+    let new = NewElection {
+        name: draft.name,
+        start_at: draft.start_at,
+        end_at: draft.end_at,
+        restriction: draft.restriction,
+        min_age: draft.min_age,
+        visibility: draft.visibility,
+        anonymity_set: Some(draft.anonymity_set),
+        runners: Vec::new(),
+    };
+    let id = elections::create(&mut *tx, &new).await?;
+    let after = commit_audited(&state, tx, admin.citizen_id, Action::ElectionCreate, id, None).await?;
     Ok((StatusCode::CREATED, Json(after)))
 }
 
@@ -98,7 +96,7 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     let before = ElectionView::of(&before, now);
-    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "election.update", id, Some(before)).await?))
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, Action::ElectionUpdate, id, Some(before)).await?))
 }
 
 #[utoipa::path(post, path = "/v1/elections/{id}/runners", tag = "admin", security(("bearer" = [])), request_body = RunnerInput,
@@ -137,7 +135,7 @@ pub async fn add_runner(
         });
     }
     let before = ElectionView::of(&before, now);
-    let after = commit_audited(&state, tx, admin.citizen_id, "runner.add", id, Some(before)).await?;
+    let after = commit_audited(&state, tx, admin.citizen_id, Action::RunnerAdd, id, Some(before)).await?;
     Ok((StatusCode::CREATED, Json(after)))
 }
 
@@ -163,7 +161,7 @@ pub async fn remove_runner(
         );
     }
     let before = ElectionView::of(&before, now);
-    Ok(Json(commit_audited(&state, tx, admin.citizen_id, "runner.remove", id, Some(before)).await?))
+    Ok(Json(commit_audited(&state, tx, admin.citizen_id, Action::RunnerRemove, id, Some(before)).await?))
 }
 
 #[utoipa::path(post, operation_id = "close_election", path = "/v1/elections/{id}/close", tag = "admin", security(("bearer" = [])),
@@ -219,10 +217,10 @@ impl Ending {
         }
     }
 
-    fn action(self) -> &'static str {
+    fn action(self) -> Action {
         match self {
-            Ending::Close => "election.close",
-            Ending::Cancel => "election.cancel",
+            Ending::Close => Action::ElectionClose,
+            Ending::Cancel => Action::ElectionCancel,
         }
     }
 }
@@ -269,23 +267,21 @@ async fn commit_audited(
     state: &ApiState,
     mut tx: Transaction<'_, Postgres>,
     actor: i64,
-    action: &str,
+    action: Action,
     id: i64,
     before: Option<ElectionView>,
 ) -> Result<ElectionView, ApiError> {
     let now = OffsetDateTime::now_utc();
     let after =
         elections::load_tx(&mut tx, id).await?.map(|e| ElectionView::of(&e, now)).ok_or_else(not_found)?;
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, election_id, before, after) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(format!("citizen:{actor}"))
-    .bind(action)
-    .bind(id)
-    .bind(before.map(|b| b.to_json()))
-    .bind(after.to_json())
-    .execute(&mut *tx)
-    .await?;
+    let entry = audit::Entry {
+        actor: Actor::Citizen(actor),
+        action,
+        election_id: Some(id),
+        before: before.map(|b| b.to_json()),
+        after: Some(after.to_json()),
+    };
+    audit::record(&mut tx, entry).await?;
     tx.commit().await?;
     crate::catalog_sync::announce(state, id).await;
     Ok(after)

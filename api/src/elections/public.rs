@@ -12,7 +12,6 @@ use time::OffsetDateTime;
 use super::find;
 use super::view::ElectionView;
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 #[derive(Deserialize, utoipa::IntoParams)]

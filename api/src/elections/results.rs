@@ -15,7 +15,6 @@ use time::OffsetDateTime;
 
 use super::find;
 use crate::ApiState;
-#[allow(unused_imports)]
 use crate::openapi::Problem;
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -39,6 +39,8 @@ pub enum Counted {
     RateLimited(&'static str),
     /// `tally_votes_refused_total{reason}`
     BallotRefused(&'static str),
+    /// `tally_publish_failures_total{kind}`
+    PublishFailed(&'static str),
 }
 
 /// What an error response leaves for the response layer, in its extensions.

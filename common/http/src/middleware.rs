@@ -165,6 +165,9 @@ fn report(outcome: &Outcome, status: StatusCode) {
         Some(Counted::BallotRefused(reason)) => {
             metrics::counter!("tally_votes_refused_total", "reason" => reason).increment(1);
         }
+        Some(Counted::PublishFailed(kind)) => {
+            metrics::counter!("tally_publish_failures_total", "kind" => kind).increment(1);
+        }
         None => {}
     }
 }

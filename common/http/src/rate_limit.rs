@@ -2,13 +2,17 @@
 //! the per-client limit on a listener's routes. The counting itself (GCRA
 //! in Redis) lives in `tally_platform::limits`.
 
-use axum::extract::{MatchedPath, Request, State};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tally_platform::Deps;
-use tally_platform::limits::{Decision, Quota, check};
+use tally_platform::limits::{self, Decision, Quota, check};
 use tally_platform::redis::{Keys, Redis};
+use tally_platform::round_trip::{Reply, RoundTrip};
 
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
@@ -62,50 +66,88 @@ fn header_values(decision: &Decision) -> [(HeaderName, HeaderValue); 3] {
     ]
 }
 
-/// The per-client limit on every route of a listener, except `exempt`
-/// (method, route template) pairs whose handlers check it themselves in a
-/// pipeline they send anyway.
+/// The per-client limit: one budget per client address, shared by every
+/// replica through Redis, counted by GCRA under the scope `client`.
+///
+/// It is enforced in one way wherever it is counted: [`PerClient::settle`]
+/// turns the outcome of a check into an answer. A check that Redis cannot
+/// answer lets the request through and is counted in
+/// `tally_rate_limit_errors_total` (fail open): this limit protects
+/// capacity, and refusing every request while Redis restarts would do more
+/// harm than the abuse it stops. Logins fail closed instead (see
+/// `auth::session`).
+///
+/// Most routes get it from [`PerClient::layer`]. A route whose handler
+/// sends a Redis round trip anyway may count it there instead (one round
+/// trip on the hot path) by being left out of the layered router and
+/// calling [`PerClient::ask`] and [`PerClient::settle`]: which routes do is
+/// decided by how the router is built, not by a list of exceptions here.
 #[derive(Clone)]
 pub struct PerClient {
-    pub redis: Redis,
-    pub keys: Keys,
-    pub quota: Quota,
-    pub exempt: &'static [(&'static str, &'static str)],
+    redis: Redis,
+    keys: Keys,
+    quota: Quota,
 }
 
-/// `routes` with the per-client limit of `limits.per_client_per_minute`,
-/// except on `exempt` routes.
-pub fn limit_per_client(
-    routes: axum::Router,
-    deps: &Deps,
-    exempt: &'static [(&'static str, &'static str)],
-) -> axum::Router {
-    let limiter = std::sync::Arc::new(PerClient {
-        redis: deps.redis.clone(),
-        keys: deps.keys.clone(),
-        quota: Quota::per_minute(deps.settings.limits.per_client_per_minute),
-        exempt,
-    });
-    routes.layer(axum::middleware::from_fn_with_state(limiter, per_client))
+/// The raw reply of a GCRA check queued in a round trip.
+pub type GcraReply = (i64, i64, i64, i64);
+
+impl PerClient {
+    /// The limit of `limits.per_client_per_minute`.
+    pub fn new(deps: &Deps) -> PerClient {
+        PerClient {
+            redis: deps.redis.clone(),
+            keys: deps.keys.clone(),
+            quota: Quota::per_minute(deps.settings.limits.per_client_per_minute),
+        }
+    }
+
+    /// `routes`, each request counted against its client's budget.
+    pub fn layer<S: Clone + Send + Sync + 'static>(&self, routes: axum::Router<S>) -> axum::Router<S> {
+        routes.layer(axum::middleware::from_fn_with_state(Arc::new(self.clone()), per_client))
+    }
+
+    /// Queues this client's check in a round trip the caller sends anyway;
+    /// `None` when the limit is off. Its reply goes to [`PerClient::settle`].
+    pub fn ask(&self, trip: &mut RoundTrip, client: IpAddr) -> Option<Reply<GcraReply>> {
+        if self.quota.is_off() {
+            return None;
+        }
+        let key = self.key(client);
+        Some(trip.ask("the per-client limit", |pipe| limits::add_to(pipe, &key, self.quota)))
+    }
+
+    /// Counts one request of `client` on a round trip of its own.
+    pub async fn check(&self, client: IpAddr) -> Result<Decision, ApiError> {
+        self.settle(limits::check(&self.redis, &self.key(client), self.quota).await)
+    }
+
+    /// The answer to one check: the decision when allowed, 429 when
+    /// refused, and when Redis could not answer, through and counted.
+    pub fn settle(&self, checked: anyhow::Result<Decision>) -> Result<Decision, ApiError> {
+        let_through_when_away(checked, SCOPE)
+    }
+
+    /// The decision in a reply from [`PerClient::ask`].
+    pub fn read(&self, reply: GcraReply) -> Decision {
+        limits::read(self.quota, reply)
+    }
+
+    fn key(&self, client: IpAddr) -> String {
+        self.keys.rate_limit(SCOPE, &client.to_string())
+    }
 }
 
-/// Middleware for [`PerClient`]. When Redis cannot answer, the request is
-/// let through (fail open) and counted: this limit protects capacity, and
-/// refusing every request while Redis restarts would do more harm than
-/// the abuse it stops. Logins fail closed instead (see `auth::session`).
-pub async fn per_client(
-    State(limiter): State<std::sync::Arc<PerClient>>,
+const SCOPE: &str = "client";
+
+/// Middleware for [`PerClient::layer`].
+async fn per_client(
+    State(limiter): State<Arc<PerClient>>,
     ClientIp(client): ClientIp,
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-    let exempt = route.is_some_and(|r| limiter.exempt.contains(&(request.method().as_str(), r)));
-    if exempt || limiter.quota.is_off() {
-        return next.run(request).await;
-    }
-    let key = limiter.keys.rate_limit("client", &client.to_string());
-    match enforce_or_let_through(&limiter.redis, &key, limiter.quota, "client").await {
+    match limiter.check(client).await {
         Ok(decision) => annotate(next.run(request).await, &decision),
         Err(refusal) => refusal.into_response(),
     }
@@ -119,7 +161,14 @@ pub async fn enforce_or_let_through(
     quota: Quota,
     scope: &'static str,
 ) -> Result<Decision, ApiError> {
-    match check(redis, key, quota).await {
+    let_through_when_away(check(redis, key, quota).await, scope)
+}
+
+fn let_through_when_away(
+    checked: anyhow::Result<Decision>,
+    scope: &'static str,
+) -> Result<Decision, ApiError> {
+    match checked {
         Ok(decision) => decision.enforce(scope),
         Err(error) => {
             metrics::counter!("tally_rate_limit_errors_total").increment(1);

@@ -1,13 +1,74 @@
-//! Reading elections and their runners from Postgres into the domain
-//! types every role shares.
+//! Elections and their runners in Postgres: created here, and read into
+//! the domain types every role shares.
 
 use anyhow::Context;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use std::collections::BTreeMap;
 
-use tally_domain::election::{Election, Runner, Schedule, contested};
+use tally_domain::election::{Election, Restriction, Runner, Schedule, contested};
+use tally_domain::visibility::Visibility;
+
+/// An election as an administrator, the demo seed or a test sets it up.
+#[derive(Clone, Debug)]
+pub struct NewElection {
+    pub name: String,
+    pub start_at: OffsetDateTime,
+    pub end_at: OffsetDateTime,
+    pub restriction: Restriction,
+    pub min_age: i16,
+    pub visibility: Visibility,
+    /// `None`: the schema's default.
+    pub anonymity_set: Option<i32>,
+    pub runners: Vec<NewRunner>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewRunner {
+    pub citizen_id: i64,
+    pub post: String,
+}
+
+/// Inserts the election and its runners, all or none, and returns its id.
+/// Given a transaction, it joins it (a savepoint); given a pool, it takes
+/// a connection of its own.
+pub async fn create<'c>(db: impl Acquire<'c, Database = Postgres>, new: &NewElection) -> anyhow::Result<i64> {
+    let mut tx = db.begin().await.context("connecting to Postgres")?;
+    // DEFAULT cannot be a bound value: without a set, the column is left out.
+    let statement = match new.anonymity_set {
+        Some(_) => {
+            "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING election_id"
+        }
+        None => {
+            "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING election_id"
+        }
+    };
+    let mut insert = sqlx::query_scalar(statement)
+        .bind(&new.name)
+        .bind(new.start_at)
+        .bind(new.end_at)
+        .bind(new.restriction.to_string())
+        .bind(new.min_age)
+        .bind(new.visibility.as_str());
+    if let Some(set) = new.anonymity_set {
+        insert = insert.bind(set);
+    }
+    let id: i64 = insert.fetch_one(&mut *tx).await.context("creating an election")?;
+    for runner in &new.runners {
+        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(runner.citizen_id)
+            .bind(&runner.post)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("adding runner {} to election {id}", runner.citizen_id))?;
+    }
+    tx.commit().await.context("committing the election")?;
+    Ok(id)
+}
 
 type ElectionRow = (
     i64,

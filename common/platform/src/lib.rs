@@ -3,6 +3,7 @@
 //!
 //! Above `tally-domain`, below `tally-http`, which it never names.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod deps;
@@ -17,11 +18,13 @@ pub mod proxies;
 pub mod readiness;
 pub mod redis;
 pub mod retry;
+pub mod round_trip;
 pub mod shutdown;
 pub mod streams;
 pub mod tallies;
 pub mod telemetry;
 pub mod tls;
+pub mod voters;
 
 pub use config::Settings;
 pub use deps::Deps;

@@ -127,36 +127,12 @@ pub async fn apply(
         }
         pipe.invoke_script(&invocation);
     }
-    let mut by_election: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (election, citizen) in voters {
-        by_election.entry(*election).or_default().push(*citizen);
-    }
-    for (election, citizens) in by_election {
-        pipe.cmd("SADD").arg(keys.voters(election)).arg(citizens).ignore();
-    }
+    crate::voters::queue_recorded(&mut pipe, keys, voters);
     let mut conn = redis.clone();
     let applied: Vec<i64> =
         pipe.query_async(&mut conn).await.map_err(|e| anyhow::anyhow!("writing tallies to Redis: {e}"))?;
     Ok(applied.iter().filter(|a| **a == 1).count())
 }
 
-/// Takes voters out of their elections' voter sets and reservations:
-/// their ballot was rejected and nothing of theirs is on the voter roll,
-/// so the API must not go on refusing them as having voted.
-pub async fn release_voters(redis: &Redis, keys: &Keys, voters: &[(i64, i64)]) -> anyhow::Result<()> {
-    if voters.is_empty() {
-        return Ok(());
-    }
-    let mut by_election: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (election, citizen) in voters {
-        by_election.entry(*election).or_default().push(*citizen);
-    }
-    let mut pipe = redis::pipe();
-    for (election, citizens) in by_election {
-        pipe.cmd("SREM").arg(keys.voters(election)).arg(&citizens).ignore();
-        pipe.cmd("HDEL").arg(keys.intents(election)).arg(&citizens).ignore();
-    }
-    pipe.query_async::<()>(&mut redis.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("releasing rejected voters in Redis: {e}"))
-}
+/// Kept for the workers' callers; the voter set's operations live in `voters`.
+pub use crate::voters::release_rejected as release_voters;
