@@ -1,35 +1,36 @@
 //! Property test: random interleavings of submissions, duplicates, two
-//! workers holding ballots (issue 15), crashes at every point of a worker's
-//! sequence and while holding, redeliveries, restarts, Redis flushes and
-//! the election's close always end with Postgres, Redis (before any
-//! reconcile) and a simple model of "one ballot per voter" in agreement,
-//! with every group committed before the close holding more than K
-//! ballots and none after it fewer than K (unless the election had fewer).
+//! workers holding ballots (issue 15), workers dying or stalling between
+//! any two stages of a commit and while holding, redeliveries, restarts,
+//! Redis flushes and the election's close always end with Postgres, Redis
+//! (before any reconcile) and a simple model of "one ballot per voter" in
+//! agreement, with every group committed before the close holding more
+//! than K ballots and none after it fewer than K (unless the election had
+//! fewer). After every operation, Redis is never ahead of Postgres, never
+//! moves back, and at Postgres's version holds Postgres's totals.
 //!
-//! Ballots are sealed and published exactly as the API does; the workers
-//! are the real holding logic (`Holds`, `consume::step`, `consume::on_tick`),
-//! two of them on the one durable consumer, each with its own
-//! advisory-lock connection. Only the crash points inside a commit are
-//! spelled out here (the same calls as `consume`, stopping at the crash).
+//! Ballots are sealed and published exactly as the API does. The workers
+//! are the product's own code, two of them on the one durable consumer,
+//! each with its own advisory-lock connection: `consume::step` and
+//! `consume::on_tick`, or, to stop between stages, the same `Round` and
+//! commit stages walked one at a time (see `worker`).
+
+mod found;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{AckKind, Message};
-use futures_util::StreamExt;
 use proptest::prelude::*;
 use sqlx::PgPool;
 use tally_domain::ballot::VoteCommand;
-use tally_domain::seal::{Opener, Sealer};
+use tally_domain::seal::Sealer;
 use tally_platform::Deps;
 use tally_platform::nats::{self, Stored};
-use tally_workers::consume::{on_tick, step};
-use tally_workers::hold::Holds;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use self::worker::{Stage, Worker};
 use crate::helpers::{Cleanup, ElectionSpec, Namespace, RUNNERS, add_citizen, insert_election};
 
 const VOTERS: i64 = 8;
@@ -40,19 +41,6 @@ const WORKERS: usize = 2;
 const ACK_WAIT_SECS: u64 = 3;
 /// Longer than the delay with which a worker hands back another's ballots.
 const HAND_BACK_WAIT: Duration = Duration::from_millis(600);
-
-/// Where a worker dies inside its sequence. The ballots it was committing
-/// and everything it still holds are handed back (nak) so that the
-/// redelivery is immediate instead of after the ack wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Crash {
-    /// Took the batch into its hold, then died before any commit.
-    BeforeCommit,
-    /// The Postgres transaction committed; died before Redis.
-    AfterCommit,
-    /// Postgres and Redis written; died before acking.
-    AfterRedis,
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -72,19 +60,30 @@ enum Op {
     Tick {
         worker: usize,
     },
-    /// A worker dies at `at` while handling a batch of at most `max`.
+    /// A worker dies at `at` in a step over at most `max` messages.
     Crash {
         worker: usize,
         max: usize,
-        at: Crash,
+        at: Stage,
     },
-    /// A worker is killed while holding: no nak, no unlock; the broker
-    /// redelivers after the ack wait and Postgres frees its lock when the
-    /// connection drops.
+    /// A worker stops at `at` in a step and waits there (a long pause, a
+    /// slow network) while the others go on; its next operation resumes it.
+    Stall {
+        worker: usize,
+        max: usize,
+        at: Stage,
+    },
+    Resume {
+        worker: usize,
+    },
+    /// A worker is killed, stalled or holding: no nak, no unlock; the
+    /// broker redelivers after the ack wait and Postgres frees its lock
+    /// when the connection drops.
     Kill {
         worker: usize,
     },
-    /// A graceful restart: everything held handed back, then a new process.
+    /// A graceful restart: the step under way ends, everything held is
+    /// handed back, then a new process.
     Restart {
         worker: usize,
     },
@@ -97,13 +96,15 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let worker = 0..WORKERS;
-    let crash = prop_oneof![Just(Crash::BeforeCommit), Just(Crash::AfterCommit), Just(Crash::AfterRedis)];
+    let stage = || prop_oneof![Just(Stage::Ready), Just(Stage::Recorded), Just(Stage::Published)];
     prop_oneof![
         16 => (1..=VOTERS, 0..2usize, proptest::bool::weighted(0.3))
             .prop_map(|(voter, choice, resubmit)| Op::Submit { voter, choice, resubmit }),
         10 => (worker.clone(), 1..8usize).prop_map(|(worker, max)| Op::Step { worker, max }),
         3 => worker.clone().prop_map(|worker| Op::Tick { worker }),
-        5 => (worker.clone(), 1..8usize, crash).prop_map(|(worker, max, at)| Op::Crash { worker, max, at }),
+        5 => (worker.clone(), 1..8usize, stage()).prop_map(|(worker, max, at)| Op::Crash { worker, max, at }),
+        4 => (worker.clone(), 1..8usize, stage()).prop_map(|(worker, max, at)| Op::Stall { worker, max, at }),
+        2 => worker.clone().prop_map(|worker| Op::Resume { worker }),
         1 => worker.clone().prop_map(|worker| Op::Kill { worker }),
         1 => worker.prop_map(|worker| Op::Restart { worker }),
         2 => Just(Op::Wait),
@@ -129,18 +130,6 @@ fn random_interleavings_converge_on_one_ballot_per_voter() {
             Ok(())
         })
         .unwrap();
-}
-
-/// One worker process: a handle on the durable consumer and its hold.
-struct Worker {
-    consumer: PullConsumer,
-    holds: Holds,
-}
-
-impl Worker {
-    async fn start(deps: &Deps) -> Worker {
-        Worker { consumer: tally_workers::consume::consumer(deps).await.unwrap(), holds: Holds::default() }
-    }
 }
 
 /// A ballot the broker stored.
@@ -192,9 +181,11 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     let mut closed: Option<Closed> = None;
     // Postgres's tally version when Redis was last flushed.
     let mut flushed_at_version: Option<i64> = None;
+    // The newest version Redis has shown since it was last flushed.
+    let mut redis_version = 0;
 
     for op in ops {
-        match op {
+        match op.clone() {
             Op::Submit { voter, choice, resubmit } => {
                 let command = VoteCommand {
                     receipt: Uuid::new_v4(),
@@ -218,27 +209,22 @@ async fn run_case(k: i32, ops: Vec<Op>) {
                     stored.insert(command.receipt, cast);
                 }
             }
-            Op::Step { worker, max } => {
-                let w = &mut workers[worker];
-                let batch = fetch(&w.consumer, max).await;
-                if !batch.is_empty() {
-                    assert!(step(&deps, &opener, &mut w.holds, batch).await, "a step failed");
-                }
-            }
-            Op::Tick { worker } => {
-                assert!(on_tick(&deps, &mut workers[worker].holds, ack_wait).await, "a tick failed");
-            }
+            Op::Step { worker, max } => workers[worker].step(&deps, &opener, max).await,
+            Op::Tick { worker } => workers[worker].tick(&deps, ack_wait).await,
             Op::Crash { worker, max, at } => {
-                crash(&deps, &opener, &mut workers[worker], max, at).await;
-                workers[worker] = Worker::start(&deps).await;
+                workers[worker].stall(&deps, &opener, max, at).await;
+                let dead = std::mem::replace(&mut workers[worker], Worker::start(&deps).await);
+                dead.crash().await;
             }
+            Op::Stall { worker, max, at } => workers[worker].stall(&deps, &opener, max, at).await,
+            Op::Resume { worker } => workers[worker].resume(&deps).await,
             Op::Kill { worker } => {
                 // Dropped as is: its lock connection closes, nothing is acked.
                 workers[worker] = Worker::start(&deps).await;
             }
             Op::Restart { worker } => {
-                workers[worker].holds.release_all().await;
-                workers[worker] = Worker::start(&deps).await;
+                let old = std::mem::replace(&mut workers[worker], Worker::start(&deps).await);
+                old.stop(&deps).await;
             }
             Op::Wait => tokio::time::sleep(HAND_BACK_WAIT).await,
             Op::FlushRedis => {
@@ -248,6 +234,7 @@ async fn run_case(k: i32, ops: Vec<Op>) {
                     .await
                     .unwrap();
                 flushed_at_version = Some(tally_version(&db, election).await);
+                redis_version = 0;
             }
             Op::Close => {
                 if closed.is_none() {
@@ -257,18 +244,20 @@ async fn run_case(k: i32, ops: Vec<Op>) {
         }
         // One worker owns the election's held set at a time, and while the
         // election is open a step or tick never leaves more than 2K voters
-        // held (more are committed). After the end, the owner gathers
-        // stragglers for the one flush, so it may hold more.
+        // held (more are committed); one stalled mid-step may. After the
+        // end, the owner gathers stragglers for the one flush, so it may
+        // hold more.
         let holding: Vec<usize> = workers.iter().map(|w| w.holds.voters()).collect();
         assert!(
             holding.iter().filter(|n| **n > 0).count() <= 1,
             "two workers hold ballots of one election: {holding:?}"
         );
         assert!(
-            closed.is_some() || holding.iter().all(|n| *n <= 2 * k as usize),
+            closed.is_some() || workers.iter().all(|w| w.is_stalled() || w.holds.voters() <= 2 * k as usize),
             "more than 2K = {} held while open: {holding:?}",
             2 * k
         );
+        redis_version = redis_follows_postgres(&deps, election, redis_version, &op).await;
     }
 
     // The end: the election closes, and healthy workers drain the queue.
@@ -276,6 +265,9 @@ async fn run_case(k: i32, ops: Vec<Op>) {
         closed = Some(close(&deps, election).await);
     }
     let closed = closed.unwrap();
+    for w in &mut workers {
+        w.resume(&deps).await;
+    }
     // The close flush: it waits for every straggler (handed back, not yet
     // delivered, or with a worker that died), then commits them all.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -286,11 +278,8 @@ async fn run_case(k: i32, ops: Vec<Op>) {
             workers.reverse();
         }
         for w in &mut workers {
-            let batch = fetch(&w.consumer, 50).await;
-            if !batch.is_empty() {
-                assert!(step(&deps, &opener, &mut w.holds, batch).await, "a step failed");
-            }
-            assert!(on_tick(&deps, &mut w.holds, ack_wait).await, "a tick failed");
+            w.step(&deps, &opener, 50).await;
+            w.tick(&deps, ack_wait).await;
         }
         let left = queued(&deps).await;
         if left == 0 {
@@ -455,44 +444,6 @@ async fn publish(deps: &Deps, sealer: &Sealer, command: &VoteCommand, msg_id: Op
         .unwrap()
 }
 
-/// What the broker offers a worker now, at most `max` messages.
-async fn fetch(consumer: &PullConsumer, max: usize) -> Vec<Message> {
-    // A waiting pull, not a no-wait one: the broker serves redeliveries
-    // (a dead worker's ballots, after the ack wait) only to those.
-    let mut fetched =
-        consumer.batch().max_messages(max).expires(Duration::from_millis(200)).messages().await.unwrap();
-    let mut messages = Vec::new();
-    while let Some(Ok(message)) = fetched.next().await {
-        messages.push(message);
-    }
-    messages
-}
-
-/// A worker's step (as `consume::step`) that dies at `at`: the group it
-/// was committing and everything it holds go back to the broker unacked,
-/// and so do the already decided ballots it never got to settle.
-async fn crash(deps: &Deps, opener: &Opener, worker: &mut Worker, max: usize, at: Crash) {
-    let batch = fetch(&worker.consumer, max).await;
-    let unsettled =
-        tally_workers::consume::admit(deps, opener, &mut worker.holds, batch).await.unwrap_or_default();
-    worker.holds.refresh(deps).await.unwrap();
-    let group = worker.holds.take_due();
-    if !group.is_empty() && at != Crash::BeforeCommit {
-        let commands: Vec<VoteCommand> = group.iter().map(|b| b.command.clone()).collect();
-        let late = tally_workers::consume::late(deps, &group).await.unwrap();
-        let outcome = tally_workers::record::record(&deps.db, &commands, &late).await.unwrap();
-        if at == Crash::AfterRedis {
-            tally_platform::tallies::apply(&deps.redis, &deps.keys, &outcome.totals, &outcome.voters, false)
-                .await
-                .unwrap();
-        }
-    }
-    for ballot in group.iter().chain(&unsettled) {
-        ballot.message.double_ack_with(AckKind::Nak(None)).await.unwrap();
-    }
-    worker.holds.release_all().await;
-}
-
 /// Closes the election as an admin would, and raises its fence as a
 /// worker's next round would: ballots stored from here on are late.
 /// Notes the groups committed so far.
@@ -531,63 +482,42 @@ async fn queued(deps: &Deps) -> u64 {
     tally_platform::nats::ballots_waiting(&deps.jetstream, &deps.settings.nats).await.unwrap()
 }
 
-/// Cases the random search once found, kept as fixed regressions.
-mod found {
-    use super::*;
-    fn run(k: i32, ops: Vec<Op>) {
-        tokio::runtime::Runtime::new().unwrap().block_on(run_case(k, ops));
-    }
-    fn s(voter: i64) -> Op {
-        Op::Submit { voter, choice: 0, resubmit: false }
-    }
-    /// A ballot handed back by the non-owner at the close is a straggler:
-    /// the flush waits for it.
-    #[test]
-    fn straggler_handed_back() {
-        run(2, vec![s(1), s(2), Op::Step { worker: 0, max: 1 }, Op::Step { worker: 1, max: 1 }, Op::Close]);
-    }
-    /// A ballot not yet delivered when the election ends joins the flush.
-    #[test]
-    fn straggler_undelivered() {
-        run(2, vec![s(1), Op::Step { worker: 0, max: 1 }, s(2)]);
-    }
-    /// A citizen's second ballot (a new receipt) never counts toward K.
-    #[test]
-    fn second_ballots_shrink_a_group() {
-        let again = || Op::Submit { voter: 1, choice: 1, resubmit: true };
-        run(2, vec![s(1), again(), again(), s(2), s(3), Op::Step { worker: 0, max: 5 }]);
-    }
-
-    #[test]
-    fn late_ballots_after_crashes_and_a_kill() {
-        use Op::*;
-        let s = |voter, choice, resubmit| Submit { voter, choice, resubmit };
-        run(
-            2,
-            vec![
-                s(7, 1, false),
-                Close,
-                s(5, 0, false),
-                s(2, 1, false),
-                Step { worker: 0, max: 5 },
-                s(5, 1, true),
-                Step { worker: 1, max: 3 },
-                Crash { worker: 1, max: 5, at: super::Crash::AfterRedis },
-                Step { worker: 1, max: 4 },
-                Tick { worker: 1 },
-                s(8, 0, false),
-                Crash { worker: 1, max: 6, at: super::Crash::BeforeCommit },
-                s(5, 1, false),
-                Crash { worker: 0, max: 2, at: super::Crash::AfterRedis },
-                Step { worker: 0, max: 1 },
-                s(1, 1, true),
-                s(4, 0, false),
-                Kill { worker: 0 },
-                Step { worker: 1, max: 5 },
-                s(1, 1, false),
-                Step { worker: 0, max: 1 },
-                Step { worker: 1, max: 7 },
-            ],
+/// Redis, between operations and with no reconcile: never ahead of
+/// Postgres, never back from a version it has shown (`seen`, unless
+/// flushed since), and at Postgres's version exactly Postgres's totals.
+/// Returns the version it shows now.
+async fn redis_follows_postgres(deps: &Deps, election: i64, seen: i64, op: &Op) -> i64 {
+    let redis = tally_platform::tallies::read(&deps.redis, &deps.keys, election).await.unwrap();
+    let (version, turnout): (i64, i64) =
+        sqlx::query_as("SELECT tally_version, turnout FROM elections WHERE election_id = $1")
+            .bind(election)
+            .fetch_one(&deps.db)
+            .await
+            .unwrap();
+    assert!(
+        redis.version <= version,
+        "after {op:?}: Redis at version {} is ahead of Postgres's {version}",
+        redis.version
+    );
+    assert!(
+        redis.version >= seen,
+        "after {op:?}: Redis went back from version {seen} to {} (Postgres is at {version})",
+        redis.version
+    );
+    if redis.version == version && version > 0 {
+        let votes: HashMap<i64, i64> =
+            sqlx::query_as("SELECT citizen_id, total_votes FROM runners WHERE election_id = $1")
+                .bind(election)
+                .fetch_all(&deps.db)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert_eq!(
+            (redis.turnout, &redis.votes),
+            (turnout, &votes),
+            "after {op:?}: Redis at Postgres's version {version} holds other totals"
         );
     }
+    redis.version
 }

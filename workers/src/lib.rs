@@ -5,6 +5,7 @@
 //! redelivery and the same end state.
 
 pub mod close;
+pub mod commit;
 pub mod consume;
 pub mod hold;
 pub mod quarantine;

@@ -14,7 +14,7 @@ use tally_platform::nats;
 pub const REASON_HEADER: &str = "Tally-Quarantine-Reason";
 /// Where the votes stream first stored the message. A replay is stored
 /// again, after the election's fence perhaps; this keeps its place
-/// before it (see `consume::late`).
+/// before it (see `commit::late`).
 pub const STORED_AT_HEADER: &str = "Tally-Stored-At";
 /// How long to wait for the broker's ack of a copy or a replay.
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

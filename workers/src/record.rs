@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use anyhow::Context;
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_domain::ballot::{VoteCommand, check_selections};
-use tally_domain::election::{Runner, contested};
+use tally_domain::election::{Nominee, contested};
 use tally_domain::election::{Schedule, Status};
 use tally_platform::tallies::Totals;
 use time::OffsetDateTime;
@@ -72,7 +72,7 @@ pub fn refusal(error: &anyhow::Error) -> Refusal {
 
 struct ElectionFacts {
     schedule: Schedule,
-    runners: Vec<Runner>,
+    runners: Vec<Nominee>,
 }
 
 /// Records a group of ballots in one transaction. `late[i]` says the
@@ -260,14 +260,9 @@ async fn lock_elections(
             .fetch_all(&mut **tx)
             .await
             .context("loading runners")?;
-    let mut runners: HashMap<i64, Vec<Runner>> = HashMap::new();
+    let mut runners: HashMap<i64, Vec<Nominee>> = HashMap::new();
     for (election, citizen_id, post) in runner_rows {
-        runners.entry(election).or_default().push(Runner {
-            citizen_id,
-            full_name: String::new(),
-            post,
-            total_votes: 0,
-        });
+        runners.entry(election).or_default().push(Nominee { citizen_id, post });
     }
     Ok(rows
         .into_iter()

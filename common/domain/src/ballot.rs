@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::election::Runner;
+use crate::election::Candidacy;
 use crate::seal::{Opener, Sealer};
 
 /// A ballot as the API accepted it. On the bus it travels only sealed
@@ -148,19 +148,20 @@ pub enum SelectionError {
 }
 
 /// At least one runner, each running in this election, at most one per post.
-pub fn check_selections(selections: &[i64], runners: &[Runner]) -> Result<(), SelectionError> {
+pub fn check_selections(selections: &[i64], runners: &[impl Candidacy]) -> Result<(), SelectionError> {
     if selections.is_empty() {
         return Err(SelectionError::Empty);
     }
     let mut chosen = HashSet::new();
     let mut posts = HashSet::new();
     for &id in selections {
-        let runner = runners.iter().find(|r| r.citizen_id == id).ok_or(SelectionError::UnknownRunner(id))?;
+        let runner =
+            runners.iter().find(|r| r.citizen_id() == id).ok_or(SelectionError::UnknownRunner(id))?;
         if !chosen.insert(id) {
             return Err(SelectionError::Repeated(id));
         }
-        if !posts.insert(runner.post.as_str()) {
-            return Err(SelectionError::TwoForOnePost(runner.post.clone()));
+        if !posts.insert(runner.post()) {
+            return Err(SelectionError::TwoForOnePost(runner.post().to_string()));
         }
     }
     Ok(())
@@ -169,6 +170,7 @@ pub fn check_selections(selections: &[i64], runners: &[Runner]) -> Result<(), Se
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election::Runner;
     use proptest::prelude::*;
 
     fn runner(id: i64, post: &str) -> Runner {

@@ -220,11 +220,46 @@ impl Election {
     }
 }
 
+/// What the ballot rules need to know of a runner: who stands, and for
+/// which post. Names and counts play no part in judging a ballot.
+pub trait Candidacy {
+    fn citizen_id(&self) -> i64;
+    fn post(&self) -> &str;
+}
+
+impl Candidacy for Runner {
+    fn citizen_id(&self) -> i64 {
+        self.citizen_id
+    }
+
+    fn post(&self) -> &str {
+        &self.post
+    }
+}
+
+/// A runner as the recorder knows them: judging ballots, it never shows a
+/// name or a count, so it loads neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nominee {
+    pub citizen_id: i64,
+    pub post: String,
+}
+
+impl Candidacy for Nominee {
+    fn citizen_id(&self) -> i64 {
+        self.citizen_id
+    }
+
+    fn post(&self) -> &str {
+        &self.post
+    }
+}
+
 /// Whether some post has two runners to choose between.
-pub fn contested(runners: &[Runner]) -> bool {
+pub fn contested(runners: &[impl Candidacy]) -> bool {
     let mut per_post: BTreeMap<&str, usize> = BTreeMap::new();
     runners.iter().any(|r| {
-        let n = per_post.entry(r.post.as_str()).or_default();
+        let n = per_post.entry(r.post()).or_default();
         *n += 1;
         *n >= 2
     })

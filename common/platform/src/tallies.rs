@@ -133,6 +133,3 @@ pub async fn apply(
         pipe.query_async(&mut conn).await.map_err(|e| anyhow::anyhow!("writing tallies to Redis: {e}"))?;
     Ok(applied.iter().filter(|a| **a == 1).count())
 }
-
-/// Kept for the workers' callers; the voter set's operations live in `voters`.
-pub use crate::voters::release_rejected as release_voters;
