@@ -15,6 +15,7 @@ use tally_domain::citizen::Role;
 use tally_domain::enrollment::{EnrollmentKey, new_code};
 use tally_platform::Settings;
 use tally_platform::auth::TokenKeys;
+use tally_platform::elections::{self, NewElection, NewRunner};
 use tally_platform::redis::{Keys, Redis};
 use time::Date;
 use uuid::Uuid;
@@ -158,7 +159,8 @@ impl Default for ElectionSpec {
     }
 }
 
-/// Inserts the election and its runners; returns its id.
+/// The election and its runners, through the product's own
+/// `elections::create`; returns its id.
 pub async fn insert_election(db: &PgPool, spec: &ElectionSpec) -> anyhow::Result<i64> {
     for runner in &spec.runners {
         sqlx::query(
@@ -171,35 +173,22 @@ pub async fn insert_election(db: &PgPool, spec: &ElectionSpec) -> anyhow::Result
         .await
         .context("adding a runner to the registry")?;
     }
-    // One transaction: an API cache loading in between would see an
-    // election with no runners, which counts as cancelled.
-    let mut tx = db.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO elections (name, start_at, end_at, vote_restriction, min_age, results_visibility, anonymity_set)
-         VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3), $4, $5, $6, $7)
-         RETURNING election_id",
-    )
-    .bind(&spec.name)
-    .bind(spec.starts_in_secs as f64)
-    .bind(spec.ends_in_secs as f64)
-    .bind(&spec.restriction)
-    .bind(spec.min_age)
-    .bind(&spec.visibility)
-    .bind(spec.anonymity_set)
-    .fetch_one(&mut *tx)
-    .await
-    .context("inserting the election")?;
-    sqlx::query(
-        "INSERT INTO runners (election_id, citizen_id, post) SELECT $1, r, $2 FROM UNNEST($3::bigint[]) AS r",
-    )
-    .bind(id)
-    .bind(&spec.post)
-    .bind(&spec.runners)
-    .execute(&mut *tx)
-    .await
-    .context("adding the runners")?;
-    tx.commit().await?;
-    Ok(id)
+    let now = time::OffsetDateTime::now_utc();
+    let new = NewElection {
+        name: spec.name.clone(),
+        start_at: now + time::Duration::seconds(spec.starts_in_secs),
+        end_at: now + time::Duration::seconds(spec.ends_in_secs),
+        restriction: spec.restriction.parse().map_err(|e| anyhow::anyhow!("restriction: {e}"))?,
+        min_age: spec.min_age,
+        visibility: spec.visibility.parse().map_err(|e| anyhow::anyhow!("visibility: {e}"))?,
+        anonymity_set: Some(spec.anonymity_set),
+        runners: spec
+            .runners
+            .iter()
+            .map(|&citizen_id| NewRunner { citizen_id, post: spec.post.clone() })
+            .collect(),
+    };
+    elections::create(db, &new).await
 }
 
 /// Closes the election now, as `POST /v1/elections/{id}/close` does, and

@@ -7,7 +7,6 @@ use axum::extract::State;
 use serde::Serialize;
 use tally_domain::election::Election;
 use tally_domain::election::Status;
-use tally_domain::visibility::Visibility;
 use tally_http::{ApiError, Json, Path};
 use tally_platform::elections;
 use tally_platform::tallies;
@@ -48,15 +47,11 @@ pub struct RunnerResult {
 }
 
 #[utoipa::path(get, operation_id = "get_results", path = "/v1/elections/{id}/results", tag = "elections", params(("id" = i64, Path, description = "Election id")),
-    responses((status = 200, description = "Live counts while open, final counts once closed and recorded", body = Results), (status = 403, description = "results_hidden", content_type = "application/problem+json", body = Problem), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem)))]
+    responses((status = 200, description = "Live counts while open, final counts once closed and recorded", body = Results), (status = 404, description = "election_not_found", content_type = "application/problem+json", body = Problem)))]
 pub async fn results(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Json<Results>, ApiError> {
     let election = find(&state, id).await?;
     let status = election.status(OffsetDateTime::now_utc());
     let ended = matches!(status, Status::Closed | Status::Cancelled);
-    if !ended && election.visibility == Visibility::AfterClose {
-        return Err(ApiError::forbidden("results_hidden")
-            .with_detail("results are published when the election closes"));
-    }
     // Final only once the workers say so; the counts are read after that
     // mark, so they are the final ones.
     let recorded = if ended {
