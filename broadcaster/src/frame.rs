@@ -5,7 +5,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use tally_domain::election::Election;
-use tally_domain::election::Status;
+use tally_domain::lifecycle::Status;
 use time::OffsetDateTime;
 
 /// One snapshot of an election as viewers see it.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_domain::election::Election;
-use tally_domain::election::Status;
+use tally_domain::lifecycle::Status;
 use tally_platform::Deps;
 use tally_platform::elections;
 use tally_platform::tallies::{self, TallyEvent};

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tally_domain::election::Status;
+use tally_domain::lifecycle::Status;
 use tally_http::{ApiError, Json, Path};
 use tally_platform::elections;
 use time::OffsetDateTime;

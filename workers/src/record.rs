@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_domain::ballot::{VoteCommand, check_selections};
 use tally_domain::election::{Nominee, contested};
-use tally_domain::election::{Schedule, Status};
+use tally_domain::lifecycle::{Schedule, Status};
 use tally_platform::tallies::Totals;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -5,7 +5,8 @@
 
 use axum::http::StatusCode;
 use tally_domain::ballot::{SelectionError, check_selections};
-use tally_domain::election::{Election, Ineligible, Status, VoterFacts, eligibility};
+use tally_domain::election::{Election, Ineligible, VoterFacts, eligibility};
+use tally_domain::lifecycle::Status;
 use tally_http::ApiError;
 use tally_http::auth::AuthUser;
 use tally_http::error::Counted;

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use sqlx::{Postgres, Transaction};
 use tally_domain::election::Election;
-use tally_domain::election::Status;
+use tally_domain::lifecycle::Status;
 use tally_http::auth::AdminUser;
 use tally_http::error::FieldError;
 use tally_http::{ApiError, Json, Path};

@@ -2,7 +2,8 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use tally_domain::election::{Status, VoterFacts, eligibility};
+use tally_domain::election::{VoterFacts, eligibility};
+use tally_domain::lifecycle::Status;
 use tally_http::auth::AuthUser;
 use tally_http::error::FieldError;
 use tally_http::{ApiError, Json, Path, Query};

@@ -6,7 +6,7 @@
 use axum::extract::State;
 use serde::Serialize;
 use tally_domain::election::Election;
-use tally_domain::election::Status;
+use tally_domain::lifecycle::Status;
 use tally_http::{ApiError, Json, Path};
 use tally_platform::elections;
 use tally_platform::tallies;

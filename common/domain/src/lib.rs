@@ -8,6 +8,7 @@ pub mod ballot;
 pub mod citizen;
 pub mod election;
 pub mod enrollment;
+pub mod lifecycle;
 pub mod seal;
 pub mod secret;
 pub mod visibility;

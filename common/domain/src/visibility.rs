@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::election::Status;
+use crate::lifecycle::Status;
 
 /// What of the counts may be shown, for REST results and live frames alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 
 use std::collections::BTreeMap;
 
-use tally_domain::election::{Election, Restriction, Runner, Schedule, contested};
+use tally_domain::election::{Election, Restriction, Runner, contested};
+use tally_domain::lifecycle::Schedule;
 use tally_domain::visibility::Visibility;
 
 /// An election as an administrator, the demo seed or a test sets it up.
