@@ -61,6 +61,7 @@ pub async fn set_role(settings: &Settings, citizen_id: i64, role: Role) -> anyho
         );
         verifier.revoke(&ended).await?;
     }
-    tracing::info!(operator = %actor, citizen_id, role = role.as_str(), sessions_ended = ended.len(), "role changed");
+    // Whose role changed is in the audit log, not in the process log.
+    tracing::info!(operator = %actor, role = role.as_str(), sessions_ended = ended.len(), "role changed");
     Ok(())
 }

@@ -76,7 +76,7 @@ pub async fn cast(
         Ok(screened) => screened,
         Err(refusal) => {
             if !counted {
-                state.per_client.check(client).await?;
+                state.per_client.check(client).await.map_err(|limited| limited.counting_also(&refusal))?;
             }
             return Err(refusal);
         }

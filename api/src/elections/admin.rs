@@ -118,12 +118,8 @@ pub async fn add_runner(
     let now = OffsetDateTime::now_utc();
     let mut tx = state.deps.db.begin().await?;
     let before = lock_scheduled(&mut tx, id, now).await?;
-    let inserted = sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(input.citizen_id)
-        .bind(&post)
-        .execute(&mut *tx)
-        .await;
+    let runner = elections::NewRunner { citizen_id: input.citizen_id, post };
+    let inserted = elections::add_runner(&mut tx, id, &runner).await;
     if let Err(e) = inserted {
         return Err(match violated_constraint(&e) {
             Some("runners_pkey") => {

@@ -98,7 +98,7 @@ impl Verifier {
                         .await
                         .map_err(|e| ApiError::unavailable(anyhow::anyhow!("checking revocation: {e}"), 1))?;
                 // As on the fast path, only a recorded revocation refuses: a
-                // session with no row (a token minted by `tally-bench`) is
+                // session with no row (a token minted straight from the signing key, as test tools do) is
                 // judged the same with or without the reload.
                 Ok(revoked.unwrap_or(false))
             }

@@ -6,9 +6,11 @@
 //! logs, with the cause, inside the request's span, and counts. The
 //! client sees only a generic title for a server-side failure.
 //!
-//! A dependency that cannot answer (Postgres, Redis or NATS unreachable,
-//! a pool with no free connection) is 503 with `Retry-After`, whichever
-//! handler met it: [`ApiError::internal`] looks through the cause.
+//! A dependency that cannot answer (Postgres or Redis unreachable, a pool
+//! with no free connection, a server restarting) is 503 with
+//! `Retry-After`, whichever handler met it: [`ApiError::internal`] looks
+//! through the cause. NATS failures are answered 503 where they are met
+//! (publishing, stream counts), since their errors share no common type.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +29,7 @@ pub struct ApiError {
     pub reason: Option<&'static str>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
-    counted: Option<Counted>,
+    counted: Vec<Counted>,
 }
 
 /// A refusal the response layer counts, with its label value.
@@ -48,7 +50,7 @@ pub enum Counted {
 pub struct Outcome {
     pub code: &'static str,
     pub cause: Option<std::sync::Arc<anyhow::Error>>,
-    pub counted: Option<Counted>,
+    pub counted: Vec<Counted>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -83,13 +85,21 @@ impl ApiError {
             reason: None,
             headers: Vec::new(),
             source: None,
-            counted: None,
+            counted: Vec::new(),
         }
     }
 
     /// Marks the refusal for the response layer to count.
     pub fn counted(mut self, counted: Counted) -> Self {
-        self.counted = Some(counted);
+        self.counted.push(counted);
+        self
+    }
+
+    /// Also counts what `replaced` would have counted: an answer that
+    /// takes the place of another refusal (a 429 over a 409) must not
+    /// make that refusal vanish from the metrics.
+    pub fn counting_also(mut self, replaced: &ApiError) -> Self {
+        self.counted.extend(replaced.counted.iter().copied());
         self
     }
 
@@ -203,13 +213,17 @@ pub fn is_unreachable(error: &anyhow::Error) -> bool {
                     | sqlx::Error::Io(_)
                     | sqlx::Error::Tls(_)
                     // A conversation cut short: what a balancer with no
-                    // server behind it gives, or a connection dropped mid-reply.
+                    // server behind it gives, or a connection dropped
+                    // mid-reply. sqlx also reports a few faults of ours
+                    // this way (a statement with too many binds); those
+                    // are still logged with their cause, at warn.
                     | sqlx::Error::Protocol(_)
                     | sqlx::Error::WorkerCrashed
             ) || e.as_database_error().and_then(|d| d.code()).is_some_and(|code| {
-                // admin_shutdown, crash_shutdown, cannot_connect_now,
-                // read_only_sql_transaction (a primary that became a standby)
-                matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+                // connection exceptions (08…), admin_shutdown, crash_shutdown,
+                // cannot_connect_now, read_only_sql_transaction (a primary
+                // that became a standby)
+                code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
             });
         }
         if let Some(e) = cause.downcast_ref::<redis::RedisError>() {
@@ -217,10 +231,29 @@ pub fn is_unreachable(error: &anyhow::Error) -> bool {
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
                 || e.is_timeout()
-                || e.kind() == redis::ErrorKind::ReadOnly;
+                || matches!(
+                    e.kind(),
+                    redis::ErrorKind::ReadOnly
+                        | redis::ErrorKind::BusyLoadingError
+                        | redis::ErrorKind::MasterDown
+                        | redis::ErrorKind::TryAgain
+                        | redis::ErrorKind::ClusterDown
+                );
         }
-        cause.downcast_ref::<std::io::Error>().is_some()
-            || cause.downcast_ref::<tokio::time::error::Elapsed>().is_some()
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                e.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | BrokenPipe
+                    | TimedOut
+                    | UnexpectedEof
+            );
+        }
+        cause.downcast_ref::<tokio::time::error::Elapsed>().is_some()
     })
 }
 

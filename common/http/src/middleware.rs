@@ -73,7 +73,7 @@ fn default_header(name: &'static str, value: &'static str) -> SetResponseHeaderL
     SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
 }
 
-/// What a client names a ballot by for safe retries (see `api::idempotency`).
+/// What a client names a ballot by for safe retries (the api role reads it).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// CORS for the configured origins only; with none, no CORS headers at all.
@@ -155,20 +155,25 @@ fn report(outcome: &Outcome, status: StatusCode) {
             tracing::error!(code = outcome.code, error = format!("{cause:#}"), "request failed");
         }
     }
-    match outcome.counted {
-        Some(Counted::AuthFailure(reason)) => {
+    for counted in &outcome.counted {
+        count(*counted);
+    }
+}
+
+fn count(counted: Counted) {
+    match counted {
+        Counted::AuthFailure(reason) => {
             metrics::counter!("tally_auth_failures_total", "reason" => reason).increment(1);
         }
-        Some(Counted::RateLimited(scope)) => {
+        Counted::RateLimited(scope) => {
             metrics::counter!("tally_rate_limited_total", "scope" => scope).increment(1);
         }
-        Some(Counted::BallotRefused(reason)) => {
+        Counted::BallotRefused(reason) => {
             metrics::counter!("tally_votes_refused_total", "reason" => reason).increment(1);
         }
-        Some(Counted::PublishFailed(kind)) => {
+        Counted::PublishFailed(kind) => {
             metrics::counter!("tally_publish_failures_total", "kind" => kind).increment(1);
         }
-        None => {}
     }
 }
 

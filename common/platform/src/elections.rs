@@ -1,11 +1,11 @@
 //! Elections and their runners in Postgres: created here, and read into
 //! the domain types every role shares.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
-
-use std::collections::BTreeMap;
 
 use tally_domain::election::{Election, Restriction, Runner, contested};
 use tally_domain::lifecycle::Schedule;
@@ -59,11 +59,7 @@ pub async fn create<'c>(db: impl Acquire<'c, Database = Postgres>, new: &NewElec
     }
     let id: i64 = insert.fetch_one(&mut *tx).await.context("creating an election")?;
     for runner in &new.runners {
-        sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(runner.citizen_id)
-            .bind(&runner.post)
-            .execute(&mut *tx)
+        add_runner(&mut tx, id, runner)
             .await
             .with_context(|| format!("adding runner {} to election {id}", runner.citizen_id))?;
     }
@@ -196,4 +192,21 @@ fn assemble(row: ElectionRow, runners: Vec<Runner>) -> anyhow::Result<Election> 
         final_at,
         runners,
     })
+}
+
+/// Adds a runner to an election, inside the caller's transaction. The
+/// schema refuses a second candidacy of one citizen (`runners_pkey`) and a
+/// citizen missing from the registry (`runners_citizen_fkey`).
+pub async fn add_runner(
+    tx: &mut PgConnection,
+    election_id: i64,
+    runner: &NewRunner,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO runners (election_id, citizen_id, post) VALUES ($1, $2, $3)")
+        .bind(election_id)
+        .bind(runner.citizen_id)
+        .bind(&runner.post)
+        .execute(tx)
+        .await?;
+    Ok(())
 }

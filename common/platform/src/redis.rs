@@ -55,7 +55,7 @@ impl Keys {
     }
 
     /// Hash: citizen → the ballot they reserved before publishing (see
-    /// `api::idempotency`). Same hash slot as the voter set.
+    /// `voters`). Same hash slot as the voter set.
     pub fn intents(&self, election_id: i64) -> String {
         format!("{}:intents:{{{election_id}}}", self.prefix)
     }
