@@ -327,6 +327,18 @@ mod tests {
         assert!(!body.to_string().contains("hunter2"));
     }
 
+    #[test]
+    fn a_429_in_place_of_a_refusal_counts_both() {
+        let refusal = ApiError::conflict("already_voted").counted(Counted::BallotRefused("already_voted"));
+        let response = ApiError::rate_limited(3, "client").counting_also(&refusal).into_response();
+        let outcome = response.extensions().get::<Outcome>().cloned().expect("an outcome");
+        assert_eq!(outcome.code, "rate_limited");
+        assert_eq!(
+            outcome.counted,
+            [Counted::RateLimited("client"), Counted::BallotRefused("already_voted")]
+        );
+    }
+
     #[tokio::test]
     async fn unauthorized_asks_for_a_bearer_token() {
         let response = ApiError::unauthorized("invalid_token").into_response();
