@@ -29,8 +29,9 @@ async fn a_ballot_flows_to_postgres_redis_and_a_tally_event() {
     events.subscribe(app.keys().tally_channel(election)).await.unwrap();
 
     let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
-    assert_eq!(receipt.len(), 36);
-    assert!(!receipt.contains("100"));
+    // A random (v4) UUID, so it says nothing of the voter. (A check that
+    // the text lacks "100" failed by chance about once in 150 runs.)
+    assert_eq!(uuid::Uuid::parse_str(&receipt).unwrap().get_version_num(), 4);
     // One ballot is fewer than K: the workers hold it until the end, and
     // the receipt says only that it is pending, naming no election.
     assert_eq!(
