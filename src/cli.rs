@@ -151,31 +151,8 @@ enum AdminCommand {
 
 impl Cli {
     pub fn run(self) -> ExitCode {
-        let settings = match Settings::load(self.config.as_deref()) {
-            Ok(settings) => settings,
-            Err(e) => {
-                eprintln!("tally: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Err(e) = tally_platform::telemetry::init_tracing(&settings.log) {
-            eprintln!("tally: {e:#}");
-            return ExitCode::from(2);
-        }
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("tally: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match runtime.block_on(self.command.execute(settings)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tally: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
+        let Cli { config, command } = self;
+        tally_platform::program::run("tally", config.as_deref(), |settings| command.execute(settings))
     }
 }
 

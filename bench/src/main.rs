@@ -118,32 +118,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("tally-bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = tally_platform::telemetry::init_tracing(&settings.log) {
-        eprintln!("tally-bench: {e:#}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tally-bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let tally = Tally { bin: cli.tally, config: cli.config };
-    match runtime.block_on(run(cli.command, &settings, &tally)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tally-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let tally = Tally { bin: cli.tally, config: cli.config.clone() };
+    let command = cli.command;
+    tally_platform::program::run("tally-bench", cli.config.as_deref(), |settings| async move {
+        run(command, &settings, &tally).await
+    })
 }
 
 async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Result<()> {

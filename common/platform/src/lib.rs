@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod program;
 pub mod proxies;
 pub mod readiness;
 pub mod redis;
