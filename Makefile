@@ -11,7 +11,7 @@ BENCH_DEBUG := target/debug/tally-bench --tally target/debug/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz
+.PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz profile-build
 
 ## up: start the dependencies, migrate, seed the demo and run every role
 up: services build
@@ -59,6 +59,10 @@ services:
 
 build:
 	$(CARGO) build --release --workspace --bin tally --bin tally-bench
+
+## profile-build: release code with frame pointers and full symbols, for scripts/profile.sh
+profile-build:
+	RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --profile profiling --workspace --bin tally --bin tally-bench
 
 fmt:
 	$(CARGO) fmt --all -- --check
