@@ -9,19 +9,22 @@
 #   scripts/profile.sh NAME            # docs/perf/NAME.svg and NAME.txt
 #
 # env: N voters (200000), D seconds of load (20), C connections (128),
-# TALLY_BIN (target/profiling/tally), BENCH_BIN (target/profiling/tally-bench).
+# PROFILED_TALLY (target/profiling/tally), PROFILED_BENCH (target/profiling/tally-bench).
 # Needs wrk, perf (linux-perf) and inferno (cargo install inferno).
 set -euo pipefail
 NAME=${1:?usage: scripts/profile.sh NAME}
 N=${N:-200000}; D=${D:-20}; C=${C:-128}
-B=${TALLY_BIN:-target/profiling/tally}
-BENCH=${BENCH_BIN:-target/profiling/tally-bench}
+B=${PROFILED_TALLY:-target/profiling/tally}
+BENCH=${PROFILED_BENCH:-target/profiling/tally-bench}
 S=$(mktemp -d /tmp/tally-profile.XXXX)
 OUT=docs/perf; mkdir -p "$OUT"
 q() { psql -h 127.0.0.1 -U postgres -d tally -tAc "$1"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 export TALLY_LIMITS__PER_CLIENT_PER_MINUTE=0
+# Ports of its own, so a stack left running by `make up` is not measured.
+export TALLY_HTTP__API_ADDR=127.0.0.1:18480 TALLY_HTTP__BROADCASTER_ADDR=127.0.0.1:18481
+export TALLY_HTTP__ADMIN_ADDR=127.0.0.1:18482
 "$B" migrate >"$S/migrate.log" 2>&1
 "$BENCH" --tally "$B" provision --voters "$N" --output "$S/voters.json" >"$S/provision.log" 2>&1
 python3 - "$S" <<'PY'
@@ -59,11 +62,11 @@ LUA
 setsid "$B" serve >"$S/serve.log" 2>&1 </dev/null &
 P=$!
 trap 'kill $P 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do curl -fsS -o /dev/null --max-time 2 http://127.0.0.1:9100/readyz && break; sleep 0.5; done
+for _ in $(seq 1 120); do curl -fsS -o /dev/null --max-time 2 http://127.0.0.1:18482/readyz && break; sleep 0.5; done
 before_rows=$(q "select count(*) from voter_roll where election_id=$ELECTION")
 before_ticks=$(cpu_ticks $P)
 TOKENS=$S/tokens ELECTION=$ELECTION RUNNER=$RUNNER \
-  wrk -t2 -c"$C" -d"${D}s" --latency -s "$S/cast.lua" http://127.0.0.1:8080 >"$S/wrk.txt" 2>&1 &
+  wrk -t2 -c"$C" -d"${D}s" --latency -s "$S/cast.lua" http://127.0.0.1:18480 >"$S/wrk.txt" 2>&1 &
 W=$!
 sleep 3
 perf record -a -g -e cpu-clock -o "$S/perf.data" -- sleep $((D - 6)) 2>"$S/perf.log"

@@ -12,8 +12,14 @@ use crate::election_cache::ElectionCache;
 use crate::fences::Fences;
 use crate::limits::PerAddress;
 
+/// What every handler of the api role reads, built once per process.
+/// Handlers get it by reference counting: axum hands each request its
+/// own copy of the state, and a copy of every part would cost a dozen
+/// reference counts and a few allocations per request.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<Shared>);
+
+pub struct Shared {
     pub deps: Deps,
     pub tokens: Arc<TokenKeys>,
     pub passwords: Passwords,
@@ -43,7 +49,7 @@ impl ApiState {
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
-        Ok(ApiState {
+        Ok(ApiState(Arc::new(Shared {
             receipt_key,
             enrollment,
             deps,
@@ -55,7 +61,15 @@ impl ApiState {
             per_client,
             receipt_limit,
             fences: Fences::default(),
-        })
+        })))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 

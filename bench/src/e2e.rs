@@ -16,6 +16,7 @@ use tally_platform::Settings;
 use tally_platform::tallies::TallyEvent;
 use uuid::Uuid;
 
+use crate::ballot_client::BallotClient;
 use crate::kit::{cancel, close};
 use crate::process::Tally;
 use crate::provision::{RUNNERS, next_voter_id, open_election, provision};
@@ -109,19 +110,19 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
         seen
     });
 
-    let http = reqwest::Client::builder().pool_max_idle_per_host(options.connections).build()?;
-    let url = Arc::new(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballots"));
+    let api_addr: std::net::SocketAddr = ([127, 0, 0, 1], api).into();
     let tokens = Arc::new(provisioned.tokens);
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Latencies::default());
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..options.connections {
-        let (http, url, tokens, next) = (http.clone(), url.clone(), tokens.clone(), next.clone());
+        let (tokens, next) = (tokens.clone(), next.clone());
         let (rate, latencies) = (options.rate, latencies.clone());
         senders.spawn(async move {
             let mut accepted_at = Vec::new();
             let mut refused = 0u64;
+            let mut client: Option<BallotClient> = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(token) = tokens.get(i) else { break };
@@ -132,13 +133,23 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
                     .await;
                 }
                 let sent = Instant::now();
-                let body = serde_json::json!({ "selections": [RUNNERS[i % 2]] });
-                let response = http.post(url.as_str()).bearer_auth(token).json(&body).send().await;
+                let status = match &mut client {
+                    Some(client) => client.cast(token, RUNNERS[i % 2]).await,
+                    None => match BallotClient::connect(api_addr, election).await {
+                        Ok(connected) => client.insert(connected).cast(token, RUNNERS[i % 2]).await,
+                        Err(e) => Err(e),
+                    },
+                };
                 let done = Instant::now();
                 latencies.record(done - sent);
-                match response {
-                    Ok(r) if r.status() == 202 => accepted_at.push(done),
-                    _ => refused += 1,
+                match status {
+                    Ok(status) if status == 202 => accepted_at.push(done),
+                    Ok(_) => refused += 1,
+                    Err(_) => {
+                        // A broken connection is made again for the next ballot.
+                        client = None;
+                        refused += 1;
+                    }
                 }
             }
             (accepted_at, refused)

@@ -3,6 +3,7 @@
 //! run as child processes; `kit` makes the elections and voters they
 //! need, for the benchmarks and for tests.
 
+pub mod ballot_client;
 pub mod chaos;
 pub mod cluster;
 pub mod e2e;

@@ -23,7 +23,7 @@ pub enum Refusal {
     InvalidSelection(SelectionError),
 }
 
-#[tracing::instrument(skip_all, fields(election_id = election.id))]
+#[tracing::instrument(level = "debug", skip_all, fields(election_id = election.id))]
 pub fn admit(
     election: &Election,
     voter: &AuthUser,

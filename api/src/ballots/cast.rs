@@ -248,6 +248,6 @@ fn accepted(receipt: Uuid, shown: &Decision) -> Accepted {
 async fn release(state: &ApiState, election_id: i64, citizen_id: i64, intent: &str) {
     let keys = &state.deps.keys;
     if let Err(e) = voters::release(&state.deps.redis, keys, election_id, citizen_id, intent).await {
-        tracing::warn!(error = %e, "a reservation stays in Redis; the voter may retry with the same key");
+        tracing::warn!(error = %e, election_id, "a reservation stays in Redis; the voter may retry with the same key");
     }
 }

@@ -16,7 +16,7 @@ use crate::idempotency;
 /// Seals the ballot and publishes it; `Ok` only with the broker's PubAck,
 /// the one point after which the ballot may be promised to the voter.
 /// `keyed_intent`: the intent of a ballot sent with an Idempotency-Key.
-#[tracing::instrument(skip_all, fields(election_id = command.election_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(election_id = command.election_id))]
 pub async fn enqueue(
     state: &ApiState,
     election: &Election,
@@ -67,10 +67,10 @@ pub fn not_confirmed(error: PublishError, keyed: bool) -> ApiError {
 /// not pair the two. The ballot is already safe in the stream, so a
 /// failure here is only logged; the workers add the voter when they
 /// record the ballot.
-#[tracing::instrument(skip_all, fields(election_id = command.election_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(election_id = command.election_id))]
 pub async fn note_pending(state: &ApiState, command: &VoteCommand) {
     let keys = &state.deps.keys;
     if let Err(e) = voters::remember(&state.deps.redis, keys, command.election_id, command.citizen_id).await {
-        tracing::warn!(error = %e, "could not note a voter in Redis");
+        tracing::warn!(error = %e, election_id = command.election_id, "could not note a voter in Redis");
     }
 }

@@ -7,6 +7,8 @@
 //! Casting runs in named steps, each in its own file: [`admit`] (the rules,
 //! no I/O), [`preflight`] (one Redis round trip), [`enqueue`] (seal and
 //! publish) and [`enqueue::note_pending`] (the voter set, after the PubAck).
+//! Their spans are at debug level: at info, each cost more than the step's
+//! own work, and the request's span already names the route and request id.
 
 pub mod admit;
 pub mod cast;

@@ -26,7 +26,7 @@ pub struct Preflight {
 
 /// `count_client`: whether this round trip should count the client (not
 /// when the request was counted already, on its way here).
-#[tracing::instrument(skip_all, fields(election_id = election_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(election_id = election_id))]
 pub async fn preflight(
     state: &ApiState,
     client: IpAddr,

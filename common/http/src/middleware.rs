@@ -129,11 +129,11 @@ fn on_response(response: &Response, latency: Duration, span: &Span) {
 /// method, never by whatever a client sends, so label values stay few.
 async fn record_outcome(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // One allocation for the route, shared by both series' labels.
+    let route: metrics::SharedString = match request.extensions().get::<MatchedPath>() {
+        Some(path) => std::sync::Arc::<str>::from(path.as_str()).into(),
+        None => "unmatched".into(),
+    };
     let method = method_label(request.method());
     let response = next.run(request).await;
     if let Some(outcome) = response.extensions().get::<Outcome>() {

@@ -36,12 +36,13 @@ pub fn client(settings: &RedisSettings) -> anyhow::Result<redis::Client> {
 /// Key and channel names, all under the configured prefix.
 #[derive(Clone, Debug)]
 pub struct Keys {
-    prefix: String,
+    /// Shared, not copied: every request's state clones its keys.
+    prefix: std::sync::Arc<str>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_string() }
+        Keys { prefix: prefix.into() }
     }
 
     /// Hash of runner id → votes, plus `_version` and `_turnout`.
@@ -72,7 +73,7 @@ impl Keys {
     /// The election id of a tally channel; `None` for anything else that
     /// the pattern happens to match.
     pub fn election_of_channel(&self, channel: &str) -> Option<i64> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix(':')?.parse().ok()
+        channel.strip_prefix(&*self.prefix)?.strip_prefix(':')?.parse().ok()
     }
 
     pub fn rate_limit(&self, scope: &str, subject: &str) -> String {
