@@ -1,7 +1,7 @@
 //! The message viewers receive, serialised once per change and shared by
 //! every viewer of the election.
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use tally_domain::election::Election;
@@ -15,8 +15,16 @@ pub struct Frame {
     /// When the oldest ballot in this version was accepted, for the
     /// accepted-to-viewer delay.
     pub oldest_accepted_at: Option<OffsetDateTime>,
-    /// Shared by every viewer: cloning it copies no bytes.
-    pub json: Utf8Bytes,
+    /// UTF-8 JSON, shared by every viewer: cloning it copies no bytes.
+    pub json: Bytes,
+}
+
+impl Frame {
+    /// The JSON as text, for Server-Sent Events.
+    pub fn text(&self) -> &str {
+        // The fallback is unreachable: `json` is built from a `String`.
+        std::str::from_utf8(&self.json).unwrap_or_default()
+    }
 }
 
 /// The counts a frame is built from.
@@ -111,6 +119,6 @@ pub fn build(election: &Election, counts: &Counts, status: Status, is_final: boo
     Frame {
         version: counts.version,
         oldest_accepted_at: counts.oldest_accepted_at,
-        json: Utf8Bytes::from(serde_json::to_string(&message).unwrap_or_default()),
+        json: Bytes::from(serde_json::to_string(&message).unwrap_or_default()),
     }
 }

@@ -2,6 +2,7 @@
 //! Server-Sent Events, and the live results page.
 
 pub mod frame;
+pub mod handshake;
 pub mod hub;
 pub mod limit;
 pub mod page;
@@ -12,10 +13,7 @@ pub mod viewer;
 use std::time::Duration;
 
 use axum::Router;
-
 use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tally_http::client_ip::ClientIp;
@@ -27,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::handshake::Handshake;
 use crate::hub::Hub;
 use crate::limit::PerAddress;
 use crate::viewer::Pace;
@@ -130,33 +129,23 @@ async fn live(
     State(state): State<BroadcasterState>,
     ClientIp(client): ClientIp,
     Path(election_id): Path<i64>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, ApiError>,
 ) -> Result<Response, ApiError> {
     let (feed, slot) = admit(&state, election_id, client).await?;
-    let upgrade = upgrade.map_err(|_| {
-        ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required")
-            .with_detail("connect with a WebSocket client, or use /events for Server-Sent Events")
-    })?;
+    let handshake = handshake?;
     let frames = feed.subscribe();
     let pace = state.pace();
     let shutdown = state.shutdown.clone();
-    let tracker = state.tracker.clone();
-    // Viewers only ever send pongs and a close, and frames are small:
-    // small buffers keep a connection to a few KiB instead of ~256 KiB, and
-    // a frame over the cap is refused before its payload is buffered.
+    // Viewers only ever send pongs and a close, and frames are small.
     let max_frame = state.hub.deps().settings.broadcaster.max_frame_bytes;
-    let upgrade = upgrade
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_frame_size(max_frame)
-        .max_message_size(max_frame);
-    Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let _viewer = limit::Gauge::viewer("websocket");
-            viewer::serve(socket, frames, pace, shutdown).await;
-            drop(slot);
-        })
-    }))
+    let (switching, socket) = handshake.accept(max_frame);
+    state.tracker.spawn(async move {
+        let Some(socket) = socket.await else { return };
+        let _viewer = limit::Gauge::viewer("websocket");
+        viewer::serve(socket, frames, pace, shutdown).await;
+        drop(slot);
+    });
+    Ok(switching)
 }
 
 async fn events(

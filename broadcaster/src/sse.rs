@@ -53,7 +53,7 @@ pub fn events(
         let frame = c.frames.borrow_and_update().clone();
         note_sent(&frame, &mut c.last_version, "sse");
         c.next_send = Instant::now() + c.pace.min_gap;
-        Some((Ok(Event::default().event("tally").data(frame.json.as_str())), c))
+        Some((Ok(Event::default().event("tally").data(frame.text())), c))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

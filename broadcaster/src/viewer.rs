@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Message, Payload};
 
 use crate::frame::Frame;
+use crate::handshake::Socket;
 
 pub struct Pace {
     pub min_gap: Duration,
@@ -40,7 +42,7 @@ pub fn note_sent(frame: &Frame, last_version: &mut Option<i64>, transport: &'sta
 }
 
 pub async fn serve(
-    socket: WebSocket,
+    socket: Socket,
     mut frames: watch::Receiver<Arc<Frame>>,
     pace: Pace,
     shutdown: CancellationToken,
@@ -54,25 +56,25 @@ pub async fn serve(
     let reason = loop {
         if pending && Instant::now() >= next_send {
             let frame = frames.borrow_and_update().clone();
-            let sent =
-                tokio::time::timeout(pace.send_timeout, sink.send(Message::Text(frame.json.clone()))).await;
+            let text = Message::text(Payload::from(frame.json.clone()));
+            let sent = tokio::time::timeout(pace.send_timeout, sink.send(text)).await;
             match sent {
                 Ok(Ok(())) => note_sent(&frame, &mut last_version, "websocket"),
                 Ok(Err(_)) => break None,
                 Err(_) => {
                     metrics::counter!("tally_broadcast_dropped_total", "reason" => "send_timeout")
                         .increment(1);
-                    break Some((1008, "too slow to receive updates"));
+                    break Some((CloseCode::POLICY_VIOLATION, "too slow to receive updates"));
                 }
             }
             pending = false;
             next_send = Instant::now() + pace.min_gap;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => break Some((1001, "server shutting down")),
+            _ = shutdown.cancelled() => break Some((CloseCode::GOING_AWAY, "server shutting down")),
             changed = frames.changed(), if !pending => {
                 if changed.is_err() {
-                    break Some((1011, "feed ended"));
+                    break Some((CloseCode::INTERNAL_SERVER_ERROR, "feed ended"));
                 }
                 pending = true;
             }
@@ -80,32 +82,32 @@ pub async fn serve(
             _ = pings.tick() => {
                 if last_heard.elapsed() > pace.ping_every * 2 {
                     metrics::counter!("tally_broadcast_dropped_total", "reason" => "no_pong").increment(1);
-                    break Some((1001, "no answer to ping"));
+                    break Some((CloseCode::GOING_AWAY, "no answer to ping"));
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if sink.send(Message::ping(Bytes::new())).await.is_err() {
                     break None;
                 }
             }
             message = incoming.next() => match message {
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) if too_big(&e) => {
+                Some(Ok(message)) if message.is_close() => break None,
+                None => break None,
+                Some(Err(tokio_websockets::Error::PayloadTooLong { .. })) => {
                     metrics::counter!("tally_broadcast_dropped_total", "reason" => "frame_too_big").increment(1);
-                    break Some((1009, "frames from viewers must be small"));
+                    break Some((CloseCode::MESSAGE_TOO_BIG, "frames from viewers must be small"));
                 }
                 Some(Err(_)) => break None,
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
         }
     };
-    if let Some((code, text)) = reason {
-        let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(text) }));
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
-    }
-}
-
-/// Whether the viewer sent a frame over `broadcaster.max_frame_bytes`.
-fn too_big(error: &axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
-    matches!(cause, Some(Error::Capacity(_)))
+    let goodbye = async {
+        if let Some((code, text)) = reason {
+            // Refused when tokio-websockets has already queued a close of
+            // its own (1009 for an oversized frame, 1002 for a broken one).
+            let _ = sink.send(Message::close(Some(code), text)).await;
+        }
+        // Sends that close, or the answer to the viewer's own close.
+        sink.flush().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }
