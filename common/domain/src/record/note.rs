@@ -65,6 +65,14 @@ impl NoteSigner {
         Ok(NoteSigner { name: name.to_string(), key: SigningKey::from_bytes(&seed) })
     }
 
+    /// A new key from the operating system's randomness.
+    pub fn generate(name: &str) -> Result<NoteSigner, NoteError> {
+        let mut seed = [0u8; 32];
+        rand_core::TryRngCore::try_fill_bytes(&mut rand_core::OsRng, &mut seed)
+            .map_err(|_| NoteError::Key("the operating system gave no randomness"))?;
+        NoteSigner::from_seed(name, seed)
+    }
+
     /// Reads `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>`.
     pub fn parse(text: &str) -> Result<NoteSigner, NoteError> {
         let rest =
