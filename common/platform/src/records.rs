@@ -56,7 +56,9 @@ pub async fn build_once(deps: &Deps, signer: &NoteSigner, election_id: i64) -> a
         .fetch_one(&mut *tx)
         .await
         .context("taking the record lock")?;
-    if !locked || exists(&mut tx, election_id).await? {
+    // Asked outside this transaction: its snapshot, taken with the lock,
+    // may predate the commit of a builder that held the lock just before.
+    if !locked || built(&deps.db, election_id).await? {
         return Ok(Built::Elsewhere);
     }
     let Some(election) = elections::load_tx(&mut tx, election_id).await? else { return Ok(Built::NotYet) };
