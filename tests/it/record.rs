@@ -85,6 +85,16 @@ fn python(dir: &Path, key: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// The live page's checks (broadcaster/static/record.js), run by Node's
+/// WebCrypto on a proof the API served.
+fn node_record_check(proof: &Path, receipt: &str, key: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/record_check.mjs");
+    let output =
+        Command::new("node").arg(script).arg(proof).arg(receipt).arg(key).output().expect("node runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("the script's JSON report")
+}
+
 fn scratch(app: &TestApp, what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{}-{what}", app.ns.id));
     std::fs::remove_dir_all(&dir).ok();
@@ -186,6 +196,10 @@ async fn a_final_election_gets_one_signed_record_that_both_verifiers_accept() {
         std::fs::write(&file, proof.to_string()).unwrap();
         let verdict = python(&dir, &key, &["--proof", file.to_str().unwrap(), "--receipt", receipt]);
         assert!(verdict.ends_with("the receipt's proof verifies"), "{verdict}");
+        let browser = node_record_check(&file, receipt, &key);
+        let expected = serde_json::json!({"size": 7, "inRecord": true, "tamperedPath": false,
+            "otherReceipt": false, "signed": true, "otherKey": false});
+        assert_eq!(browser, expected, "the browser's checks under Node");
         let (ok, out) = tally(
             &app,
             &["record", "prove", receipt, "--dir", dir.to_str().unwrap(), "--verifier-key", &key],
