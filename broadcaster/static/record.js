@@ -52,7 +52,8 @@
   // true or false; null where the browser has no Ed25519 in WebCrypto.
   async function verifyNote(note, verifierKey) {
     // <name>+<hex key id>+<base64(0x01 ‖ public key)>; a name holds no "+".
-    const [keyName, keyId, key] = verifierKey.trim().split("+");
+    const [keyName, keyId, ...rest] = verifierKey.trim().split("+");
+    const key = rest.join("+");
     const raw = fromBase64(key);
     if (raw[0] !== 1 || raw.length !== 33) return false;
     const expectedId = toHex((await sha256(new TextEncoder().encode(keyName + "\n"), raw)).slice(0, 4));

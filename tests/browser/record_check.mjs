@@ -19,7 +19,8 @@ if (tampered.audit_path.length > 0) {
 }
 const otherReceipt = receipt.replace(/[0-9a-f]$/, (c) => (c === "0" ? "1" : "0"));
 // The same name and key id with another key: the signature must fail.
-const [name, id, key] = verifierKey.split("+");
+const [name, id, ...rest] = verifierKey.split("+");
+const key = rest.join("+");
 const otherKey = Buffer.from(key, "base64");
 otherKey[5] ^= 1;
 

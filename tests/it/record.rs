@@ -95,6 +95,9 @@ fn node_record_check(proof: &Path, receipt: &str, key: &str) -> serde_json::Valu
     serde_json::from_slice(&output.stdout).expect("the script's JSON report")
 }
 
+/// A change made to a copy of the record's directory.
+type Tampering = Box<dyn Fn(&Path)>;
+
 fn scratch(app: &TestApp, what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{}-{what}", app.ns.id));
     std::fs::remove_dir_all(&dir).ok();
@@ -218,7 +221,7 @@ async fn a_final_election_gets_one_signed_record_that_both_verifiers_accept() {
 
     // Tampered copies: both verifiers fail, on the same check.
     let other_key = tally_domain::record::note::NoteSigner::from_seed("localhost/tally", [3; 32]).unwrap();
-    let tamperings: [(&str, Box<dyn Fn(&Path)>, &str); 4] = [
+    let tamperings: [(&str, Tampering, &str); 4] = [
         (
             "one ballot changed",
             Box::new(|d: &Path| {

@@ -44,7 +44,8 @@ def sha256(data):
 # --- C2SP signed-note -------------------------------------------------------
 
 def parse_verifier_key(text):
-    name, key_id_hex, key_b64 = text.strip().rsplit("+", 2)
+    # A name holds no "+"; the base64 key may.
+    name, key_id_hex, key_b64 = text.strip().split("+", 2)
     key = base64.b64decode(key_b64, validate=True)
     if key[:1] != b"\x01" or len(key) != 33:
         raise ValueError("not an Ed25519 verifier key")

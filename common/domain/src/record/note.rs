@@ -180,10 +180,11 @@ fn check_text(text: &str) -> Result<(), NoteError> {
     Ok(())
 }
 
-/// `<name>+<hex id>+<key>`: the name is everything before the last two `+`.
+/// `<name>+<hex id>+<key>`, cut at the first two `+`: a name has none,
+/// and the base64 key may.
 fn split_key(text: &str) -> Result<(&str, [u8; 4], &str), NoteError> {
-    let mut parts = text.rsplitn(3, '+');
-    let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(NoteError::Key("expected <name>+<key id>+<key>"));
     };
     let id = u32::from_str_radix(id, 16)
@@ -227,6 +228,15 @@ mod tests {
         let v = NoteVerifier::parse(&s.verifier().encode()).unwrap();
         assert_eq!(v, s.verifier());
         assert!(!format!("{s:?}").contains(&s.encode()[12..]), "Debug hides the key");
+    }
+
+    #[test]
+    fn a_key_whose_base64_holds_a_plus_round_trips() {
+        let plus = (0..=255u8)
+            .map(|seed| signer("a.example", seed))
+            .find(|s| s.verifier().encode().matches('+').count() > 2)
+            .unwrap();
+        assert_eq!(NoteVerifier::parse(&plus.verifier().encode()), Ok(plus.verifier()));
     }
 
     #[test]

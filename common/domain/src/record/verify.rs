@@ -206,13 +206,14 @@ pub fn verify(files: &Files, key: &NoteVerifier) -> Result<Verified, Failure> {
     })
 }
 
+/// One post's ballots file, recounted: its number of lines, and how many
+/// name each runner (`None`: abstentions).
+type Recounted = (i64, BTreeMap<Option<i64>, i64>);
+
 /// Per post: its number of lines, and the count of each line's value
 /// (`None` for an abstention). Fails `runners` on a line that names
 /// anybody but a runner of that post.
-fn recount(
-    files: &Files,
-    definition: &Definition,
-) -> Result<Vec<(i64, BTreeMap<Option<i64>, i64>)>, Failure> {
+fn recount(files: &Files, definition: &Definition) -> Result<Vec<Recounted>, Failure> {
     let mut all = Vec::new();
     for (n, post) in definition.posts.iter().enumerate() {
         let name = ballots_file(n + 1);
@@ -245,11 +246,7 @@ fn recount(
     Ok(all)
 }
 
-fn compare(
-    definition: &Definition,
-    totals: &Totals,
-    counted: &[(i64, BTreeMap<Option<i64>, i64>)],
-) -> Result<(), Failure> {
+fn compare(definition: &Definition, totals: &Totals, counted: &[Recounted]) -> Result<(), Failure> {
     if totals.election_id != definition.election_id || totals.posts.len() != definition.posts.len() {
         return fail(Check::Recount, "totals.json is not for this election's posts");
     }
