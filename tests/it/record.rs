@@ -323,3 +323,44 @@ async fn two_builders_at_once_sign_one_record() {
         .unwrap();
     assert_eq!(records, 1);
 }
+
+/// The live page's "Verify this election" in Chromium: it appears once
+/// the record exists, shows the signed checkpoint and the files, and
+/// finds a voter's receipt in the record with the browser's own SHA-256.
+#[tokio::test]
+async fn the_live_page_verifies_a_receipt_in_the_browser() {
+    let app = spawn_app().await;
+    let id = crate::helpers::insert_election(&app.db, crate::helpers::ElectionSpec::default()).await;
+    let receipts = app.ballots_from_new_voters(id, 700, 3, crate::helpers::RUNNERS[0]).await;
+    app.close(id).await;
+    eventually("the record to be built", || async {
+        let answer =
+            app.client.get(format!("{}/v1/elections/{id}/record/checkpoint", app.api)).send().await.unwrap();
+        (answer.status() == 200).then_some(())
+    })
+    .await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::create_dir_all(format!("{root}/artifacts")).unwrap();
+    let screenshot = format!("{root}/artifacts/record-page.png");
+    let output = tokio::process::Command::new("node")
+        .arg(format!("{root}/tests/browser/record_page.mjs"))
+        .arg(format!("{}/elections/{id}", app.broadcaster))
+        .arg(&app.api)
+        .arg(&receipts[1])
+        .arg(&screenshot)
+        .output()
+        .await
+        .expect("node runs (make tools installs playwright-core and Chromium)");
+    assert!(output.status.success(), "the browser check failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON report");
+    assert!(
+        report["checkpoint"].as_str().unwrap().starts_with(&format!("localhost/tally/election/{id}\n3\n"))
+    );
+    assert_eq!(report["mine"]["status"], "in-record", "{report}");
+    assert!(report["mine"]["text"].as_str().unwrap().contains("of 3"), "{report}");
+    assert_eq!(report["stranger"]["status"], "unknown");
+    assert_eq!(report["files"].as_array().unwrap().len(), 7, "{report}");
+    assert!(report["caveat"].as_str().unwrap().contains("prove little"), "{report}");
+    assert_ne!(report["signature"], "the checkpoint's signature does NOT check out");
+    assert_eq!(report["errors"], serde_json::json!([]));
+}
