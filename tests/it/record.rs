@@ -295,10 +295,9 @@ async fn a_final_election_gets_one_signed_record_that_both_verifiers_accept() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// Two builders at once (two worker replicas noticing the same final
-/// election): one signs, the other stands back, and one record is stored.
-#[tokio::test]
-async fn two_builders_at_once_sign_one_record() {
+/// An election the workers already marked final, in an app without
+/// workers: no record is built unless the test builds it.
+async fn final_without_workers() -> (TestApp, i64) {
     let app = crate::helpers::spawn_app_with(crate::helpers::API_ONLY, |_| {}).await;
     let id = crate::helpers::insert_election(&app.db, crate::helpers::ElectionSpec::default()).await;
     sqlx::query(
@@ -309,6 +308,14 @@ async fn two_builders_at_once_sign_one_record() {
     .execute(&app.db)
     .await
     .unwrap();
+    (app, id)
+}
+
+/// Two builders at once (two worker replicas noticing the same final
+/// election): one signs, the other stands back, and one record is stored.
+#[tokio::test]
+async fn two_builders_at_once_sign_one_record() {
+    let (app, id) = final_without_workers().await;
     let deps = app.deps().await;
     let signer = app.settings.record.signer().unwrap();
     let builds = (0..4).map(|_| tally_platform::records::build_once(&deps, &signer, id));
@@ -363,4 +370,35 @@ async fn the_live_page_verifies_a_receipt_in_the_browser() {
     assert!(report["caveat"].as_str().unwrap().contains("prove little"), "{report}");
     assert_ne!(report["signature"], "the checkpoint's signature does NOT check out");
     assert_eq!(report["errors"], serde_json::json!([]));
+}
+
+/// A ballot waiting in quarantine holds the record back until an
+/// operator replays or rejects it.
+#[tokio::test]
+async fn a_quarantined_ballot_holds_the_record_back() {
+    let (app, id) = final_without_workers().await;
+    let deps = app.deps().await;
+    let settings = &app.settings.nats;
+    let subject = tally_platform::nats::quarantine_subject(settings, &id.to_string());
+    let timeout = std::time::Duration::from_secs(5);
+    tally_platform::nats::publish_acked(
+        &deps.jetstream,
+        subject,
+        Default::default(),
+        "sealed".into(),
+        timeout,
+    )
+    .await
+    .unwrap();
+    let signer = app.settings.record.signer().unwrap();
+    let built = tally_platform::records::build_once(&deps, &signer, id).await.unwrap();
+    assert_eq!(built, tally_platform::records::Built::NotYet);
+    let path = format!("/v1/elections/{id}/record/checkpoint");
+    let answer = app.client.get(format!("{}{path}", app.api)).send().await.unwrap();
+    assert_eq!(code_of(answer).await, (409, "record_not_ready".into()));
+    // As `tally quarantine reject` leaves it: nothing left in quarantine.
+    let quarantine = tally_platform::nats::quarantine_stream(settings);
+    deps.jetstream.get_stream(quarantine).await.unwrap().purge().await.unwrap();
+    let built = tally_platform::records::build_once(&deps, &signer, id).await.unwrap();
+    assert_eq!(built, tally_platform::records::Built::Now);
 }
