@@ -62,6 +62,37 @@ enum Command {
     /// Accepted ballots no worker could open: list, replay or reject them.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// The signed election record: export it, check it offline, prove a receipt is in it.
+    #[command(subcommand)]
+    Record(RecordCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RecordCommand {
+    /// Write a final election's record (every file, as signed) into DIR.
+    Export {
+        election: i64,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check a record offline: signatures, file hashes, the Merkle root,
+    /// the recount and the counts. Exits non-zero naming the first failing check.
+    Verify {
+        dir: PathBuf,
+        /// `<name>+<key id>+<base64>`, from somewhere other than the record
+        /// (default: the public half of record.signing_key).
+        #[arg(long, value_name = "KEY")]
+        verifier_key: Option<String>,
+    },
+    /// Print a receipt's inclusion proof, made from DIR's receipts.txt and
+    /// checked against its signed checkpoint.
+    Prove {
+        receipt: String,
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        verifier_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,8 +124,15 @@ enum KeysCommand {
         id: String,
         /// Print the API's own pair (sealing.api_*), which proves to
         /// workers that a ballot came from the API.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "record")]
         api: bool,
+        /// Print an Ed25519 key for signing election records
+        /// (record.signing_key) and its verifier key, in signed-note format.
+        #[arg(long)]
+        record: bool,
+        /// The record key's name (default: <record.public_host>/tally).
+        #[arg(long, requires = "record")]
+        name: Option<String>,
     },
 }
 
@@ -165,7 +203,18 @@ impl Command {
             );
         }
         match self {
-            Command::Keys(KeysCommand::Generate { id, api }) => {
+            Command::Keys(KeysCommand::Generate { record: true, name, .. }) => {
+                let name = name.unwrap_or_else(|| format!("{}/tally", settings.record.public_host));
+                let signer = tally_domain::record::note::NoteSigner::generate(&name)?;
+                println!(
+                    "# The record key: the signing key to workers and the API only; publish the verifier key."
+                );
+                println!("TALLY_RECORD__SIGNING_KEY={}", signer.encode());
+                println!("# verifier key: {}", signer.verifier().encode());
+                Ok(())
+            }
+            Command::Record(command) => run_record(command, &settings).await,
+            Command::Keys(KeysCommand::Generate { id, api, .. }) => {
                 let pair = tally_domain::seal::generate();
                 if api {
                     println!("# The API's pair: the private key to the API only, the public key to workers.");
@@ -267,6 +316,26 @@ impl Command {
             }
         }
     }
+}
+
+async fn run_record(command: RecordCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        RecordCommand::Export { election, out } => {
+            let n = crate::record::export(settings, election, &out).await?;
+            println!("wrote {n} files of election {election}'s record to {}", out.display());
+        }
+        RecordCommand::Verify { dir, verifier_key } => {
+            let key = crate::record::verifier(verifier_key.as_deref(), settings)?;
+            println!("{}", crate::record::verify_dir(&dir, &key)?);
+        }
+        RecordCommand::Prove { receipt, dir, verifier_key } => {
+            let key = crate::record::verifier(verifier_key.as_deref(), settings)?;
+            let (proof, line) = crate::record::prove(&receipt, &dir, &key)?;
+            println!("{proof}");
+            println!("{line}");
+        }
+    }
+    Ok(())
 }
 
 /// The shared clients for an admin command; `None` if interrupted first.

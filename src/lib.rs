@@ -5,5 +5,6 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod health;
+pub mod record;
 pub mod registry;
 pub mod seed;

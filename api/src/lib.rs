@@ -11,6 +11,7 @@ pub mod fences;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
+pub mod record;
 pub mod state;
 
 use axum::Router;
@@ -37,7 +38,8 @@ pub use state::ApiState;
 /// process by `PerAddress::admit`, and needs no Redis to answer.
 pub fn router(state: ApiState) -> Router {
     let (limited, limited_paths) = limited_by_layer().split_for_parts();
-    let (own, own_paths) = ballots::routes_limited_in_handler().split_for_parts();
+    let (own, own_paths) =
+        ballots::routes_limited_in_handler().merge(record::routes_limited_in_handler()).split_for_parts();
     let docs = openapi::routes(openapi::document(limited_paths.merge_from(own_paths)));
     let limited = state.per_client.layer(limited.with_state(state.clone()).merge(docs));
     let routes = limited.merge(own.with_state(state.clone()));
@@ -50,6 +52,7 @@ fn limited_by_layer() -> OpenApiRouter<ApiState> {
         .merge(audit::routes())
         .merge(elections::routes())
         .merge(ballots::routes())
+        .merge(record::routes())
 }
 
 /// The api role's counters, at zero before the first event.

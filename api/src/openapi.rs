@@ -47,6 +47,7 @@ pub struct FieldProblem {
         (name = "elections", description = "Elections, eligibility and results"),
         (name = "ballots", description = "Casting a ballot and following its receipt"),
         (name = "admin", description = "Administration; needs an administrator's token"),
+        (name = "record", description = "The signed election record, and a voter's proof that their receipt is in it"),
     )
 )]
 pub struct ApiDoc;

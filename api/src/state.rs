@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use tally_domain::enrollment::EnrollmentKey;
+use tally_domain::record::note::NoteVerifier;
 use tally_domain::seal::Sealer;
 use tally_http::auth::Verifier;
 use tally_http::rate_limit::PerClient;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub receipt_key: Arc<[u8]>,
     /// The secret enrollment codes are hashed with.
     pub enrollment: EnrollmentKey,
+    /// The public half of the record key, served to anyone who checks a record.
+    pub record_key: Arc<NoteVerifier>,
 }
 
 impl ApiState {
@@ -49,7 +52,9 @@ impl ApiState {
         let receipt_limit = PerAddress::per_minute(deps.settings.limits.receipts_per_client_per_minute);
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
+        let record_key = Arc::new(deps.settings.record.verifier()?);
         Ok(ApiState(Arc::new(Shared {
+            record_key,
             receipt_key,
             enrollment,
             deps,

@@ -8,6 +8,8 @@
 #   secrets/sealing_api_public_key              workers
 #   secrets/sealing_receipt_key                 the API only (32 random bytes, base64)
 #   secrets/enrollment_key                      the API only (32 random bytes, base64)
+#   secrets/record_signing_key                  workers and the API (Ed25519, signed-note format)
+#   secrets/record_verifier_key                 to publish: what anyone checks records with
 #   secrets/nats_ca.crt                         every Tally service (trusts NATS's TLS)
 #   secrets/nats_server.crt, nats_server.key    NATS (signed by that CA, for the name `nats`)
 #   .env NATS_<IDENTITY>_PASSWORD               NATS and the one service of each identity
@@ -60,6 +62,28 @@ x25519_pair() { # name: writes secrets/<name>_private_key and secrets/<name>_pub
 }
 x25519_pair sealing
 x25519_pair sealing_api
+
+# The record key, in the signed-note format `tally keys generate --record`
+# prints (docs/record.md): PRIVATE+KEY+<name>+<key id>+<base64(0x01 ‖ seed)>,
+# the key id being the first 4 bytes of SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key).
+# The last 32 bytes of the DER encodings are the raw seed and public key.
+record_key() { # name
+  local name=$1 dir id
+  [ -f secrets/record_signing_key ] && return
+  dir=$(mktemp -d)
+  openssl genpkey -algorithm ED25519 -out "$dir/key.pem"
+  openssl pkey -in "$dir/key.pem" -outform DER | tail -c 32 > "$dir/seed"
+  openssl pkey -in "$dir/key.pem" -pubout -outform DER | tail -c 32 > "$dir/public"
+  id=$({ printf '%s\n\001' "$name"; cat "$dir/public"; } | openssl dgst -sha256 -binary | head -c 4 | od -An -tx1 | tr -d ' \n')
+  printf 'PRIVATE+KEY+%s+%s+%s\n' "$name" "$id" "$({ printf '\001'; cat "$dir/seed"; } | openssl base64 -A)" \
+    > secrets/record_signing_key
+  printf '%s+%s+%s\n' "$name" "$id" "$({ printf '\001'; cat "$dir/public"; } | openssl base64 -A)" \
+    > secrets/record_verifier_key
+  rm -rf "$dir"
+  chmod 644 secrets/record_signing_key secrets/record_verifier_key  # read by the image's non-root user
+  echo "wrote secrets/record_signing_key and secrets/record_verifier_key (publish the latter)"
+}
+record_key "${TALLY_RECORD_KEY_NAME:-localhost/tally}"
 
 # A private CA per server, for its name on the compose network: clients
 # trust only it (nats.tls_root_certificate; sslrootcert in the Postgres URL).

@@ -22,5 +22,6 @@ mod openapi;
 mod outage;
 mod pipeline;
 mod promise;
+mod record;
 mod registry;
 mod secrecy;

@@ -12,6 +12,7 @@ pub mod quarantine;
 pub mod queue_stats;
 pub mod reconcile;
 pub mod record;
+pub mod records;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ fn register_metrics() {
         "tally_worker_redeliveries_total",
         "tally_quarantined_ballots_total",
         "tally_reconcile_drift_total",
+        "tally_records_built_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -49,6 +51,9 @@ fn register_metrics() {
 
 pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
+    // Records are signed by the workers: without a key of its own,
+    // production refuses to start them.
+    let signer = deps.settings.record.signer()?;
     let reconciler = tokio::spawn(reconcile::periodically(
         deps.clone(),
         Duration::from_secs(deps.settings.workers.reconcile_interval_secs),
@@ -57,7 +62,9 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> 
     let stats = tokio::spawn(queue_stats::poll(deps.clone(), shutdown.clone()));
     let closer =
         tokio::spawn(close::periodically(deps.clone(), deps.settings.sealing.opener()?, shutdown.clone()));
+    let publisher = tokio::spawn(records::periodically(deps.clone(), signer, shutdown.clone()));
     let consumed = consume::run(&deps, &shutdown).await;
+    publisher.abort();
     reconciler.abort();
     stats.abort();
     closer.abort();

@@ -9,6 +9,7 @@ pub mod citizen;
 pub mod election;
 pub mod enrollment;
 pub mod lifecycle;
+pub mod record;
 pub mod seal;
 pub mod secret;
 pub mod visibility;

@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use tally_domain::record::note::{NoteSigner, NoteVerifier};
 use tally_domain::secret::Secret;
 
 /// The signing key a development stack uses. Production refuses it.
@@ -42,6 +43,56 @@ pub struct Settings {
     pub broadcaster: BroadcasterSettings,
     pub limits: LimitSettings,
     pub sealing: SealingSettings,
+    pub record: RecordSettings,
+}
+
+/// The election record (docs/record.md): where its origin says it comes
+/// from, and the Ed25519 key that signs every election's checkpoint and
+/// MANIFEST. Workers sign with it; the API serves its public half.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSettings {
+    /// The host in each checkpoint's origin, `<public_host>/tally/election/<id>`.
+    pub public_host: String,
+    /// `PRIVATE+KEY+<name>+<key id>+<base64>`, as `tally keys generate
+    /// --record` prints it.
+    pub signing_key: Secret,
+}
+
+/// The development record key's name and seed. Production drops it.
+const DEV_RECORD_KEY_NAME: &str = "localhost/tally-development";
+const DEV_RECORD_SEED: &str = "tally-development-record-key-never-use-in-production";
+
+impl Default for RecordSettings {
+    fn default() -> Self {
+        RecordSettings { public_host: "localhost".into(), signing_key: Secret::new(development_record_key()) }
+    }
+}
+
+fn development_record_key() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, DEV_RECORD_SEED.as_bytes());
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(digest.as_ref());
+    NoteSigner::from_seed(DEV_RECORD_KEY_NAME, seed).map(|s| s.encode()).unwrap_or_default()
+}
+
+impl RecordSettings {
+    /// The signing key; workers refuse to start without it.
+    pub fn signer(&self) -> Result<NoteSigner, ConfigError> {
+        if self.signing_key.expose().is_empty() {
+            return Err(ConfigError::new(
+                "record.signing_key",
+                "is missing; records need their own key (tally keys generate --record)",
+            ));
+        }
+        NoteSigner::parse(self.signing_key.expose())
+            .map_err(|e| ConfigError::new("record.signing_key", e.to_string()))
+    }
+
+    /// The key anyone checks records with.
+    pub fn verifier(&self) -> Result<NoteVerifier, ConfigError> {
+        self.signer().map(|s| s.verifier())
+    }
 }
 
 /// The keys ballots are sealed with (see `seal`). The API needs
@@ -479,6 +530,7 @@ impl Default for Settings {
                 live_connects_per_client_per_minute: 120,
             },
             sealing: SealingSettings::default(),
+            record: RecordSettings::default(),
         }
     }
 }
@@ -586,6 +638,9 @@ impl Settings {
             }
             if sealing.receipt_key.expose() == DEV_RECEIPT_KEY {
                 sealing.receipt_key = Secret::new("");
+            }
+            if self.record.signing_key.expose() == development_record_key() {
+                self.record.signing_key = Secret::new("");
             }
             if self.auth.enrollment_key.expose() == DEV_ENROLLMENT_KEY {
                 self.auth.enrollment_key = Secret::new("");
@@ -753,6 +808,12 @@ impl Settings {
             ));
         }
         self.sealing.validate()?;
+        if !self.record.signing_key.expose().is_empty() {
+            self.record.signer()?;
+        }
+        if self.record.public_host.is_empty() || self.record.public_host.contains(char::is_whitespace) {
+            return Err(ConfigError::new("record.public_host", "must be a host name, without spaces"));
+        }
         if self.broadcaster.max_updates_per_sec == 0 {
             return Err(ConfigError::new("broadcaster.max_updates_per_sec", "must be at least 1"));
         }
@@ -1062,6 +1123,37 @@ mod tests {
         let s =
             Settings::load_from(None, production(&[base[0], ("TALLY_AUTH__ENROLLMENT_KEY", own)])).unwrap();
         assert_eq!(s.auth.enrollment_key().unwrap(), own.as_bytes());
+    }
+
+    #[test]
+    fn production_drops_the_development_record_key_and_the_workers_then_refuse() {
+        let dev = Settings::load_from(None, vars(&[])).unwrap();
+        assert!(dev.record.signer().is_ok(), "development signs with its own key");
+        let s = Settings::load_from(
+            None,
+            production(&[("TALLY_AUTH__KEYS__K1", &"k".repeat(32)), ("TALLY_AUTH__SIGNING_KEY_ID", "k1")]),
+        )
+        .unwrap();
+        let e = s.record.signer().unwrap_err();
+        assert_eq!(e.env_var, "TALLY_RECORD__SIGNING_KEY");
+        let own = NoteSigner::from_seed("vote.example/tally", [5; 32]).unwrap().encode();
+        let dir = std::env::temp_dir().join(format!("tally-record-key-{}", std::process::id()));
+        std::fs::write(&dir, format!("{own}\n")).unwrap();
+        let s = Settings::load_from(
+            None,
+            production(&[
+                ("TALLY_AUTH__KEYS__K1", &"k".repeat(32)),
+                ("TALLY_AUTH__SIGNING_KEY_ID", "k1"),
+                ("TALLY_RECORD__SIGNING_KEY_FILE", dir.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        std::fs::remove_file(&dir).ok();
+        assert_eq!(s.record.signer().unwrap().name(), "vote.example/tally");
+        assert!(!format!("{s:?}").contains(&own[20..]), "Debug never shows the record key");
+        let bad =
+            Settings::load_from(None, vars(&[("TALLY_RECORD__SIGNING_KEY", "PRIVATE+KEY+x+00000000+AQ==")]));
+        assert_eq!(bad.unwrap_err().setting, "record.signing_key");
     }
 
     #[test]

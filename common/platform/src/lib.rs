@@ -17,6 +17,7 @@ pub mod process;
 pub mod program;
 pub mod proxies;
 pub mod readiness;
+pub mod records;
 pub mod redis;
 pub mod retry;
 pub mod round_trip;

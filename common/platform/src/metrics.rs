@@ -100,6 +100,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Ballots moved to the quarantine stream because they could not be opened or checked",
     ),
     ("tally_quarantined_ballots", Gauge, "Ballots waiting in the quarantine stream, by election"),
+    ("tally_records_built_total", Counter, "Election records built and signed by this process"),
     (
         "tally_reconcile_drift_total",
         Counter,
