@@ -81,7 +81,8 @@ impl App {
             None
         };
         let admin = bind(http.admin_addr, "http.admin_addr").await?;
-        let readiness = Readiness::default();
+        // Only workers need NATS to be of use (common/platform/src/readiness.rs).
+        let readiness = Readiness::needing_nats(roles.workers);
         let (ready_tx, ready) = watch::channel(false);
         let app = App {
             api_addr: api.as_ref().map(TcpListener::local_addr).transpose()?,
