@@ -12,10 +12,13 @@ bench=${2:-target/release/tally-bench}
 
 # The demo's whole electorate signs up and votes from 127.0.0.1, which
 # the per-address limits would otherwise stop after a handful of
-# sign-ups. Only this local stack lifts them; set them to override.
+# sign-ups; so would deploy/k6/election-day.js run against this stack,
+# whose voters also poll their receipts. Only this local stack lifts
+# them; set them to override.
 export TALLY_AUTH__SIGNUP_ATTEMPTS_PER_IP=${TALLY_AUTH__SIGNUP_ATTEMPTS_PER_IP:-1000000}
 export TALLY_AUTH__LOGIN_ATTEMPTS_PER_IP=${TALLY_AUTH__LOGIN_ATTEMPTS_PER_IP:-1000000}
 export TALLY_LIMITS__PER_CLIENT_PER_MINUTE=${TALLY_LIMITS__PER_CLIENT_PER_MINUTE:-1000000}
+export TALLY_LIMITS__RECEIPTS_PER_CLIENT_PER_MINUTE=${TALLY_LIMITS__RECEIPTS_PER_CLIENT_PER_MINUTE:-1000000}
 
 "$tally" serve &
 serve=$!

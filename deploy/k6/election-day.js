@@ -45,8 +45,11 @@ export const options = {
       rate: RATE,
       timeUnit: "1s",
       duration: `${Math.max(1, Math.ceil(voters.length / RATE))}s`,
-      preAllocatedVUs: Math.min(voters.length, RATE * 4),
-      maxVUs: Math.max(RATE * (RECEIPT_POLLS + 10), 10),
+      // A voter takes about RECEIPT_POLLS seconds (one poll a second) plus
+      // a few requests: that many arrivals are in flight at once. VUs made
+      // up front, since one started mid-run comes too late for its voter.
+      preAllocatedVUs: Math.min(voters.length, RATE * (RECEIPT_POLLS + 3)),
+      maxVUs: Math.max(RATE * (RECEIPT_POLLS + 3) * 2, 10),
       gracefulStop: `${RECEIPT_POLLS + 30}s`,
     },
   },
