@@ -71,7 +71,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn start(mut settings: Settings, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<App> {
+    pub async fn start(
+        mut settings: Settings,
+        roles: Roles,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<App> {
         let http = &settings.http;
         let api = if roles.api { Some(bind(http.api_addr, "http.api_addr").await?) } else { None };
         let broadcaster = if roles.broadcaster {

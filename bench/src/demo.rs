@@ -92,8 +92,11 @@ pub async fn run(settings: &Settings, options: Options) -> anyhow::Result<Report
         .await?;
     anyhow::ensure!(election.status == "open", "the demo election is {}, not open", election.status);
     let electorate = electorate(&db, election_id, options.voters).await?;
-    let mut report =
-        Report { election_id: election.election_id, electorate: electorate.len() as u64, ..Report::default() };
+    let mut report = Report {
+        election_id: election.election_id,
+        electorate: electorate.len() as u64,
+        ..Report::default()
+    };
     if electorate.is_empty() {
         println!("demo: every citizen of the demo registry has an account already; nothing to do");
         return Ok(report);

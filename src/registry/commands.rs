@@ -162,7 +162,13 @@ fn secret_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     options.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))
 }
 
-fn write_csv(sink: impl Write, seed: u64, first_id: i64, count: u64, progress: &Progress) -> anyhow::Result<()> {
+fn write_csv(
+    sink: impl Write,
+    seed: u64,
+    first_id: i64,
+    count: u64,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 20, sink));
     writer.write_record(COLUMNS)?;
     let mut id = itoa_buf();

@@ -23,10 +23,13 @@ impl Progress {
     /// Counting `total` things called `unit` ("bytes" shows sizes).
     pub fn new(total: u64, unit: &'static str) -> Progress {
         let terminal = std::io::stderr().is_terminal();
-        let target = if terminal { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
+        let target =
+            if terminal { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        let counts = if unit == "bytes" { "{binary_bytes}/{binary_total_bytes}" } else { "{human_pos}/{human_len}" };
-        let template = format!("{{percent:>3}}% [{{bar:30}}] {counts} {unit} · {{per_sec}} · {{eta}} left {{msg}}");
+        let counts =
+            if unit == "bytes" { "{binary_bytes}/{binary_total_bytes}" } else { "{human_pos}/{human_len}" };
+        let template =
+            format!("{{percent:>3}}% [{{bar:30}}] {counts} {unit} · {{per_sec}} · {{eta}} left {{msg}}");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -70,12 +73,20 @@ impl Progress {
     /// "42% 4,200/10,000 citizens, 1,300/s, 4s left".
     fn figures(&self) -> String {
         let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
-        let percent = if total == 0 { 100 } else { done.saturating_mul(100) / total };
+        let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
         let rate = self.bar.per_sec();
         let (done, total, rate) = if self.unit == "bytes" {
-            (HumanBytes(done).to_string(), HumanBytes(total).to_string(), format!("{}/s", HumanBytes(rate as u64)))
+            (
+                HumanBytes(done).to_string(),
+                HumanBytes(total).to_string(),
+                format!("{}/s", HumanBytes(rate as u64)),
+            )
         } else {
-            (HumanCount(done).to_string(), HumanCount(total).to_string(), format!("{}/s", HumanCount(rate as u64)))
+            (
+                HumanCount(done).to_string(),
+                HumanCount(total).to_string(),
+                format!("{}/s", HumanCount(rate as u64)),
+            )
         };
         let left = HumanDuration(self.bar.eta());
         let note = self.bar.message();

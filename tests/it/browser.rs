@@ -80,8 +80,9 @@ async fn the_api_documentation_renders_every_operation() {
 async fn a_voter_signs_up_votes_and_sees_the_receipt_recorded_on_the_voter_page() {
     let app = spawn_app().await;
     let election = insert_election(&app.db, ElectionSpec::default()).await;
-    let elsewhere = insert_election(&app.db, ElectionSpec { restriction: "@provincial:North", ..Default::default() })
-        .await;
+    let elsewhere =
+        insert_election(&app.db, ElectionSpec { restriction: "@provincial:North", ..Default::default() })
+            .await;
     let hostile = "<img src=x onerror=alert(1)>";
     sqlx::query("UPDATE citizens SET full_name = $1 WHERE citizen_id = $2")
         .bind(hostile)
@@ -121,7 +122,10 @@ async fn a_voter_signs_up_votes_and_sees_the_receipt_recorded_on_the_voter_page(
     assert!(output.status.success(), "the browser check failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON report");
     assert_eq!(report["signedInAs"], citizen.to_string());
-    assert_eq!(report["verdicts"][election.to_string()], "You may vote: choose one runner per post (or leave a post out).");
+    assert_eq!(
+        report["verdicts"][election.to_string()],
+        "You may vote: choose one runner per post (or leave a post out)."
+    );
     assert_eq!(report["verdicts"][elsewhere.to_string()], "This election is for another province.");
     assert_eq!(report["names"], serde_json::json!(["Runner 9001", hostile]), "names shown as text");
     assert_eq!(report["injected"], 0);

@@ -222,10 +222,7 @@ async fn promtool_finds_nothing_to_complain_about_in_live_metrics() {
     stdin.write_all(exported.as_bytes()).await.unwrap();
     drop(stdin);
     let output = promtool.wait_with_output().await.unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let complaints =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && complaints.trim().is_empty(), "promtool complains:\n{complaints}");
 }

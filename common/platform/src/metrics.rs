@@ -23,7 +23,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "1 when the last readiness probe of a dependency (postgres, redis, nats) succeeded",
     ),
     // The standard process metrics (`process.rs`).
-    ("process_cpu_seconds_total", Counter, "User and system CPU time this process has used, in whole seconds"),
+    (
+        "process_cpu_seconds_total",
+        Counter,
+        "User and system CPU time this process has used, in whole seconds",
+    ),
     ("process_start_time_seconds", Gauge, "When this process started, in seconds since the Unix epoch"),
     ("process_resident_memory_bytes", Gauge, "Resident memory of this process"),
     ("process_virtual_memory_bytes", Gauge, "Virtual memory of this process"),
