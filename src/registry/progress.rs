@@ -26,10 +26,12 @@ impl Progress {
         let target =
             if terminal { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        let counts =
-            if unit == "bytes" { "{binary_bytes}/{binary_total_bytes}" } else { "{human_pos}/{human_len}" };
-        let template =
-            format!("{{percent:>3}}% [{{bar:30}}] {counts} {unit} · {{per_sec}} · {{eta}} left {{msg}}");
+        // Sizes carry their own unit (2.20 MiB); counts are followed by theirs.
+        let counts = match unit {
+            "bytes" => "{binary_bytes}/{binary_total_bytes}".to_string(),
+            _ => format!("{{human_pos}}/{{human_len}} {unit}"),
+        };
+        let template = format!("{{percent:>3}}% [{{bar:30}}] {counts} · {{per_sec}} · {{eta}} left {{msg}}");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -84,14 +86,14 @@ impl Progress {
         } else {
             (
                 HumanCount(done).to_string(),
-                HumanCount(total).to_string(),
+                format!("{} {}", HumanCount(total), self.unit),
                 format!("{}/s", HumanCount(rate as u64)),
             )
         };
         let left = HumanDuration(self.bar.eta());
         let note = self.bar.message();
         let note = if note.is_empty() { String::new() } else { format!(" {note}") };
-        format!("{percent}% {done}/{total} {}, {rate}, {left} left{note}", self.unit)
+        format!("{percent}% {done}/{total}, {rate}, {left} left{note}")
     }
 }
 
@@ -110,5 +112,8 @@ mod tests {
         assert!(progress.figures().ends_with("left (3 bad rows)"), "{}", progress.figures());
         let empty = Progress::new(0, "codes");
         assert!(empty.figures().starts_with("100% 0/0 codes"), "{}", empty.figures());
+        let file = Progress::new(2 << 20, "bytes");
+        file.bar().set_position(1 << 20);
+        assert!(file.figures().starts_with("50% 1.00 MiB/2.00 MiB, "), "{}", file.figures());
     }
 }
