@@ -13,11 +13,10 @@ VENV := .venv
 
 .PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz profile-build
 
-## up: start the dependencies, migrate, seed the demo and run every role
+## up: start the dependencies, migrate, seed the demo and run every role, with
+## `tally-bench demo` voting in the demo election (DEMO_RATE per second, DEMO_VOTERS in all)
 up: services build
-	$(TALLY_RELEASE) migrate
-	$(TALLY_RELEASE) seed-demo
-	$(TALLY_RELEASE) serve
+	scripts/up.sh $(TALLY_RELEASE) target/release/tally-bench
 
 ## test: the dependencies, then formatting, lints and every test
 test: services tools fmt lint supply-chain monitoring deploy-check unit load-smoke chaos-smoke proxy-check
@@ -39,11 +38,13 @@ packages:
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## monitoring: Prometheus configuration and alert rules, with the rules' unit tests
-monitoring: packages
+## monitoring: Prometheus configuration and alert rules, with the rules' unit tests, and every
+## Grafana dashboard round-tripped through Grafana's own model (grafana-foundation-sdk, offline)
+monitoring: packages $(VENV)/.installed
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	cd deploy/prometheus && promtool test rules alerts.test.yml
+	$(VENV)/bin/python tests/tools/dashboards_roundtrip.py grafana/dashboards/*.json
 
 tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund --silent
@@ -107,12 +108,18 @@ proxy-check: services packages
 	timeout 300 $(BENCH_DEBUG) proxy --out artifacts/proxy
 
 ## deploy-check: what can be checked without a Docker engine or a cluster: docker-compose.yml
-## against the Compose specification's schema, the Dockerfile with hadolint, and the
-## Kubernetes manifests built with kustomize and validated against Kubernetes' schemas
+## against the Compose specification's schema (and its secrets script), the Dockerfile with
+## hadolint, the Kubernetes manifests built with kustomize and validated against Kubernetes'
+## schemas (the migrate Job's restricted securityContext included), the PrometheusRule against
+## deploy/prometheus/alerts.yml, and the Valkey values and PodMonitor as YAML
 deploy-check: tools
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	bash -n deploy/compose/make-secrets.sh
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet $$(ls deploy/k8s/base/*.yaml | grep -v kustomization.yaml)
+	scripts/prometheus-rule.sh --check
+	$(VENV)/bin/python -c 'import sys, yaml; [list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]' \
+	  deploy/k8s/monitoring/*.yaml deploy/k8s/dependencies/*.yaml
 	@mkdir -p artifacts
 	@if command -v kubectl >/dev/null; then \
 	  kubectl kustomize deploy/k8s/overlays/example > artifacts/k8s-example.yaml && \

@@ -31,11 +31,14 @@ export TALLY_BROADCASTER__MAX_VIEWERS_PER_IP=100000
 export TALLY_LIMITS__PER_CLIENT_PER_MINUTE=0
 export TALLY_LIMITS__RECEIPTS_PER_CLIENT_PER_MINUTE=0
 export TALLY_LIMITS__LIVE_CONNECTS_PER_CLIENT_PER_MINUTE=0
+# election-day.js signs its voters up and logs them in from this address too.
+export TALLY_AUTH__SIGNUP_ATTEMPTS_PER_IP=1000000
+export TALLY_AUTH__LOGIN_ATTEMPTS_PER_IP=1000000
 export TALLY_LOG__FILTER=warn
 
 case "$MODE" in
-  smoke) VOTERS=300; VUS=8; VIEWERS=20; WATCH_MS=8000; BROWSE="5s" ;;
-  full)  VOTERS=50000; VUS=64; VIEWERS=500; WATCH_MS=60000; BROWSE="30s" ;;
+  smoke) VOTERS=300; RATE=100; VUS=8; VIEWERS=20; WATCH_MS=8000; BROWSE="5s"; DAY_VOTERS=30; DAY_RATE=5 ;;
+  full)  VOTERS=50000; RATE=800; VUS=64; VIEWERS=500; WATCH_MS=60000; BROWSE="30s"; DAY_VOTERS=500; DAY_RATE=20 ;;
   *) echo "usage: $0 smoke|full" >&2; exit 2 ;;
 esac
 
@@ -61,16 +64,28 @@ curl -fs "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null || { cat "$WORK/serv
 
 echo "==> viewers.js and vote.js together ($VIEWERS viewers, $VOTERS voters)"
 "$K6" run --quiet -e LIVE="ws://127.0.0.1:${LIVE_PORT}" -e ELECTION="$ELECTION" -e VUS="$VIEWERS" \
-  -e WATCH_MS="$WATCH_MS" deploy/k6/viewers.js >"$WORK/viewers.txt" 2>&1 &
+  -e WATCH_MS="$WATCH_MS" --summary-export "$WORK/viewers-summary.json" deploy/k6/viewers.js \
+  >"$WORK/viewers.txt" 2>&1 &
 VIEWERS_PID=$!
 status=0
 "$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e VOTERS_FILE="$WORK/voters.json" -e VUS="$VUS" \
-  --summary-export "$WORK/vote-summary.json" deploy/k6/vote.js || status=1
+  -e RATE="$RATE" --summary-export "$WORK/vote-summary.json" deploy/k6/vote.js || status=1
 wait "$VIEWERS_PID" || status=1
 cat "$WORK/viewers.txt"
 echo "==> browse.js"
 "$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e ELECTION="$ELECTION" -e VUS="$VUS" -e DURATION="$BROWSE" \
-  deploy/k6/browse.js || status=1
+  --summary-export "$WORK/browse-summary.json" deploy/k6/browse.js || status=1
+
+# Election day over HTTP alone: citizens without accounts, their codes
+# issued as an operator would (`tally citizens codes`), in the same election.
+echo "==> election-day.js ($DAY_VOTERS citizens sign up, log in and vote)"
+FIRST_DAY=700000000
+psql -q -h 127.0.0.1 -U postgres -d "tally_${ID}" -c "INSERT INTO citizens (citizen_id, full_name, dob, pob, permanent_address, province)
+  SELECT c, 'Citizen ' || c, '1980-01-01', 'Capital', '1 Oak Street', 'Capital'
+  FROM generate_series($FIRST_DAY, $FIRST_DAY + $DAY_VOTERS - 1) AS c" >/dev/null
+"$TALLY" citizens codes --ids "$(seq -s, "$FIRST_DAY" $((FIRST_DAY + DAY_VOTERS - 1)))" >"$WORK/codes.csv"
+"$K6" run --quiet -e API="http://127.0.0.1:${API_PORT}" -e CODES_FILE="$WORK/codes.csv" -e ELECTION="$ELECTION" \
+  -e RATE="$DAY_RATE" --summary-export "$WORK/election-day-summary.json" deploy/k6/election-day.js || status=1
 
 # Workers hold at least K ballots of an open election and record them only
 # when it ends: close it as an admin's close does (the row, then the
@@ -87,8 +102,10 @@ for _ in $(seq 1 300); do
   [ -n "$FINAL" ] && break
   sleep 0.1
 done
-ACCEPTED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["root_group"]["checks"]["ballot accepted"]["passes"])' \
-  "$WORK/vote-summary.json" 2>/dev/null || echo "?")
+# Both scripts' accepted ballots, from their --summary-export files.
+ACCEPTED=$(python3 -c 'import json,sys; print(sum(json.load(open(f))["root_group"]["checks"]["ballot accepted"]["passes"] for f in sys.argv[1:]))' \
+  "$WORK/vote-summary.json" "$WORK/election-day-summary.json" 2>/dev/null || echo "?")
+mkdir -p artifacts/load && cp "$WORK"/*-summary.json artifacts/load/
 ROLL=$(sql "SELECT count(*) FROM voter_roll WHERE election_id = ${ELECTION}")
 BOX=$(sql "SELECT count(*) FROM ballot_box WHERE election_id = ${ELECTION}")
 RECEIPTS=$(sql "SELECT count(*) FROM recorded_receipts WHERE election_id = ${ELECTION}")

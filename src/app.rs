@@ -71,8 +71,11 @@ pub struct App {
 }
 
 impl App {
-    pub async fn start(settings: Settings, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<App> {
-        let settings = Arc::new(settings);
+    pub async fn start(
+        mut settings: Settings,
+        roles: Roles,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<App> {
         let http = &settings.http;
         let api = if roles.api { Some(bind(http.api_addr, "http.api_addr").await?) } else { None };
         let broadcaster = if roles.broadcaster {
@@ -81,7 +84,14 @@ impl App {
             None
         };
         let admin = bind(http.admin_addr, "http.admin_addr").await?;
-        let readiness = Readiness::default();
+        // A broadcaster given port 0 got one from the system: the voter page
+        // in this process links to that one.
+        if let Some(bound) = broadcaster.as_ref().map(TcpListener::local_addr).transpose()? {
+            settings.http.broadcaster_addr = bound;
+        }
+        let settings = Arc::new(settings);
+        // Only workers need NATS to be of use (common/platform/src/readiness.rs).
+        let readiness = Readiness::needing_nats(roles.workers);
         let (ready_tx, ready) = watch::channel(false);
         let app = App {
             api_addr: api.as_ref().map(TcpListener::local_addr).transpose()?,

@@ -99,17 +99,20 @@ enum RecordCommand {
 enum QuarantineCommand {
     /// Election, reason and key id of each quarantined ballot; opens none.
     List {
+        /// Only this election's (default: every election's).
         #[arg(long)]
         election: Option<i64>,
     },
     /// Put them back in the work queue, once workers that can open them run.
     Replay {
+        /// Only this election's (default: every election's).
         #[arg(long)]
         election: Option<i64>,
     },
     /// Reject an election's quarantined ballots as `unreadable`, so its
     /// count can be final.
     Reject {
+        /// The election whose quarantined ballots are rejected.
         #[arg(long)]
         election: i64,
     },
@@ -141,6 +144,7 @@ enum CitizensCommand {
     /// Load a CSV with a header row: citizen_id,full_name,dob,pob,permanent_address,province.
     /// All or nothing unless --skip-bad-rows.
     Import {
+        /// The registry CSV.
         file: PathBuf,
         /// Import the good rows and only report the bad ones.
         #[arg(long)]
@@ -148,8 +152,10 @@ enum CitizensCommand {
     },
     /// Write a deterministic synthetic registry as CSV (or straight into the database).
     Generate {
+        /// How many citizens to write.
         #[arg(long)]
         count: u64,
+        /// The same seed writes the same registry.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// The first citizen id; ids are consecutive from it.
@@ -182,9 +188,15 @@ enum CitizensCommand {
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
     /// Make a user an administrator.
-    Grant { citizen_id: i64 },
+    Grant {
+        /// The citizen whose account becomes an administrator's.
+        citizen_id: i64,
+    },
     /// Make an administrator a voter again and end their sessions.
-    Revoke { citizen_id: i64 },
+    Revoke {
+        /// The administrator who becomes a voter again.
+        citizen_id: i64,
+    },
 }
 
 impl Cli {
@@ -349,6 +361,7 @@ fn print_urls(app: &App) {
     if let Some(api) = app.api_addr {
         println!("API           http://{api}/v1");
         println!("API docs      http://{api}/docs");
+        println!("Voter page    http://{api}/vote");
     }
     if let Some(live) = app.broadcaster_addr {
         println!("Live results  http://{live}/");
@@ -364,5 +377,15 @@ fn command_args(command: CitizensCommand) -> RegistryCommand {
             RegistryCommand::Generate { count, seed, first_id, output, into_db }
         }
         CitizensCommand::Codes { ids, output, .. } => RegistryCommand::Codes { ids, without_account: output },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        use clap::CommandFactory;
+        let missing = tally_bench::flags_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "without help text: {missing:?}");
     }
 }

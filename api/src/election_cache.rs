@@ -90,6 +90,16 @@ impl ElectionCache {
     pub async fn reload_all(&self) -> anyhow::Result<()> {
         let all: HashMap<i64, Arc<Election>> =
             elections::load_all(&self.db).await?.into_iter().map(|e| (e.id, Arc::new(e))).collect();
+        // What workers may rightly hold back unrecorded: the alert on
+        // ballots accepted but not recorded compares against it, from
+        // this role, which outlives the workers.
+        let now = time::OffsetDateTime::now_utc();
+        let holdable: i64 = all
+            .values()
+            .filter(|e| e.status(now) == tally_domain::lifecycle::Status::Open)
+            .map(|e| i64::from(e.anonymity_set))
+            .sum();
+        metrics::gauge!("tally_ballots_holdable").set(holdable as f64);
         *self.elections.write().unwrap_or_else(|e| e.into_inner()) = all;
         Ok(())
     }

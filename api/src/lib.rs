@@ -13,6 +13,7 @@ pub mod limits;
 pub mod openapi;
 pub mod record;
 pub mod state;
+pub mod vote_page;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -41,7 +42,8 @@ pub fn router(state: ApiState) -> Router {
     let (own, own_paths) =
         ballots::routes_limited_in_handler().merge(record::routes_limited_in_handler()).split_for_parts();
     let docs = openapi::routes(openapi::document(limited_paths.merge_from(own_paths)));
-    let limited = state.per_client.layer(limited.with_state(state.clone()).merge(docs));
+    let pages = docs.merge(vote_page::routes(&state.deps.settings.http));
+    let limited = state.per_client.layer(limited.with_state(state.clone()).merge(pages));
     let routes = limited.merge(own.with_state(state.clone()));
     tally_http::middleware::public_stack(routes, &state.deps.settings.http)
 }

@@ -6,6 +6,7 @@
 pub mod ballot_client;
 pub mod chaos;
 pub mod cluster;
+pub mod demo;
 pub mod e2e;
 pub mod infra;
 pub mod kit;
@@ -79,4 +80,38 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Every flag and argument of the command tree (`tool sub --flag`)
+/// without help text, for the binaries' tests: `--help` must explain each.
+pub fn flags_without_help(command: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    walk(command, command.get_name(), &mut missing);
+    missing
+}
+
+fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        let generated = matches!(arg.get_id().as_str(), "help" | "version");
+        if !generated && arg.get_help().is_none() && arg.get_long_help().is_none() {
+            let name = arg.get_long().map_or_else(|| arg.get_id().to_string(), |long| format!("--{long}"));
+            missing.push(format!("{path} {name}"));
+        }
+    }
+    for sub in command.get_subcommands() {
+        walk(sub, &format!("{path} {}", sub.get_name()), missing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Arg, Command};
+
+    #[test]
+    fn a_flag_without_help_is_named_with_its_path() {
+        let tool = Command::new("tool")
+            .arg(Arg::new("config").long("config").help("settings"))
+            .subcommand(Command::new("sub").arg(Arg::new("rate").long("rate")).arg(Arg::new("file")));
+        assert_eq!(super::flags_without_help(&tool), ["tool sub --rate", "tool sub file"]);
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_bench::process::Tally;
-use tally_bench::{chaos, e2e, provision, viewers};
+use tally_bench::{chaos, demo, e2e, provision, viewers};
 use tally_platform::Settings;
 use tally_platform::config::Environment;
 
@@ -42,8 +42,10 @@ struct Cli {
 enum Command {
     /// N ballots through the whole stack; also the one-transaction-per-vote design for comparison.
     E2e {
+        /// Ballots cast, one per new voter.
         #[arg(long, default_value_t = 100_000)]
         voters: u64,
+        /// HTTP connections the ballots share.
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Offer ballots at this rate (per second) instead of as fast as possible.
@@ -53,10 +55,24 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         naive_votes: u64,
     },
+    /// Bring `tally seed-demo`'s election to life: citizens sign up and vote through the API at a gentle rate.
+    Demo {
+        /// The API's base URL (default: http.api_addr of the settings, on loopback if it is 0.0.0.0).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Voters started per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Citizens without an account who vote in this run; it stops once they have.
+        #[arg(long, default_value_t = 3_000)]
+        voters: u64,
+    },
     /// Write N voters' tokens and an open election as JSON, for k6.
     Provision {
+        /// Voters to make, each with an account and an access token.
         #[arg(long)]
         voters: u64,
+        /// The JSON file to write (election id, runners, tokens).
         #[arg(long)]
         output: PathBuf,
     },
@@ -71,6 +87,7 @@ enum Command {
         /// Milliseconds of steady load between faults.
         #[arg(long, default_value_t = 3000)]
         gap_ms: u64,
+        /// Live viewers connected throughout, checked for gaps.
         #[arg(long, default_value_t = 20)]
         viewers: usize,
         /// Directory for the per-voter log and the processes' logs.
@@ -79,6 +96,7 @@ enum Command {
     },
     /// The API offered twice what it can take, the stream filled to its limit; every 202 still recorded.
     Overload {
+        /// How long the API is offered more than it can take.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
         /// The share of one core the system under test may use (a CPU
@@ -88,29 +106,37 @@ enum Command {
         /// Fail when the client offers less than this multiple of the capacity.
         #[arg(long, default_value_t = 1.8)]
         min_offer_ratio: f64,
+        /// Directory for the report and the processes' logs.
         #[arg(long, default_value = "artifacts/overload")]
         out: PathBuf,
     },
     /// nginx (deploy/nginx/tally.conf) in front of two replicas of each role; one API replica killed mid-run.
     Proxy {
+        /// Ballots cast through the proxy, one per new voter.
         #[arg(long, default_value_t = 2000)]
         voters: u64,
+        /// Ballots offered per second.
         #[arg(long, default_value_t = 150)]
         rate: u32,
+        /// Live viewers connected through the proxy.
         #[arg(long, default_value_t = 10)]
         viewers: usize,
+        /// The nginx configuration under test (checked with nginx -t first).
         #[arg(long, default_value = "deploy/nginx/tally.conf")]
         nginx_conf: PathBuf,
+        /// Directory for the report and the processes' logs.
         #[arg(long, default_value = "artifacts/proxy")]
         out: PathBuf,
     },
     /// K WebSocket viewers on one broadcaster process while tallies change.
     Viewers {
+        /// WebSocket viewers to connect.
         #[arg(long, default_value_t = 10_000)]
         viewers: usize,
         /// New tally versions per second (each viewer gets at most the broadcaster's cap).
         #[arg(long, default_value_t = 20)]
         updates_per_sec: u32,
+        /// How long the viewers watch.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
@@ -132,8 +158,8 @@ async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Re
             "tally-bench makes synthetic citizens and accounts; it refuses to run with TALLY_ENV=production"
         );
     }
-    // Provisioning writes straight to the database; everything else starts the binary.
-    if !matches!(command, Command::Provision { .. }) {
+    // Provisioning and the demo need no binary; everything else starts one.
+    if !matches!(command, Command::Provision { .. } | Command::Demo { .. }) {
         anyhow::ensure!(
             tally.bin.is_file(),
             "no tally binary at {} (build it, or give --tally PATH)",
@@ -145,6 +171,12 @@ async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Re
             let options = e2e::Options { voters, connections, rate, naive_votes };
             let report = e2e::run(settings, tally, options).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Demo { api, rate, voters } => {
+            let api = api.unwrap_or_else(|| demo::local_api(settings.http.api_addr));
+            let report = demo::run(settings, demo::Options { api, rate, voters }).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Provision { voters, output } => {
@@ -192,4 +224,14 @@ fn verdict(
     println!("{}", serde_json::to_string_pretty(report)?);
     anyhow::ensure!(passed, "the {what} found {violations} violations");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        let missing = tally_bench::flags_without_help(&super::Cli::command());
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Writes .env and the files under secrets/ with random values for
-# `docker compose up`, unless they already exist. None is committed.
+# Writes the files under secrets/ with random values for `docker compose
+# up`, unless they already exist. None is committed. Every password is a
+# file handed to its services as a Compose secret, never an environment
+# variable; a password an older .env held is kept, so existing volumes
+# keep working.
 #   secrets/jwt_signing_key                     API and workers
 #   secrets/sealing_private_key                 workers only (X25519, key id `main`)
 #   secrets/sealing_public_key                  the API
@@ -12,30 +15,58 @@
 #   secrets/record_verifier_key                 to publish: what anyone checks records with
 #   secrets/nats_ca.crt                         every Tally service (trusts NATS's TLS)
 #   secrets/nats_server.crt, nats_server.key    NATS (signed by that CA, for the name `nats`)
-#   .env NATS_<IDENTITY>_PASSWORD               NATS and the one service of each identity
+#   secrets/nats_<identity>_password            one per NATS identity; NATS reads them all
+#                                               from secrets/nats_passwords, each role its URL
 #   secrets/postgres_ca.crt                     every Tally service (verifies Postgres's TLS)
 #   secrets/postgres_server.crt, .key           Postgres (for the name `postgres`)
-#   .env POSTGRES_APP_PASSWORD                  Postgres and the serving roles (tally_app)
+#   secrets/postgres_password                   Postgres (owner `tally`), migrate, the exporter
+#   secrets/postgres_app_password               Postgres and the serving roles (tally_app)
+#   secrets/redis_password                      Redis, the roles, the exporter
+#   secrets/grafana_admin_password              Grafana
+#   secrets/database_url, database_owner_url, redis_url, nats_url_<identity>
+#                                               the URLs Tally reads (TALLY_*_FILE), made
+#                                               from the passwords above on every run
 # The sealing pairs are what `tally keys generate` prints: 32 raw bytes,
 # base64url without padding. Rotation: docs/operations.md, "Sealing keys".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 random() { openssl rand -hex 32; }
-if [ ! -f .env ]; then
-  printf 'POSTGRES_PASSWORD=%s\nREDIS_PASSWORD=%s\nGRAFANA_ADMIN_PASSWORD=%s\n' "$(random)" "$(random)" "$(random)" > .env
-  chmod 600 .env
-  echo "wrote .env"
-fi
-# One NATS password per identity (deploy/nats/authorization.conf) and the
-# Postgres application role's, added to an older .env too.
-for variable in NATS_PROVISION_PASSWORD NATS_API_PASSWORD NATS_WORKERS_PASSWORD \
-                NATS_BROADCASTER_PASSWORD NATS_QUARANTINE_PASSWORD POSTGRES_APP_PASSWORD; do
-  if ! grep -q "^${variable}=" .env; then
-    printf '%s=%s\n' "$variable" "$(random)" >> .env
-    echo "added ${variable} to .env"
-  fi
-done
 mkdir -p secrets
+# Files the containers' users read (several run as non-root users).
+write() { # file, value
+  printf '%s' "$2" > "$1"
+  chmod 644 "$1"
+}
+from_env() { [ -f .env ] && sed -n "s/^$1=//p" .env | head -n 1; }
+password() { # name, the variable an older .env held it in
+  local file="secrets/$1" value
+  [ -f "$file" ] && return
+  value=$(from_env "$2" || true)
+  write "$file" "${value:-$(random)}"
+  echo "wrote $file"
+}
+password postgres_password POSTGRES_PASSWORD
+password postgres_app_password POSTGRES_APP_PASSWORD
+password redis_password REDIS_PASSWORD
+password grafana_admin_password GRAFANA_ADMIN_PASSWORD
+identities="provision api workers broadcaster quarantine"
+for identity in $identities; do
+  password "nats_${identity}_password" "NATS_${identity^^}_PASSWORD"
+done
+# Derived, so rewritten every run: NATS's environment file and Tally's URLs.
+secret() { cat "secrets/$1"; }
+: > secrets/nats_passwords
+for identity in $identities; do
+  printf 'NATS_%s_PASSWORD=%s\n' "${identity^^}" "$(secret "nats_${identity}_password")" >> secrets/nats_passwords
+done
+chmod 644 secrets/nats_passwords
+tls_pg="sslmode=verify-full&sslrootcert=/run/secrets/postgres_ca"
+write secrets/database_url "postgres://tally_app:$(secret postgres_app_password)@postgres:5432/tally?${tls_pg}"
+write secrets/database_owner_url "postgres://tally:$(secret postgres_password)@postgres:5432/tally?${tls_pg}"
+write secrets/redis_url "redis://:$(secret redis_password)@redis:6379"
+for identity in provision api workers broadcaster; do
+  write "secrets/nats_url_${identity}" "tls://${identity}:$(secret "nats_${identity}_password")@nats:4222"
+done
 if [ ! -f secrets/jwt_signing_key ]; then
   random > secrets/jwt_signing_key
   chmod 644 secrets/jwt_signing_key  # read by the image's non-root user

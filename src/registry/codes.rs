@@ -77,6 +77,17 @@ pub async fn issue_without_account(
     Ok(issued)
 }
 
+/// How many citizens a mailing run would issue codes to now.
+pub async fn without_account(pool: &PgPool) -> anyhow::Result<u64> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM citizens c LEFT JOIN users u USING (citizen_id) WHERE u.enrolled_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .context("counting citizens without an account")?;
+    Ok(count.max(0) as u64)
+}
+
 async fn store(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     key: &EnrollmentKey,

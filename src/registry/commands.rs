@@ -12,6 +12,7 @@ use tally_platform::Settings;
 use super::generate::citizens;
 use super::import::{COLUMNS, import};
 use super::load::{BATCH, insert_batch};
+use super::progress::Progress;
 
 pub enum RegistryCommand {
     Import {
@@ -41,11 +42,17 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
         RegistryCommand::Import { file, skip_bad_rows } => {
             let pool = tally_platform::postgres::pool(&settings.database)?;
             let input = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let size = input.metadata().map(|m| m.len()).unwrap_or(0);
             let started = Instant::now();
-            let report = import(&pool, std::io::BufReader::new(input), skip_bad_rows, |rows| {
-                eprintln!("… {rows} rows read");
+            // The share of the file read so far is the share done.
+            let progress = Progress::new(size, "bytes");
+            let input = std::io::BufReader::new(progress.bar().wrap_read(input));
+            let report = import(&pool, input, skip_bad_rows, |rows| {
+                progress.note(format!("({} rows)", indicatif::HumanCount(rows)));
             })
-            .await?;
+            .await;
+            progress.finish();
+            let report = report?;
             for bad in report.bad.iter().take(BAD_ROWS_SHOWN) {
                 eprintln!("{}:{}: {}", file.display(), bad.line, bad.reason);
             }
@@ -88,10 +95,11 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
                 Some(path) => {
                     let started = Instant::now();
                     let mut out = std::io::BufWriter::new(secret_file(&path)?);
-                    let issued = super::codes::issue_without_account(&pool, &key, &mut out, |n| {
-                        eprintln!("… {n} codes issued");
-                    })
-                    .await?;
+                    let progress = Progress::new(super::codes::without_account(&pool).await?, "codes");
+                    let issued =
+                        super::codes::issue_without_account(&pool, &key, &mut out, |n| progress.set(n)).await;
+                    progress.finish();
+                    let issued = issued?;
                     println!(
                         "{issued} codes written to {} in {:.1}s; mail them, then delete the file",
                         path.display(),
@@ -105,6 +113,7 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
             let started = Instant::now();
             if into_db {
                 let pool = tally_platform::postgres::pool(&settings.database)?;
+                let progress = Progress::new(count, "citizens");
                 let mut added = 0;
                 let mut next = first_id;
                 let mut left = count;
@@ -114,7 +123,9 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
                     added += insert_batch(&pool, &chunk).await?;
                     next += n as i64;
                     left -= n;
+                    progress.set(count - left);
                 }
+                progress.finish();
                 println!("{added} new citizens in {:.1}s", started.elapsed().as_secs_f64());
             } else {
                 let sink: Box<dyn Write> = match &output {
@@ -124,7 +135,10 @@ pub async fn run(command: RegistryCommand, settings: &Settings) -> anyhow::Resul
                     ),
                     None => Box::new(std::io::stdout().lock()),
                 };
-                write_csv(sink, seed, first_id, count)?;
+                let progress = Progress::new(count, "citizens");
+                let written = write_csv(sink, seed, first_id, count, &progress);
+                progress.finish();
+                written?;
                 if let Some(path) = output {
                     eprintln!(
                         "{count} citizens written to {} in {:.1}s",
@@ -148,11 +162,20 @@ fn secret_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     options.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))
 }
 
-fn write_csv(sink: impl Write, seed: u64, first_id: i64, count: u64) -> anyhow::Result<()> {
+fn write_csv(
+    sink: impl Write,
+    seed: u64,
+    first_id: i64,
+    count: u64,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 20, sink));
     writer.write_record(COLUMNS)?;
     let mut id = itoa_buf();
-    for c in citizens(seed, first_id, count) {
+    for (n, c) in citizens(seed, first_id, count).enumerate() {
+        if n % 10_000 == 0 {
+            progress.set(n as u64);
+        }
         let dob = c.dob.to_string();
         writer.write_record([
             id.format(c.citizen_id),

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod generate;
 pub mod import;
 pub mod load;
+pub mod progress;
 
 use time::Date;
 

@@ -168,7 +168,7 @@ async fn health_readiness_and_metrics_on_the_admin_port() {
     let text = metrics.text().await.expect("text");
     assert!(text.contains("tally_http_requests_total"), "{text}");
     assert!(text.contains("tally_dependency_up"), "{text}");
-    assert!(text.contains("tally_process_resident_memory_bytes"), "{text}");
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
     assert!(!text.contains("/nowhere"), "raw paths never become labels");
 }
 
@@ -193,6 +193,43 @@ async fn readyz_is_not_ready_while_a_dependency_is_unreachable() {
     assert_eq!(body["checks"]["redis"], "connecting");
     assert_eq!(body["checks"]["postgres"], "ok");
     app.stop().await.expect("stops while still connecting");
+}
+
+/// Only workers need NATS: an API and a broadcaster whose NATS is down are
+/// ready and serve reads (so a NATS outage keeps the results pages up),
+/// while a worker process is not ready.
+#[tokio::test]
+async fn readiness_needs_nats_only_for_workers() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let without_nats = |s: &mut tally_platform::Settings| {
+        s.nats.url = tally_domain::secret::Secret::new(format!("nats://{closed}"));
+    };
+    let ns = Namespace::new();
+    let cleanup = std::sync::Arc::new(Cleanup(ns.clone()));
+    let db = ns.create_database().await;
+    let mut settings = ns.settings();
+    without_nats(&mut settings);
+    let roles = Roles { api: true, workers: false, broadcaster: true };
+    let readers = crate::helpers::start(ns, settings, roles, db, cleanup).await;
+    let ready = readers.client.get(format!("{}/readyz", readers.admin)).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_ne!(body["checks"]["nats"], "ok", "NATS is reported, though not required: {body}");
+    let list = readers.client.get(format!("{}/v1/elections", readers.api)).send().await.expect("list");
+    assert_eq!(list.status(), 200, "the API's reads work without NATS");
+    let live = readers.client.get(format!("{}/v1/live/elections", readers.broadcaster)).send().await.unwrap();
+    assert_eq!(live.status(), 200, "the live page's list works without NATS");
+
+    let workers = tally::app::App::start(
+        readers.settings.clone(),
+        Roles { api: false, workers: true, broadcaster: false },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("starts without NATS");
+    let ready = readers.client.get(format!("http://{}/readyz", workers.admin_addr)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "workers are not ready without NATS");
+    workers.stop().await.expect("stops while still connecting");
 }
 
 #[tokio::test]

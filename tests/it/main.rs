@@ -5,6 +5,7 @@
 mod audit;
 mod broadcast;
 mod browser;
+mod demo;
 mod elections;
 mod enrollment;
 mod exhaustion;

@@ -45,7 +45,7 @@ fn register_metrics() {
         ],
     );
     zero_counters("tally_worker_failures_total", "stage", &["postgres", "redis", "nats"]);
-    metrics::gauge!("tally_reconcile_drift").set(0.0);
+    metrics::gauge!("tally_reconcile_last_drift").set(0.0);
     metrics::gauge!("tally_ballots_held").set(0.0);
 }
 

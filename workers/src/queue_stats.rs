@@ -29,7 +29,7 @@ pub async fn poll(deps: Deps, shutdown: CancellationToken) {
     }
 }
 
-/// `tally_quarantined_ballots{election}`: what the quarantine holds now,
+/// `tally_quarantine_waiting_ballots{election}`: what the quarantine holds now,
 /// per election, so the alert can name the election that cannot be final.
 /// An election seen before and now empty is set to zero, not dropped.
 async fn sample_quarantine(deps: &Deps, seen: &mut HashSet<String>) -> anyhow::Result<()> {
@@ -40,11 +40,11 @@ async fn sample_quarantine(deps: &Deps, seen: &mut HashSet<String>) -> anyhow::R
     let mut now = HashSet::new();
     while let Some((subject, count)) = subjects.try_next().await? {
         let election = subject.rsplit('.').next().unwrap_or_default().to_string();
-        metrics::gauge!("tally_quarantined_ballots", "election" => election.clone()).set(count as f64);
+        metrics::gauge!("tally_quarantine_waiting_ballots", "election" => election.clone()).set(count as f64);
         now.insert(election);
     }
     for gone in seen.difference(&now) {
-        metrics::gauge!("tally_quarantined_ballots", "election" => gone.clone()).set(0.0);
+        metrics::gauge!("tally_quarantine_waiting_ballots", "election" => gone.clone()).set(0.0);
     }
     seen.extend(now);
     Ok(())

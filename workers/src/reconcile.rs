@@ -63,7 +63,7 @@ pub async fn reconcile(deps: &Deps, election: Option<i64>) -> anyhow::Result<Rep
         report.drift += drift;
         report.repaired += tallies::apply(&deps.redis, &deps.keys, &[totals], &[], true).await?;
     }
-    metrics::gauge!("tally_reconcile_drift").set(report.drift as f64);
+    metrics::gauge!("tally_reconcile_last_drift").set(report.drift as f64);
     metrics::counter!("tally_reconcile_drift_total").increment(report.drift.max(0) as u64);
     if report.drift > 0 {
         tracing::warn!(

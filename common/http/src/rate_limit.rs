@@ -114,7 +114,7 @@ impl PerClient {
             return None;
         }
         let key = self.key(client);
-        Some(trip.ask("the per-client limit", |pipe| limits::add_to(pipe, &key, self.quota)))
+        Some(limits::ask(trip, "the per-client limit", &key, self.quota))
     }
 
     /// Counts one request of `client` on a round trip of its own.

@@ -311,6 +311,10 @@ pub struct HttpSettings {
     /// Origins (`https://results.example.org`) whose pages may call the
     /// API from a browser. Empty: CORS is off and browsers refuse them.
     pub cors_allowed_origins: Vec<String>,
+    /// Where the voter page (`/vote`) links for live results, such as
+    /// `https://results.example.org` or `/` behind a proxy that serves
+    /// both. Unset: this host on the broadcaster's port.
+    pub live_page_url: Option<String>,
     /// PEM certificate chain and private key: with both, the API and
     /// broadcaster serve HTTPS (with HSTS); without, plain HTTP for use
     /// behind a TLS-terminating proxy.
@@ -484,6 +488,7 @@ impl Default for Settings {
                 trusted_proxies: Vec::new(),
                 ipv6_client_prefix: 64,
                 cors_allowed_origins: Vec::new(),
+                live_page_url: None,
                 tls_certificate: None,
                 tls_private_key: None,
                 header_read_timeout_ms: 10_000,

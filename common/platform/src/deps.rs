@@ -49,8 +49,13 @@ impl Deps {
         readiness.set_redis(redis.clone());
         let js = crate::nats::jetstream(nats.clone(), &settings.nats);
         // Looked up, never created: serving identities may not change
-        // streams. Waited for, since `tally migrate` may still be running.
-        if until_ok("nats streams", shutdown, || crate::streams::require(&js, &settings.nats)).await.is_none()
+        // streams. Waited for, since `tally migrate` may still be running,
+        // by a process that needs NATS; one that does not (an API or a
+        // broadcaster alone) starts without it and serves what it can.
+        if readiness.needs_nats()
+            && until_ok("nats streams", shutdown, || crate::streams::require(&js, &settings.nats))
+                .await
+                .is_none()
         {
             return Ok(None);
         }

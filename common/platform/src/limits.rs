@@ -4,9 +4,15 @@
 //! `period` allows bursts of up to `limit` and refills smoothly.
 //!
 //! The script reads Redis's own clock, so replicas with skewed clocks
-//! still agree.
+//! still agree. It is sent by its hash (`EVALSHA`, `redis::Script`), and
+//! loaded again when a restarted Redis has forgotten it.
+
+use std::sync::LazyLock;
+
+use redis::Script;
 
 use crate::redis::Redis;
+use crate::round_trip::{Reply, RoundTrip};
 
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
@@ -24,6 +30,12 @@ end
 redis.call('SET', KEYS[1], next_tat, 'PX', next_tat - now)
 return {1, math.floor((now + tolerance - next_tat) / interval), 0, next_tat - now}
 ";
+
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
+
+/// What the script answers: allowed (1 or 0), remaining, and the
+/// milliseconds until a retry and until the quota is full again.
+pub type GcraReply = (i64, i64, i64, i64);
 
 /// `limit` requests per `period_secs`; a limit of 0 turns the check off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +78,15 @@ impl Decision {
     }
 }
 
-/// Appends one check to a pipeline; read its reply with [`read`].
-pub fn add_to(pipe: &mut redis::Pipeline, key: &str, quota: Quota) {
-    pipe.cmd("EVAL").arg(GCRA).arg(1).arg(key).arg(quota.interval_ms()).arg(quota.limit);
+/// Queues one check in a round trip, named `what`; read its reply with [`read`].
+pub fn ask(trip: &mut RoundTrip, what: &'static str, key: &str, quota: Quota) -> Reply<GcraReply> {
+    let mut invocation = GCRA_SCRIPT.key(key);
+    invocation.arg(quota.interval_ms()).arg(quota.limit);
+    trip.ask_script(what, &GCRA_SCRIPT, &invocation)
 }
 
 /// Turns a pipeline reply from [`add_to`] into a decision.
-pub fn read(quota: Quota, (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64)) -> Decision {
+pub fn read(quota: Quota, (allowed, remaining, retry_ms, reset_ms): GcraReply) -> Decision {
     let secs = |ms: i64| (ms.max(0) as u64).div_ceil(1000);
     Decision {
         allowed: allowed == 1,
@@ -94,14 +108,13 @@ pub async fn check(redis: &Redis, key: &str, quota: Quota) -> anyhow::Result<Dec
     if quota.is_off() {
         return Ok(Decision::unlimited());
     }
-    let mut pipe = redis::pipe();
-    add_to(&mut pipe, key, quota);
-    let mut redis = redis.clone();
-    let (reply,): ((i64, i64, i64, i64),) = tokio::time::timeout(CHECK_WITHIN, pipe.query_async(&mut redis))
+    let mut trip = RoundTrip::new();
+    let reply = ask(&mut trip, "the rate limit", key, quota);
+    let replies = tokio::time::timeout(CHECK_WITHIN, trip.send(redis))
         .await
         .map_err(|_| anyhow::anyhow!("rate limit check: no answer within {CHECK_WITHIN:?}"))?
         .map_err(|e| anyhow::anyhow!("rate limit check: {e}"))?;
-    Ok(read(quota, reply))
+    Ok(read(quota, replies.read(reply)?))
 }
 
 #[cfg(test)]

@@ -22,9 +22,18 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Gauge,
         "1 when the last readiness probe of a dependency (postgres, redis, nats) succeeded",
     ),
-    ("tally_process_cpu_seconds", Gauge, "CPU time this process has used, user and system"),
-    ("tally_process_resident_memory_bytes", Gauge, "Resident memory of this process"),
-    ("tally_process_open_fds", Gauge, "Open file descriptors of this process"),
+    // The standard process metrics (`process.rs`).
+    (
+        "process_cpu_seconds_total",
+        Counter,
+        "User and system CPU time this process has used, in whole seconds",
+    ),
+    ("process_start_time_seconds", Gauge, "When this process started, in seconds since the Unix epoch"),
+    ("process_resident_memory_bytes", Gauge, "Resident memory of this process"),
+    ("process_virtual_memory_bytes", Gauge, "Virtual memory of this process"),
+    ("process_threads", Gauge, "Operating-system threads of this process"),
+    ("process_open_fds", Gauge, "Open file descriptors of this process"),
+    ("process_max_fds", Gauge, "The most file descriptors this process may open"),
     // HTTP listeners
     ("tally_http_requests_total", Counter, "HTTP requests answered, by route template, method and status"),
     (
@@ -77,6 +86,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Histogram(Unit::Seconds),
         "Time from publishing a ballot to its PubAck",
     ),
+    (
+        "tally_ballots_holdable",
+        Gauge,
+        "Ballots workers may hold back unrecorded: the anonymity sets of the open elections (every 30 s)",
+    ),
     // Workers
     ("tally_votes_recorded_total", Counter, "Ballots recorded in Postgres"),
     (
@@ -99,7 +113,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
         Counter,
         "Ballots moved to the quarantine stream because they could not be opened or checked",
     ),
-    ("tally_quarantined_ballots", Gauge, "Ballots waiting in the quarantine stream, by election"),
+    ("tally_quarantine_waiting_ballots", Gauge, "Ballots waiting in the quarantine stream, by election"),
     ("tally_records_built_total", Counter, "Election records built and signed by this process"),
     (
         "tally_reconcile_drift_total",
@@ -107,7 +121,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Tally entries reconcile found differing between Redis and Postgres, summed over passes",
     ),
     (
-        "tally_reconcile_drift",
+        "tally_reconcile_last_drift",
         Gauge,
         "Tally entries that differed between Redis and Postgres at the last reconcile pass",
     ),

@@ -1,5 +1,8 @@
-//! Whether this process is ready: every dependency answers now, and its
-//! roles have started and are not draining.
+//! Whether this process is ready: every dependency its roles need answers
+//! now, and its roles have started and are not draining. Only the workers
+//! need NATS to be ready: an API whose NATS is down still serves every
+//! read (its ballots get 503 on their own), and a broadcaster never uses
+//! it, so a NATS outage must not take them out of their load balancers.
 //!
 //! Probes run on each request, so readiness tells the truth after a
 //! dependency is lost, not only at start-up.
@@ -16,13 +19,23 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `/readyz` probes. Each handle is filled in once its dependency is
 /// first reached; until then it reports `connecting`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Readiness {
     inner: Arc<Handles>,
 }
 
+/// Every dependency needed: what admin commands and tests that run every
+/// role expect.
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::needing_nats(true)
+    }
+}
+
 #[derive(Default)]
 struct Handles {
+    /// NATS counts towards readiness (and start-up waits for its streams).
+    needs_nats: bool,
     postgres: OnceLock<PgPool>,
     redis: OnceLock<Redis>,
     nats: OnceLock<async_nats::Client>,
@@ -31,6 +44,15 @@ struct Handles {
 }
 
 impl Readiness {
+    /// A process whose roles need NATS (`true` when it runs workers).
+    pub fn needing_nats(needs_nats: bool) -> Readiness {
+        Readiness { inner: Arc::new(Handles { needs_nats, ..Handles::default() }) }
+    }
+
+    pub fn needs_nats(&self) -> bool {
+        self.inner.needs_nats
+    }
+
     pub fn set_postgres(&self, pool: PgPool) {
         let _ = self.inner.postgres.set(pool);
     }
@@ -64,7 +86,8 @@ impl Readiness {
                 0.0
             });
         }
-        let ready = [postgres, redis, nats, roles].iter().all(|s| *s == "ok");
+        let nats_ok = nats == "ok" || !self.inner.needs_nats;
+        let ready = nats_ok && [postgres, redis, roles].iter().all(|s| *s == "ok");
         let body = serde_json::json!({
             "status": if ready { "ready" } else { "not_ready" },
             "checks": { "postgres": postgres, "redis": redis, "nats": nats, "roles": roles },

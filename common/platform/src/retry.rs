@@ -4,22 +4,30 @@
 use std::future::Future;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
+/// Doubling delays with jitter (`backon`): each delay is the doubled one
+/// plus a random part of up to as much again, so a hundred processes that
+/// lost a dependency together do not all knock again in the same instant.
 pub struct Backoff {
-    next: Duration,
+    delays: ExponentialBackoff,
     max: Duration,
 }
 
 impl Backoff {
     pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff { next: first, max }
+        let delays = ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Backoff { delays, max }
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
+        self.delays.next().unwrap_or(self.max)
     }
 }
 
@@ -62,9 +70,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_its_ceiling() {
+    fn backoff_doubles_up_to_its_ceiling_with_jitter_on_top() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let delays: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 350, 350]);
+        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        for (delay, base) in delays.iter().zip([100, 200, 350, 350, 350]) {
+            assert!((base..2 * base).contains(delay), "{delays:?}");
+        }
+    }
+
+    #[test]
+    fn processes_that_fail_together_spread_their_retries() {
+        let firsts: std::collections::HashSet<u128> =
+            (0..20).map(|_| Backoff::default().next_delay().as_millis()).collect();
+        assert!(firsts.len() > 5, "20 backoffs gave only {firsts:?}");
     }
 }
