@@ -9,6 +9,8 @@
 #   scripts/profile.sh NAME            # docs/perf/NAME.svg and NAME.txt
 #
 # env: N voters (200000), D seconds of load (20), C connections (128),
+# STACKS=dwarf to unwind a build without frame pointers (heavier, sampled
+# at 199 Hz),
 # PROFILED_TALLY (target/profiling/tally), PROFILED_BENCH (target/profiling/tally-bench).
 # Needs wrk, perf (linux-perf) and inferno (cargo install inferno).
 set -euo pipefail
@@ -69,7 +71,8 @@ TOKENS=$S/tokens ELECTION=$ELECTION RUNNER=$RUNNER \
   wrk -t2 -c"$C" -d"${D}s" --latency -s "$S/cast.lua" http://127.0.0.1:18480 >"$S/wrk.txt" 2>&1 &
 W=$!
 sleep 3
-perf record -a -g -e cpu-clock -o "$S/perf.data" -- sleep $((D - 6)) 2>"$S/perf.log"
+if [ "${STACKS:-}" = dwarf ]; then stacks=(--call-graph dwarf,16384 -F 199); else stacks=(-g); fi
+perf record -a "${stacks[@]}" -e cpu-clock -o "$S/perf.data" -- sleep $((D - 6)) 2>"$S/perf.log"
 wait $W
 prev=-1; rows=$(q "select count(*) from voter_roll where election_id=$ELECTION")
 while [ "$rows" != "$prev" ]; do prev=$rows; sleep 1; rows=$(q "select count(*) from voter_roll where election_id=$ELECTION"); done

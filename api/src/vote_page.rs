@@ -11,6 +11,8 @@ use tally_platform::config::HttpSettings;
 const PAGE: &str = include_str!("../static/vote.html");
 const SCRIPT: &str = include_str!("../static/vote.js");
 const STYLE: &str = include_str!("../static/vote.css");
+/// Asks the record's checks (`tally_http::assets`) about the receipt shown.
+const RECORD_CHECK: &str = include_str!("../static/vote-record.js");
 
 /// Only our own files and our own API; no inline script or style, no
 /// forms posted by the browser itself (the script sends them), no framing.
@@ -39,6 +41,11 @@ pub fn routes(http: &HttpSettings) -> Router {
         )
         .route("/vote/vote.js", get(|| async { document(SCRIPT, "text/javascript; charset=utf-8") }))
         .route("/vote/vote.css", get(|| async { document(STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/vote/record.js",
+            get(|| async { document(tally_http::assets::RECORD_SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route("/vote/vote-record.js", get(|| async { document(RECORD_CHECK, "text/javascript; charset=utf-8") }))
 }
 
 /// Where the page links for live results: `http.live_page_url` if set,

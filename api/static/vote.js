@@ -5,8 +5,8 @@
 
 // Checks run on a receipt once it is shown: each is called with
 // (receipt, electionId, container) and may add what it finds to the
-// container. A later check against the published election record
-// registers itself here: `window.TallyVote.receiptChecks.push(check)`.
+// container. The check against the published election record
+// (vote-record.js) registers itself here.
 window.TallyVote = { receiptChecks: [] };
 
 const REASONS = {
@@ -155,7 +155,9 @@ function ballotForm(election) {
 function showReceipt(receipt, electionId) {
   show("receipt");
   $("receipt-id").textContent = receipt;
-  $("live-link").href = liveUrl(electionId);
+  // A receipt looked up without signing in does not name its election.
+  $("live-link").hidden = electionId === null;
+  if (electionId !== null) $("live-link").href = liveUrl(electionId);
   $("receipt-checks").replaceChildren();
   for (const check of window.TallyVote.receiptChecks) check(receipt, electionId, $("receipt-checks"));
   const update = async () => {
@@ -219,5 +221,12 @@ $("logout").addEventListener("click", async () => {
 
 $("back").addEventListener("click", () => {
   stopPolling();
+  if (session === null) return show("welcome");
   showElections().catch((e) => problem(e.message));
+});
+
+$("lookup").addEventListener("submit", (event) => {
+  event.preventDefault();
+  problem("");
+  showReceipt(fields(event.target).receipt.trim(), null);
 });

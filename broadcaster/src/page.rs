@@ -15,8 +15,6 @@ use crate::BroadcasterState;
 const INDEX: &str = include_str!("../static/index.html");
 const ELECTION: &str = include_str!("../static/election.html");
 const SCRIPT: &str = include_str!("../static/live.js");
-/// The record checks (WebCrypto), apart so that other pages can use them.
-const RECORD_SCRIPT: &str = include_str!("../static/record.js");
 const STYLE: &str = include_str!("../static/live.css");
 
 /// Only our own files; the socket goes back to where the page came from.
@@ -43,7 +41,7 @@ pub async fn election(Path(_id): Path<i64>) -> Response {
 pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     match file.as_str() {
         "live.js" => Ok(document(SCRIPT, "text/javascript; charset=utf-8")),
-        "record.js" => Ok(document(RECORD_SCRIPT, "text/javascript; charset=utf-8")),
+        "record.js" => Ok(document(tally_http::assets::RECORD_SCRIPT, "text/javascript; charset=utf-8")),
         "live.css" => Ok(document(STYLE, "text/css; charset=utf-8")),
         _ => Err(ApiError::not_found("not_found")),
     }

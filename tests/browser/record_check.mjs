@@ -1,11 +1,11 @@
-// Runs the browser's record checks (broadcaster/static/record.js) under
+// Runs the browser's record checks (common/http/static/record.js) under
 // Node's WebCrypto against a real proof, a tampered one, and the signed
 // checkpoint. Usage: node record_check.mjs PROOF.json RECEIPT VERIFIER_KEY
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const [, , proofFile, receipt, verifierKey] = process.argv;
-await import(fileURLToPath(new URL("../../broadcaster/static/record.js", import.meta.url)));
+await import(fileURLToPath(new URL("../../common/http/static/record.js", import.meta.url)));
 const { verifyInclusion, verifyNote, parseCheckpoint } = globalThis.TallyRecord;
 const proof = JSON.parse(readFileSync(proofFile, "utf8"));
 

@@ -65,10 +65,15 @@ try {
   }
   await page.waitForFunction(() => document.getElementById("receipt-status").textContent === "recorded", null,
     { timeout: 30000 });
+  // The election is still open, so its record does not exist yet.
+  await page.click("#receipt-checks button");
+  await page.waitForFunction(() => document.getElementById("record-answer").dataset.status !== undefined, null,
+    { timeout: 10000 });
+  const record = await page.$eval("#record-answer", (s) => s.dataset.status);
   await page.screenshot({ path: screenshot, fullPage: true });
   const receiptLink = await page.$eval("#live-link", (a) => a.href);
   console.log(JSON.stringify({ signedInAs, verdicts, names, injected, liveLink, receipt, first,
-    last: await page.textContent("#receipt-status"), receiptLink, errors }));
+    last: await page.textContent("#receipt-status"), receiptLink, record, errors }));
 } finally {
   await browser.close();
 }

@@ -134,6 +134,8 @@ async fn a_voter_signs_up_votes_and_sees_the_receipt_recorded_on_the_voter_page(
     assert_eq!(report["receiptLink"], live);
     assert_eq!(report["first"], "pending", "held until more ballots arrive");
     assert_eq!(report["last"], "recorded");
+    // The record check is wired to the proof route: an open election has none yet.
+    assert_eq!(report["record"], "not-ready");
     assert_eq!(app.settled(report["receipt"].as_str().unwrap()).await["status"], "recorded");
     assert_eq!(report["errors"], serde_json::json!([]));
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000, "a screenshot was saved");

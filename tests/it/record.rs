@@ -85,7 +85,7 @@ fn python(dir: &Path, key: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// The live page's checks (broadcaster/static/record.js), run by Node's
+/// The live page's checks (common/http/static/record.js), run by Node's
 /// WebCrypto on a proof the API served.
 fn node_record_check(proof: &Path, receipt: &str, key: &str) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/record_check.mjs");

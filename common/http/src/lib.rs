@@ -6,6 +6,7 @@
 //! `tally-domain`.
 
 pub mod admin;
+pub mod assets;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
