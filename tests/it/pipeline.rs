@@ -206,10 +206,9 @@ async fn a_second_ballot_counts_once_whenever_and_wherever_it_arrives() {
     assert_eq!(pg, cached);
 }
 
-#[tokio::test]
-async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
-    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 3).await;
-    let election = insert_election(&app.db, ElectionSpec::default()).await;
+/// Ten ballots cast, then taken by a worker that records them in Postgres
+/// and dies before writing Redis or acking. Their receipts.
+async fn record_and_die(app: &crate::helpers::TestApp, election: i64) -> Vec<String> {
     let mut receipts = Vec::new();
     for citizen in 130..140 {
         let voter = app.voter(citizen).await;
@@ -217,8 +216,6 @@ async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
             receipt_of(app.cast(&voter.access, election, &[RUNNERS[(citizen % 2) as usize]]).await).await,
         );
     }
-
-    // A worker that commits the batch and dies before acking.
     let deps = app.deps().await;
     let opener = app.settings.sealing.opener().unwrap();
     let consumer = tally_workers::consume::consumer(&deps).await.unwrap();
@@ -231,24 +228,63 @@ async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
     assert_eq!(commands.len(), 10);
     let outcome = tally_workers::record::record(&deps.db, &commands, &[]).await.unwrap();
     assert_eq!(outcome.voters.len(), 10);
+    receipts
+}
 
-    // A healthy worker gets the same messages again after the ack wait;
-    // the election ends, so it holds none of them back.
-    app.close(election).await;
+/// Once the stream is empty: every ballot recorded once, and Redis
+/// holding what Postgres does (the dead worker never wrote it).
+async fn counted_once_in_postgres_and_redis(
+    app: &crate::helpers::TestApp,
+    election: i64,
+    receipts: &[String],
+) {
+    for receipt in receipts {
+        assert_eq!(app.settled(receipt).await["status"], "recorded");
+    }
+    let (pg, cached) = app.totals(election).await;
+    assert_eq!(pg, vec![(RUNNERS[0], 5), (RUNNERS[1], 5)]);
+    assert_eq!(cached, pg, "Redis rewritten from Postgres");
+    let ballots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ballot_box").fetch_one(&app.db).await.unwrap();
+    assert_eq!(ballots, 10);
+}
+
+#[tokio::test]
+async fn a_batch_recorded_but_never_acked_is_redelivered_and_counted_once() {
+    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 3).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let receipts = record_and_die(&app, election).await;
+
+    // A healthy worker gets the same messages again after the ack wait.
+    // The election stays open: recorded ballots are settled at once, never
+    // held, and once it ended the closer's sweep could remove them before
+    // the redelivery came (the next test), and this one would prove nothing
+    // of redelivery.
+    let deps = app.deps().await;
     let _workers = app.another_instance(WORKERS_ONLY).await;
     eventually("the redelivered batch to be acked", || async {
         (app.queued(&deps).await == 0).then_some(())
     })
     .await;
-    for receipt in &receipts {
-        assert_eq!(app.settled(receipt).await["status"], "recorded");
-    }
-    let (pg, cached) = app.totals(election).await;
-    assert_eq!(pg, vec![(RUNNERS[0], 5), (RUNNERS[1], 5)]);
-    assert_eq!(cached, pg, "Redis rewritten from Postgres on redelivery");
-    let ballots: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ballot_box").fetch_one(&app.db).await.unwrap();
-    assert_eq!(ballots, 10);
+    counted_once_in_postgres_and_redis(&app, election, &receipts).await;
+}
+
+#[tokio::test]
+async fn a_batch_recorded_but_never_acked_and_swept_after_the_end_still_reaches_redis() {
+    // An ack wait far beyond `eventually`'s deadline: nothing is redelivered
+    // in time, so only the closer's sweep can empty the stream.
+    let app = spawn_app_with(API_ONLY, |s| s.nats.ack_wait_secs = 120).await;
+    let election = insert_election(&app.db, ElectionSpec::default()).await;
+    let receipts = record_and_die(&app, election).await;
+
+    app.close(election).await;
+    let deps = app.deps().await;
+    let _workers = app.another_instance(WORKERS_ONLY).await;
+    eventually("the settled leftovers to be swept", || async {
+        (app.queued(&deps).await == 0).then_some(())
+    })
+    .await;
+    counted_once_in_postgres_and_redis(&app, election, &receipts).await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tally_domain::ballot::VoteCommand;
 use tally_domain::seal::Opener;
-use tally_platform::{Deps, fence, nats};
+use tally_platform::{Deps, fence, nats, tallies};
 use tokio_util::sync::CancellationToken;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -98,7 +98,8 @@ const SWEEP_AT_MOST: usize = 2_000;
 /// no worker is given them again, and left there they would keep the
 /// election from being final, and the hold from knowing when it has
 /// every straggler. One not settled is left alone: it is being held or
-/// is yet to be delivered.
+/// is yet to be delivered. One settled may still be owed its Redis write,
+/// which the sweep then makes in its place.
 async fn sweep(
     deps: &Deps,
     opener: &Opener,
@@ -122,11 +123,22 @@ async fn sweep(
     }
     let commands: Vec<&VoteCommand> = found.iter().map(|(_, c)| c).collect();
     let settled = crate::consume::settled_receipts(deps, &commands).await?;
-    for (sequence, command) in &found {
-        if settled.contains(&command.receipt) {
-            votes.delete_message(*sequence).await.map_err(|e| anyhow::anyhow!("removing a leftover: {e}"))?;
-            tracing::info!(election, sequence, "a settled ballot left in the stream was removed");
-        }
+    let leftovers: Vec<u64> =
+        found.iter().filter(|(_, c)| settled.contains(&c.receipt)).map(|(sequence, _)| *sequence).collect();
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    // Settled in Postgres is not yet in Redis: a leftover may be unacked
+    // because its worker died between recording and writing Redis, and
+    // only its redelivery would have rewritten the tally (see `commit`).
+    // Removed, it is never redelivered, so Redis is rewritten here first,
+    // from Postgres; the version guard leaves a newer tally alone.
+    if let Some(totals) = crate::reconcile::committed(deps, election).await? {
+        tallies::apply(&deps.redis, &deps.keys, &[totals], &[], false).await?;
+    }
+    for sequence in leftovers {
+        votes.delete_message(sequence).await.map_err(|e| anyhow::anyhow!("removing a leftover: {e}"))?;
+        tracing::info!(election, sequence, "a settled ballot left in the stream was removed");
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ async fn expire_settled(deps: &Deps, election_id: i64) -> anyhow::Result<()> {
 /// An election's version, turnout and runners' votes as of one commit:
 /// read in one snapshot, or a commit landing between two reads would pair
 /// one version's turnout with the next one's votes.
-async fn committed(deps: &Deps, election_id: i64) -> anyhow::Result<Option<Totals>> {
+pub(crate) async fn committed(deps: &Deps, election_id: i64) -> anyhow::Result<Option<Totals>> {
     let mut tx = deps.db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let head: Option<(i64, i64)> =
