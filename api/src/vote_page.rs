@@ -45,7 +45,10 @@ pub fn routes(http: &HttpSettings) -> Router {
             "/vote/record.js",
             get(|| async { document(tally_http::assets::RECORD_SCRIPT, "text/javascript; charset=utf-8") }),
         )
-        .route("/vote/vote-record.js", get(|| async { document(RECORD_CHECK, "text/javascript; charset=utf-8") }))
+        .route(
+            "/vote/vote-record.js",
+            get(|| async { document(RECORD_CHECK, "text/javascript; charset=utf-8") }),
+        )
 }
 
 /// Where the page links for live results: `http.live_page_url` if set,
