@@ -87,7 +87,7 @@ pub async fn build_once(deps: &Deps, signer: &NoteSigner, election_id: i64) -> a
     let recorded = read(&mut tx, &election).await?;
     let files = build(
         recorded,
-        &deps.settings.record.public_host,
+        deps.settings.record.origin_host()?,
         signer,
         &mut rand_core::UnwrapErr(rand_core::OsRng),
     )?;
