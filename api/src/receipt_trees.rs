@@ -42,7 +42,7 @@ impl<T> ReceiptTrees<T> {
         let built = slot.get_or_try_init(|| async { build().await.map(Arc::new) }).await.cloned();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if built.is_err() {
-            slots.retain(|(_, kept)| !(Arc::ptr_eq(kept, &slot) && !kept.initialized()));
+            slots.retain(|(_, kept)| !Arc::ptr_eq(kept, &slot) || kept.initialized());
         }
         while slots.len() > self.kept {
             let Some(at) = slots.iter().position(|(_, kept)| kept.initialized() && !Arc::ptr_eq(kept, &slot))
