@@ -216,7 +216,10 @@ impl Command {
         }
         match self {
             Command::Keys(KeysCommand::Generate { record: true, name, .. }) => {
-                let name = name.unwrap_or_else(|| format!("{}/tally", settings.record.public_host));
+                let name = match name {
+                    Some(name) => name,
+                    None => format!("{}/tally", settings.record.origin_host()?),
+                };
                 let signer = tally_domain::record::note::NoteSigner::generate(&name)?;
                 println!(
                     "# The record key: the signing key to workers and the API only; publish the verifier key."

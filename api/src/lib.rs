@@ -11,6 +11,7 @@ pub mod fences;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
+pub mod receipt_trees;
 pub mod record;
 pub mod state;
 pub mod vote_page;

@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tally_domain::record::proof::{self, parse_receipts};
+use tally_domain::record::proof::parse_receipts;
+use tally_domain::record::receipt_tree::ReceiptTree;
 use tally_domain::record::{self as formats, CHECKPOINT, RECEIPTS};
 use tally_http::client_ip::ClientIp;
 use tally_http::{ApiError, Json, Path};
@@ -131,17 +132,8 @@ pub async fn receipt_proof(
             ApiError::not_found("receipt_not_found").with_detail("no recorded ballot has this receipt")
         );
     };
-    let (Some(receipts), Some(checkpoint)) = (
-        records::file(&state.deps.db, election, RECEIPTS).await?,
-        records::file(&state.deps.db, election, CHECKPOINT).await?,
-    ) else {
-        return Err(not_ready());
-    };
-    let receipts = parse_receipts(&String::from_utf8_lossy(&receipts)).ok_or_else(|| {
-        ApiError::internal(anyhow::anyhow!("election {election}: receipts.txt does not parse"))
-    })?;
-    let checkpoint = String::from_utf8_lossy(&checkpoint);
-    let proof = proof::prove(election, &receipts, &receipt.into_bytes(), &checkpoint).ok_or_else(|| {
+    let tree = state.receipt_trees.get_or_build(election, || receipt_tree(&state, election)).await?;
+    let proof = tree.prove(&receipt.into_bytes()).ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!(
             "election {election}: a recorded receipt is missing from its record"
         ))
@@ -153,4 +145,25 @@ pub async fn receipt_proof(
         audit_path: proof.audit_path,
         checkpoint: proof.checkpoint,
     }))
+}
+
+/// The election's receipt tree, hashed from its stored record: the one
+/// pass over every receipt, made once per process (`ReceiptTrees`).
+async fn receipt_tree(state: &ApiState, election: i64) -> Result<ReceiptTree, ApiError> {
+    let (Some(receipts), Some(checkpoint)) = (
+        records::file(&state.deps.db, election, RECEIPTS).await?,
+        records::file(&state.deps.db, election, CHECKPOINT).await?,
+    ) else {
+        return Err(not_ready());
+    };
+    // Off the request threads: a million receipts hash for about a second.
+    let tree = tokio::task::spawn_blocking(move || {
+        let receipts = parse_receipts(&String::from_utf8_lossy(&receipts))?;
+        Some(ReceiptTree::new(election, receipts, String::from_utf8_lossy(&checkpoint).into_owned()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("hashing a receipt tree: {e}")))?;
+    tree.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("election {election}: receipts.txt does not parse"))
+    })
 }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use tally_domain::enrollment::EnrollmentKey;
 use tally_domain::record::note::NoteVerifier;
+use tally_domain::record::receipt_tree::ReceiptTree;
 use tally_domain::seal::Sealer;
 use tally_http::auth::Verifier;
 use tally_http::rate_limit::PerClient;
@@ -12,6 +13,7 @@ use tally_platform::auth::{Passwords, TokenKeys};
 use crate::election_cache::ElectionCache;
 use crate::fences::Fences;
 use crate::limits::PerAddress;
+use crate::receipt_trees::{self, ReceiptTrees};
 
 /// What every handler of the api role reads, built once per process.
 /// Handlers get it by reference counting: axum hands each request its
@@ -38,6 +40,9 @@ pub struct Shared {
     pub enrollment: EnrollmentKey,
     /// The public half of the record key, served to anyone who checks a record.
     pub record_key: Arc<NoteVerifier>,
+    /// Published records' receipt trees, so a proof is not a pass over
+    /// every receipt.
+    pub receipt_trees: Arc<ReceiptTrees<ReceiptTree>>,
 }
 
 impl ApiState {
@@ -66,6 +71,7 @@ impl ApiState {
             per_client,
             receipt_limit,
             fences: Fences::default(),
+            receipt_trees: Arc::new(ReceiptTrees::new(receipt_trees::ELECTIONS_KEPT)),
         })))
     }
 }

@@ -311,6 +311,30 @@ async fn final_without_workers() -> (TestApp, i64) {
     (app, id)
 }
 
+/// An election nobody could vote in (one runner per post) is final but
+/// never gets a record: the workers' rounds pass it by instead of trying
+/// again every few seconds for ever.
+#[tokio::test]
+async fn an_uncontested_final_election_is_passed_by() {
+    let (app, id) = final_without_workers().await;
+    let deps = app.deps().await;
+    assert!(
+        tally_platform::records::unbuilt(&app.db).await.unwrap().contains(&id),
+        "contested: one to build"
+    );
+    sqlx::query("DELETE FROM runners WHERE election_id = $1 AND citizen_id = $2")
+        .bind(id)
+        .bind(crate::helpers::RUNNERS[1])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(!tally_platform::records::unbuilt(&app.db).await.unwrap().contains(&id));
+    let signer = app.settings.record.signer().unwrap();
+    let built = tally_platform::records::build_once(&deps, &signer, id).await.unwrap();
+    assert_eq!(built, tally_platform::records::Built::Never);
+    assert!(!tally_platform::records::built(&app.db, id).await.unwrap());
+}
+
 /// Two builders at once (two worker replicas noticing the same final
 /// election): one signs, the other stands back, and one record is stored.
 #[tokio::test]

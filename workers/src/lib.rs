@@ -51,9 +51,10 @@ fn register_metrics() {
 
 pub async fn run(deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
-    // Records are signed by the workers: without a key of its own,
-    // production refuses to start them.
+    // Records are signed by the workers: without a key and a public host
+    // of its own, production refuses to start them.
     let signer = deps.settings.record.signer()?;
+    deps.settings.record.origin_host()?;
     let reconciler = tokio::spawn(reconcile::periodically(
         deps.clone(),
         Duration::from_secs(deps.settings.workers.reconcile_interval_secs),

@@ -1,5 +1,6 @@
 //! Publishing election records: every few seconds, each worker builds the
-//! record of any final election that lacks one. Finality is the workers'
+//! record of any final election that lacks one (a cancelled or
+//! uncontested election never gets one, so it is not even looked at). Finality is the workers'
 //! own mark (`close`), so the role that sets it is the one that notices
 //! it; the lock in `records::build_once` lets one worker sign.
 
@@ -26,7 +27,7 @@ pub async fn periodically(deps: Deps, signer: NoteSigner, shutdown: Cancellation
     }
 }
 
-/// One round over the final elections without a record.
+/// One round over the final elections still to get a record.
 pub async fn step(deps: &Deps, signer: &NoteSigner) -> anyhow::Result<()> {
     for election in records::unbuilt(&deps.db).await? {
         if records::build_once(deps, signer, election).await? == Built::Now {

@@ -52,7 +52,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordSettings {
-    /// The host in each checkpoint's origin, `<public_host>/tally/election/<id>`.
+    /// The host in each checkpoint's origin, `<public_host>/tally/election/<id>`:
+    /// where voters reach Tally. Production drops the "localhost" default,
+    /// and the workers then refuse to start (`origin_host`).
     pub public_host: String,
     /// `PRIVATE+KEY+<name>+<key id>+<base64>`, as `tally keys generate
     /// --record` prints it.
@@ -93,6 +95,32 @@ impl RecordSettings {
     pub fn verifier(&self) -> Result<NoteVerifier, ConfigError> {
         self.signer().map(|s| s.verifier())
     }
+
+    /// The host records name as their origin; workers refuse to start
+    /// without one. A record signed as "localhost" names no server anyone
+    /// can find, and once signed it cannot be renamed.
+    pub fn origin_host(&self) -> Result<&str, ConfigError> {
+        if self.public_host.is_empty() {
+            return Err(ConfigError::new(
+                "record.public_host",
+                "is missing or names this machine; production needs the host voters reach Tally at",
+            ));
+        }
+        Ok(&self.public_host)
+    }
+}
+
+/// Whether `host` (with or without a port) names the machine itself.
+fn names_this_machine(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() && !name.ends_with(':') => name,
+        _ => &host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 /// The keys ballots are sealed with (see `seal`). The API needs
@@ -647,6 +675,9 @@ impl Settings {
             if self.record.signing_key.expose() == development_record_key() {
                 self.record.signing_key = Secret::new("");
             }
+            if names_this_machine(&self.record.public_host) {
+                self.record.public_host = String::new();
+            }
             if self.auth.enrollment_key.expose() == DEV_ENROLLMENT_KEY {
                 self.auth.enrollment_key = Secret::new("");
             }
@@ -816,7 +847,8 @@ impl Settings {
         if !self.record.signing_key.expose().is_empty() {
             self.record.signer()?;
         }
-        if self.record.public_host.is_empty() || self.record.public_host.contains(char::is_whitespace) {
+        // Empty here is production's dropped "localhost": the workers refuse it.
+        if self.record.public_host.contains(|c: char| c.is_whitespace() || c == '/') {
             return Err(ConfigError::new("record.public_host", "must be a host name, without spaces"));
         }
         if self.broadcaster.max_updates_per_sec == 0 {
@@ -1159,6 +1191,25 @@ mod tests {
         let bad =
             Settings::load_from(None, vars(&[("TALLY_RECORD__SIGNING_KEY", "PRIVATE+KEY+x+00000000+AQ==")]));
         assert_eq!(bad.unwrap_err().setting, "record.signing_key");
+    }
+
+    #[test]
+    fn production_drops_a_local_public_host_and_the_workers_then_refuse() {
+        let dev = Settings::load_from(None, vars(&[])).unwrap();
+        assert_eq!(dev.record.origin_host().unwrap(), "localhost", "development names itself");
+        let auth = [("TALLY_AUTH__KEYS__K1", "k".repeat(32)), ("TALLY_AUTH__SIGNING_KEY_ID", "k1".into())];
+        let with_host = |host: Option<&str>| {
+            let mut extra: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            extra.extend(host.map(|h| ("TALLY_RECORD__PUBLIC_HOST", h)));
+            Settings::load_from(None, production(&extra)).unwrap()
+        };
+        for local in [None, Some("localhost"), Some("LOCALHOST:8000"), Some("127.0.0.1"), Some("[::1]:443")] {
+            let e = with_host(local).record.origin_host().unwrap_err();
+            assert_eq!(e.env_var, "TALLY_RECORD__PUBLIC_HOST", "{local:?}");
+        }
+        assert_eq!(with_host(Some("vote.example.org")).record.origin_host().unwrap(), "vote.example.org");
+        let slashed = Settings::load_from(None, vars(&[("TALLY_RECORD__PUBLIC_HOST", "a/b")]));
+        assert_eq!(slashed.unwrap_err().setting, "record.public_host");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use tally_domain::lifecycle::Status;
 use tally_domain::record::Files;
 use tally_domain::record::build::{Recorded, build};
 use tally_domain::record::note::NoteSigner;
@@ -19,11 +20,18 @@ use crate::{Deps, elections, nats};
 /// election: the two-key form never meets the workers' one-key holds.
 const BUILD_LOCK_CLASS: i32 = 6962;
 
-/// Final, not cancelled, and without a record yet.
+/// Final elections that lack a record and will get one: not those
+/// cancelled, and not those uncontested (no post with two runners), which
+/// count as cancelled from their start (`lifecycle::Schedule`). Final
+/// means started, and runners change only before the start, so an
+/// uncontested final election stays so: asking about it again each round
+/// would be work for nothing, for ever.
 pub async fn unbuilt(db: &PgPool) -> anyhow::Result<Vec<i64>> {
     sqlx::query_scalar(
         "SELECT e.election_id FROM elections e
          WHERE e.final_at IS NOT NULL AND e.cancelled_at IS NULL
+           AND EXISTS (SELECT 1 FROM runners r WHERE r.election_id = e.election_id
+                       GROUP BY r.post HAVING count(*) >= 2)
            AND NOT EXISTS (SELECT 1 FROM election_records r WHERE r.election_id = e.election_id)
          ORDER BY e.election_id",
     )
@@ -40,6 +48,8 @@ pub enum Built {
     Elsewhere,
     /// Not final, or ballots still wait in quarantine.
     NotYet,
+    /// Cancelled, or uncontested at its start: it never gets a record.
+    Never,
 }
 
 /// Builds and stores the record of `election_id` if it is final and has
@@ -62,7 +72,11 @@ pub async fn build_once(deps: &Deps, signer: &NoteSigner, election_id: i64) -> a
         return Ok(Built::Elsewhere);
     }
     let Some(election) = elections::load_tx(&mut tx, election_id).await? else { return Ok(Built::NotYet) };
-    if !election.is_final(election.status(OffsetDateTime::now_utc())) {
+    let status = election.status(OffsetDateTime::now_utc());
+    if status == Status::Cancelled {
+        return Ok(Built::Never);
+    }
+    if !election.is_final(status) {
         return Ok(Built::NotYet);
     }
     // Final already implies an empty quarantine; a ballot quarantined
@@ -73,7 +87,7 @@ pub async fn build_once(deps: &Deps, signer: &NoteSigner, election_id: i64) -> a
     let recorded = read(&mut tx, &election).await?;
     let files = build(
         recorded,
-        &deps.settings.record.public_host,
+        deps.settings.record.origin_host()?,
         signer,
         &mut rand_core::UnwrapErr(rand_core::OsRng),
     )?;

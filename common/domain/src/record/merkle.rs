@@ -25,7 +25,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// The largest power of two smaller than `n` (n > 1): where RFC 6962
 /// splits a tree into a full left part and the rest.
-fn split(n: usize) -> usize {
+pub(crate) fn split(n: usize) -> usize {
     let mut k = 1;
     while k << 1 < n {
         k <<= 1;

@@ -3,9 +3,10 @@
 //! in it without taking Tally's word (docs/record.md).
 //!
 //! Pure formats only: the files' contents (`contents`, `build`), the
-//! RFC 6962 tree over the receipts (`merkle`, `proof`), the C2SP
-//! checkpoint and signed notes (`checkpoint`, `note`), the MANIFEST
-//! (`manifest`), and the offline check of a whole record (`verify`).
+//! RFC 6962 tree over the receipts (`merkle`, `proof`, and `receipt_tree`,
+//! its hashes kept for serving proofs), the C2SP checkpoint and signed
+//! notes (`checkpoint`, `note`), the MANIFEST (`manifest`), and the
+//! offline check of a whole record (`verify`).
 //! Reading Postgres and storing the files is `tally-platform`'s.
 
 pub mod build;
@@ -15,6 +16,7 @@ pub mod manifest;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+pub mod receipt_tree;
 pub mod verify;
 
 #[cfg(test)]
