@@ -5,9 +5,13 @@
 //! closed, and the clock stops at the tally that the close flush
 //! publishes. Then the same machine and schema with the naive design: one
 //! synchronous Postgres transaction per vote.
+//!
+//! With `viewers`, that many WebSocket viewers watch the election on the
+//! stack's broadcaster from before the first ballot, and the report adds
+//! when the tally counting each ballot reached them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -18,6 +22,7 @@ use uuid::Uuid;
 
 use crate::ballot_client::BallotClient;
 use crate::kit::{cancel, close};
+use crate::live::{self, Audience, Watch};
 use crate::process::Tally;
 use crate::provision::{RUNNERS, next_voter_id, open_election, provision};
 use crate::{Latencies, free_port, serve_ready};
@@ -29,6 +34,8 @@ pub struct Options {
     pub rate: Option<u32>,
     /// Ballots for the naive comparison (0 to skip it).
     pub naive_votes: u64,
+    /// WebSocket viewers of the election (0: none).
+    pub viewers: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -55,8 +62,25 @@ pub struct Report {
     pub api_p999_ms: Option<f64>,
     pub visible_p50_ms: Option<f64>,
     pub visible_p99_ms: Option<f64>,
+    /// Only with viewers, so a run without them reports as it always did.
+    #[serde(flatten)]
+    pub viewers: Option<ViewerReport>,
     pub naive_votes_per_sec: Option<f64>,
     pub pipeline_over_naive: Option<f64>,
+}
+
+/// Accept-to-viewer: from the k-th 202 until a viewer first receives a
+/// frame whose turnout counts k ballots, over every viewer and ballot. Like
+/// accept-to-visible it includes the workers' hold of K ballots, and also
+/// the broadcaster's cap on frames per viewer per second.
+#[derive(Serialize)]
+pub struct ViewerReport {
+    pub viewers: usize,
+    /// Viewers that did not connect, or whose connection ended early;
+    /// the quantiles are over the others.
+    pub viewers_dropped: u64,
+    pub viewer_p50_ms: Option<f64>,
+    pub viewer_p99_ms: Option<f64>,
 }
 
 pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow::Result<Report> {
@@ -68,12 +92,28 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     let provisioned = provision(settings, options.voters, first).await?;
     let election = provisioned.election_id;
 
-    let (api, admin) = (free_port()?, free_port()?);
-    let settings_for_stack = [
+    let (api, live_port, admin) = (free_port()?, free_port()?, free_port()?);
+    let mut settings_for_stack = vec![
         ("TALLY_HTTP__API_ADDR", format!("127.0.0.1:{api}")),
-        ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{}", free_port()?)),
+        ("TALLY_HTTP__BROADCASTER_ADDR", format!("127.0.0.1:{live_port}")),
     ];
+    if options.viewers > 0 {
+        // They all come from this one address.
+        settings_for_stack
+            .push(("TALLY_BROADCASTER__MAX_VIEWERS_PER_IP", (options.viewers + 100).to_string()));
+    }
     let _stack = serve_ready(tally, "api,workers,broadcaster", admin, &settings_for_stack).await?;
+
+    // Attached before the tally subscription below, whose wait for the
+    // next event would otherwise include the connecting.
+    let reached: Vec<Arc<AtomicI64>> = (0..options.viewers).map(|_| Arc::default()).collect();
+    let mut audience = (options.viewers > 0).then(|| {
+        let watches = reached.iter().map(|r| Turnouts { reached: r.clone(), steps: Vec::new() });
+        Audience::start(&live::url(live_port, election), watches)
+    });
+    if let Some(audience) = &audience {
+        audience.wait_connected(Duration::from_secs(120)).await;
+    }
 
     // Every tally event: when, and how many ballots it counts.
     let client = tally_platform::redis::client(&settings.redis)?;
@@ -168,6 +208,24 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     let counted_before_close = tally_platform::tallies::read(&redis, &keys, election).await?.turnout;
     close(&db, &redis, &keys, election).await?;
     let seen = events.await?;
+    let watched = match &mut audience {
+        Some(audience) => {
+            // The final frame follows the final tally within the
+            // broadcaster's gap between frames; waiting longer only costs
+            // time, as a viewer's steps are timed as they arrive.
+            let everyone = accepted_at.len() as i64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let behind = reached.iter().filter(|r| r.load(Ordering::Relaxed) < everyone).count();
+                if behind as u64 <= audience.dropped() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            audience.stop().await
+        }
+        None => Vec::new(),
+    };
     let tallied_at = seen.iter().find(|(_, turnout)| *turnout >= accepted_at.len() as i64).map(|(at, _)| *at);
     let seconds = tallied_at.map_or(f64::NAN, |at| (at - started).as_secs_f64());
     let close_to_tally_ms =
@@ -176,14 +234,10 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     // The k-th accepted ballot is visible once a tally counts k ballots.
     accepted_at.sort();
     let visible = Latencies::default();
-    let mut e = 0;
-    for (k, accepted) in accepted_at.iter().enumerate() {
-        while e < seen.len() && seen[e].1 < (k + 1) as i64 {
-            e += 1;
-        }
-        if let Some((at, _)) = seen.get(e) {
-            visible.record(at.saturating_duration_since(*accepted));
-        }
+    record_visible(&accepted_at, &seen, &visible);
+    let on_viewers = Latencies::default();
+    for watch in &watched {
+        record_visible(&accepted_at, &watch.steps, &on_viewers);
     }
 
     let mut report = Report {
@@ -202,6 +256,12 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
         api_p999_ms: latencies.quantile_ms(0.999),
         visible_p50_ms: visible.quantile_ms(0.5),
         visible_p99_ms: visible.quantile_ms(0.99),
+        viewers: audience.map(|audience| ViewerReport {
+            viewers: options.viewers,
+            viewers_dropped: audience.dropped(),
+            viewer_p50_ms: on_viewers.quantile_ms(0.5),
+            viewer_p99_ms: on_viewers.quantile_ms(0.99),
+        }),
         ..Report::default()
     };
     if options.naive_votes > 0 {
@@ -210,6 +270,37 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
         report.pipeline_over_naive = Some(report.votes_per_sec / naive);
     }
     Ok(report)
+}
+
+/// For the k-th of the sorted 202s, the time until the first of `steps`
+/// (when, turnout), in the order they came, that counts k ballots.
+fn record_visible(accepted_at: &[Instant], steps: &[(Instant, i64)], into: &Latencies) {
+    let mut e = 0;
+    for (k, accepted) in accepted_at.iter().enumerate() {
+        while e < steps.len() && steps[e].1 < (k + 1) as i64 {
+            e += 1;
+        }
+        if let Some((at, _)) = steps.get(e) {
+            into.record(at.saturating_duration_since(*accepted));
+        }
+    }
+}
+
+/// One viewer's frames, kept only when the turnout rose, and the highest
+/// turnout so far for the wait for the final frame.
+struct Turnouts {
+    reached: Arc<AtomicI64>,
+    steps: Vec<(Instant, i64)>,
+}
+
+impl Watch for Turnouts {
+    fn frame(&mut self, text: &str, arrived: Instant) {
+        let Some(turnout) = live::number(text, "turnout") else { return };
+        if turnout > self.steps.last().map_or(0, |(_, t)| *t) {
+            self.steps.push((arrived, turnout));
+            self.reached.store(turnout, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One transaction per vote, as a design without the queue would do it:

@@ -11,6 +11,7 @@ pub mod e2e;
 pub mod infra;
 pub mod kit;
 pub mod latency;
+pub mod live;
 pub mod process;
 pub mod provision;
 pub mod viewers;

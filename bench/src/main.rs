@@ -54,6 +54,9 @@ enum Command {
         /// Votes for the naive comparison; 0 skips it.
         #[arg(long, default_value_t = 20_000)]
         naive_votes: u64,
+        /// WebSocket viewers watching the election on the stack's broadcaster; adds accept-to-viewer to the report.
+        #[arg(long, default_value_t = 0)]
+        viewers: usize,
     },
     /// Bring `tally seed-demo`'s election to life: citizens sign up and vote through the API at a gentle rate.
     Demo {
@@ -167,8 +170,8 @@ async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Re
         );
     }
     match command {
-        Command::E2e { voters, connections, rate, naive_votes } => {
-            let options = e2e::Options { voters, connections, rate, naive_votes };
+        Command::E2e { voters, connections, rate, naive_votes, viewers } => {
+            let options = e2e::Options { voters, connections, rate, naive_votes, viewers };
             let report = e2e::run(settings, tally, options).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())

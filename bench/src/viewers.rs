@@ -4,18 +4,17 @@
 //! from a tally's publication in Redis to its arrival at a viewer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde::Serialize;
 use tally_platform::Settings;
 use tally_platform::tallies::{self, Totals};
 use time::OffsetDateTime;
 
 use crate::kit::cancel;
+use crate::live::{self, Audience, Watch};
 use crate::process::{End, Tally, end};
 use crate::provision::RUNNERS;
 use crate::{Latencies, free_port, rss_bytes, serve_ready};
@@ -62,60 +61,10 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     // Version → when it was published, to measure each arrival against.
     let published: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
     let latencies = Arc::new(Latencies::default());
-    let connected = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let url = format!("ws://127.0.0.1:{port}/v1/elections/{election}/live");
-    let mut viewers = tokio::task::JoinSet::new();
-    let opening = Arc::new(tokio::sync::Semaphore::new(256));
-    for _ in 0..options.viewers {
-        let (url, published, latencies, connected, dropped, stop, opening) = (
-            url.clone(),
-            published.clone(),
-            latencies.clone(),
-            connected.clone(),
-            dropped.clone(),
-            stop.clone(),
-            opening.clone(),
-        );
-        viewers.spawn(async move {
-            let permit = opening.acquire_owned().await;
-            let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await else {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            drop(permit);
-            connected.fetch_add(1, Ordering::Relaxed);
-            loop {
-                let message = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    message = socket.next() => message,
-                };
-                match message {
-                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                        let arrived = Instant::now();
-                        if let Some(version) = version_of(&text)
-                            && let Some(at) =
-                                published.lock().unwrap_or_else(|e| e.into_inner()).get(&version)
-                        {
-                            latencies.record(arrived.saturating_duration_since(*at));
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                }
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (connected.load(Ordering::Relaxed) + dropped.load(Ordering::Relaxed)) < options.viewers as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let watches =
+        (0..options.viewers).map(|_| Delays { published: published.clone(), latencies: latencies.clone() });
+    let mut audience = Audience::start(&live::url(port, election), watches);
+    audience.wait_connected(Duration::from_secs(120)).await;
 
     let started = Instant::now();
     let mut version = current_version(&redis, &keys, election).await?;
@@ -138,8 +87,7 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seconds = started.elapsed().as_secs_f64();
     let rss = rss_bytes(pid);
-    stop.cancel();
-    while viewers.join_next().await.is_some() {}
+    audience.stop().await;
     end(&mut Some(child), End::Term(Duration::from_secs(10))).await;
     // The benchmark's election should not linger in the live lists.
     cancel(&db, election).await?;
@@ -147,8 +95,8 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     let messages = latencies.count();
     Ok(Report {
         viewers_requested: options.viewers,
-        viewers_connected: connected.load(Ordering::Relaxed),
-        viewers_dropped: dropped.load(Ordering::Relaxed),
+        viewers_connected: audience.connected(),
+        viewers_dropped: audience.dropped(),
         seconds,
         versions_published: version - first_version,
         messages_received: messages,
@@ -160,9 +108,20 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     })
 }
 
-fn version_of(frame: &str) -> Option<i64> {
-    let rest = &frame[frame.find("\"version\":")? + 10..];
-    rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()
+/// A viewer's delays: each frame's arrival after its version's publication.
+struct Delays {
+    published: Arc<Mutex<HashMap<i64, Instant>>>,
+    latencies: Arc<Latencies>,
+}
+
+impl Watch for Delays {
+    fn frame(&mut self, text: &str, arrived: Instant) {
+        if let Some(version) = live::number(text, "version")
+            && let Some(at) = self.published.lock().unwrap_or_else(|e| e.into_inner()).get(&version)
+        {
+            self.latencies.record(arrived.saturating_duration_since(*at));
+        }
+    }
 }
 
 async fn current_version(
