@@ -71,13 +71,16 @@ enum Command {
 enum RecordCommand {
     /// Write a final election's record (every file, as signed) into DIR.
     Export {
+        /// The election's id; it must be final, with its record built.
         election: i64,
+        /// Where to write the files (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
     /// Check a record offline: signatures, file hashes, the Merkle root,
     /// the recount and the counts. Exits non-zero naming the first failing check.
     Verify {
+        /// A directory holding a record's files, as `export` writes them.
         dir: PathBuf,
         /// `<name>+<key id>+<base64>`, from somewhere other than the record
         /// (default: the public half of record.signing_key).
@@ -87,9 +90,13 @@ enum RecordCommand {
     /// Print a receipt's inclusion proof, made from DIR's receipts.txt and
     /// checked against its signed checkpoint.
     Prove {
+        /// The receipt, as the API gave it (a UUID) or as 32 hex characters.
         receipt: String,
+        /// A directory holding the election's record, as `export` writes it.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// `<name>+<key id>+<base64>`, from somewhere other than the record
+        /// (default: the public half of record.signing_key).
         #[arg(long, value_name = "KEY")]
         verifier_key: Option<String>,
     },
