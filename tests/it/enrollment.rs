@@ -227,7 +227,7 @@ async fn a_mailing_run_covers_every_citizen_without_an_enrolled_account() {
 
     let run = tally(&app.settings, &["citizens", "codes", "--without-account", "--output", path]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("… 2 codes issued"), "progress is reported");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("100% 2/2 codes"), "progress is reported");
     let mailing = std::fs::read_to_string(&file).unwrap();
     let ids: Vec<&str> = mailing.lines().map(|l| l.split_once(',').unwrap().0).collect();
     assert_eq!(ids, ["32", "33"], "no code for the enrolled account, one for the marked one");
