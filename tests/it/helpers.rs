@@ -387,6 +387,10 @@ impl TestApp {
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.client.get(format!("{}{path}", self.api)).send().await.expect("sent").json().await.expect("json")
     }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client.get(format!("{}{path}", self.api)).send().await.expect("sent").text().await.expect("text")
+    }
 }
 
 /// An election written straight to the database, its window relative to

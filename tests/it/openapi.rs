@@ -59,8 +59,7 @@ async fn every_documented_operation_is_served() {
 #[tokio::test]
 async fn the_document_validates_as_openapi_3_1() {
     let app = spawn_app().await;
-    let text =
-        app.client.get(format!("{}/openapi.json", app.api)).send().await.unwrap().text().await.unwrap();
+    let text = app.get_text("/openapi.json").await;
     let file = std::env::temp_dir().join(format!("{}-openapi.json", app.ns.id));
     std::fs::write(&file, text).unwrap();
     let validator = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/openapi-spec-validator");
@@ -85,15 +84,7 @@ async fn the_docs_page_renders_the_document() {
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.text().await.unwrap().contains("swagger-ui"));
-    let init = app
-        .client
-        .get(format!("{}/docs/swagger-initializer.js", app.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let init = app.get_text("/docs/swagger-initializer.js").await;
     assert!(init.contains("/openapi.json"), "{init}");
 }
 

@@ -141,15 +141,7 @@ async fn a_final_election_gets_one_signed_record_that_both_verifiers_accept() {
     .await;
     assert!(checkpoint.starts_with(&format!("localhost/tally/election/{id}\n7\n")), "{checkpoint}");
 
-    let key = app
-        .client
-        .get(format!("{}/v1/record/verifier-key", app.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let key = app.get_text("/v1/record/verifier-key").await;
     let key = key.trim().to_string();
     assert_eq!(key, app.settings.record.verifier().unwrap().encode());
 
