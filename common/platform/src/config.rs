@@ -926,7 +926,10 @@ impl Settings {
         for (setting, urls, schemes) in every_url {
             if urls.iter().any(|url| !schemes.iter().any(|s| url.starts_with(s))) {
                 let each = if urls.len() > 1 { "each address " } else { "" };
-                return Err(ConfigError::new(setting, format!("{each}must start with {}", schemes.join(" or "))));
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{each}must start with {}", schemes.join(" or ")),
+                ));
             }
         }
         if crate::nats::split_urls(self.nats.url.expose()).next().is_none() {
@@ -934,7 +937,10 @@ impl Settings {
         }
         if let Some(sentinel) = &self.redis.sentinel {
             if sentinel.master_name.trim().is_empty() {
-                return Err(ConfigError::new("redis.sentinel.master_name", "is empty; name the monitored master"));
+                return Err(ConfigError::new(
+                    "redis.sentinel.master_name",
+                    "is empty; name the monitored master",
+                ));
             }
             if sentinel.urls.is_empty() {
                 return Err(ConfigError::new("redis.sentinel.urls", "names no sentinel"));
@@ -1135,7 +1141,9 @@ mod tests {
         let key = ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production");
         let cluster = "tls://api:pw@queue-0:4222,tls://api:pw@queue-1:4222";
         assert!(Settings::load_from(None, production(&[key, ("TALLY_NATS__URL", cluster)])).is_ok());
-        for bad in ["tls://api:pw@queue-0:4222,nats://127.0.0.1:4222", "tls://queue-0:4222,tls://queue-1:4222"] {
+        for bad in
+            ["tls://api:pw@queue-0:4222,nats://127.0.0.1:4222", "tls://queue-0:4222,tls://queue-1:4222"]
+        {
             let err = Settings::load_from(None, production(&[key, ("TALLY_NATS__URL", bad)])).unwrap_err();
             assert_eq!(err.setting, "nats.url", "{bad}");
         }
@@ -1171,7 +1179,10 @@ mod tests {
             (vec![name, ("TALLY_REDIS__SENTINEL__URLS", "http://s1:26379")], "redis.sentinel.urls"),
             (vec![name, ("TALLY_REDIS__SENTINEL__URLS", " , ")], "redis.sentinel.urls"),
             (
-                vec![("TALLY_REDIS__SENTINEL__MASTER_NAME", ""), ("TALLY_REDIS__SENTINEL__URLS", "redis://s:1")],
+                vec![
+                    ("TALLY_REDIS__SENTINEL__MASTER_NAME", ""),
+                    ("TALLY_REDIS__SENTINEL__URLS", "redis://s:1"),
+                ],
                 "redis.sentinel.master_name",
             ),
         ] {
@@ -1180,14 +1191,20 @@ mod tests {
         }
         let key = ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production");
         let own = "redis://:pw@sentinel-0:26379,redis://:pw@sentinel-1:26379";
-        let loaded = Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", own)]));
+        let loaded =
+            Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", own)]));
         assert!(loaded.is_ok(), "{:?}", loaded.err());
         for local in ["redis://sentinel-0:26379,redis://127.0.0.1:26380", "redis://:pw@localhost:26379"] {
-            let err = Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", local)]))
-                .unwrap_err();
+            let err =
+                Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", local)]))
+                    .unwrap_err();
             assert_eq!(err.env_var, "TALLY_REDIS__SENTINEL__URLS", "{local}");
         }
-        let shown = format!("{:?}", Settings::load_from(None, vars(&[name, ("TALLY_REDIS__SENTINEL__URLS", "redis://:hunter2@s:1")])).unwrap());
+        let shown = format!(
+            "{:?}",
+            Settings::load_from(None, vars(&[name, ("TALLY_REDIS__SENTINEL__URLS", "redis://:hunter2@s:1")]))
+                .unwrap()
+        );
         assert!(!shown.contains("hunter2"), "Debug never shows a sentinel's password");
     }
 

@@ -58,7 +58,10 @@ pub fn is_read_only(error: &anyhow::Error) -> bool {
 /// read-only, `conn` is closed instead of pooled. Retried on it, the write
 /// would fail for ever; the next acquire connects afresh, through the
 /// load balancer, to the primary.
-pub fn evict_if_read_only<T>(conn: &mut PoolConnection<Postgres>, written: anyhow::Result<T>) -> anyhow::Result<T> {
+pub fn evict_if_read_only<T>(
+    conn: &mut PoolConnection<Postgres>,
+    written: anyhow::Result<T>,
+) -> anyhow::Result<T> {
     if let Err(error) = &written
         && is_read_only(error)
     {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisResult, TlsMode, Value};
+use redis::{
+    Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisResult, TlsMode, Value,
+};
 
 use crate::config::{RedisSettings, SentinelSettings, env_var_for};
 use crate::retry::Backoff;
@@ -45,7 +47,10 @@ impl Master {
         };
         let asked = async { sentinel.lock().await.async_get_client().await };
         tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or_else(|_| {
-            Err(RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "the sentinels did not answer in time")))
+            Err(RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "the sentinels did not answer in time",
+            )))
         })
     }
 }
@@ -55,7 +60,9 @@ impl Master {
 fn sentinel_client(settings: &RedisSettings, sentinel: &SentinelSettings) -> anyhow::Result<SentinelClient> {
     crate::tls::install_crypto_provider();
     let invalid = |setting: &'static str| {
-        move |e: RedisError| anyhow::anyhow!("invalid setting `{setting}` (env {}): {e}", env_var_for(setting))
+        move |e: RedisError| {
+            anyhow::anyhow!("invalid setting `{setting}` (env {}): {e}", env_var_for(setting))
+        }
     };
     let node = settings.url.expose().into_connection_info().map_err(invalid("redis.url"))?;
     let sentinels = (sentinel.urls.iter().map(|url| url.expose().into_connection_info()))
@@ -75,7 +82,8 @@ fn sentinel_client(settings: &RedisSettings, sentinel: &SentinelSettings) -> any
     }
     let certificates = super::certificates(settings)?;
     if let ConnectionAddr::TcpTls { insecure, .. } = node.addr {
-        builder = builder.set_client_to_redis_tls_mode(if insecure { TlsMode::Insecure } else { TlsMode::Secure });
+        builder =
+            builder.set_client_to_redis_tls_mode(if insecure { TlsMode::Insecure } else { TlsMode::Secure });
         if let Some(certificates) = certificates.clone() {
             builder = builder.set_client_to_redis_certificates(certificates);
         }
@@ -108,7 +116,15 @@ pub(super) struct Followed {
 }
 
 impl Followed {
-    pub(super) async fn connect(master: Master, config: ConnectionManagerConfig) -> RedisResult<Arc<Followed>> {
+    pub(super) async fn connect(
+        master: Master,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<Arc<Followed>> {
+        // The manager's second reconnect waits 100 s by default (backon's
+        // 1 s times the factor 100): a command caught on a dead master
+        // would hang that long. Capped, it fails within seconds, and the
+        // next goes to the master the sentinels name.
+        let config = config.set_max_delay(1_000);
         let client = master.client().await?;
         let db = client.get_connection_info().redis.db;
         let manager = RwLock::new(ConnectionManager::new_with_config(client, config.clone()).await?);
@@ -160,7 +176,10 @@ impl Followed {
                 let found = async {
                     let client = this.master.client().await?;
                     let address = client.get_connection_info().addr.to_string();
-                    Ok::<_, RedisError>((ConnectionManager::new_with_config(client, this.config.clone()).await?, address))
+                    Ok::<_, RedisError>((
+                        ConnectionManager::new_with_config(client, this.config.clone()).await?,
+                        address,
+                    ))
                 };
                 match found.await {
                     Ok((manager, address)) => {
