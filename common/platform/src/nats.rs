@@ -60,9 +60,9 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
 /// The servers of `urls` (comma-separated: the members of a cluster),
 /// each without its `user:password@`, and that user and password. One
 /// CONNECT serves every server, so addresses that name a user must agree.
-fn addresses_and_user(urls: &str) -> anyhow::Result<(Vec<ServerAddr>, Option<(String, String)>)> {
+fn addresses_and_user(urls: &str) -> anyhow::Result<(Vec<ServerAddr>, Option<User>)> {
     let mut addresses = Vec::new();
-    let mut found: Option<(String, String)> = None;
+    let mut found: Option<User> = None;
     for url in split_urls(urls) {
         let (address, user) = address_and_user(url)?;
         match (&found, user) {
@@ -85,9 +85,12 @@ pub fn split_urls(urls: &str) -> impl Iterator<Item = &str> {
     urls.split(',').map(str::trim).filter(|url| !url.is_empty())
 }
 
+/// A user and password, for the CONNECT message only.
+type User = (String, String);
+
 /// The server's address without the `user:password@` of `url`, and that
 /// user and password (percent-decoded). Errors never quote the URL.
-fn address_and_user(url: &str) -> anyhow::Result<(ServerAddr, Option<(String, String)>)> {
+fn address_and_user(url: &str) -> anyhow::Result<(ServerAddr, Option<User>)> {
     let address: ServerAddr =
         url.parse().map_err(|_| anyhow::anyhow!("nats.url is not a nats:// or tls:// address"))?;
     let user = address.username().map(|user| (decode(user), decode(address.password().unwrap_or(""))));
