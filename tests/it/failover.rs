@@ -201,6 +201,23 @@ async fn redis_behind_sentinel_follows_the_master_it_promotes() {
     let message =
         tokio::time::timeout(Duration::from_secs(5), messages.next()).await.expect("in time").unwrap();
     assert_eq!(message.get_payload::<String>().unwrap(), "heard");
+
+    // Listed first, a sentinel whose host vanished: it takes connections
+    // (the kernel's backlog) and never answers. The others still name the
+    // master, after a second of its silence.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut settings = stores.settings();
+    let urls = &mut settings.redis.sentinel.as_mut().unwrap().urls;
+    urls.insert(0, Secret::new(format!("redis://:{PASSWORD}@{}", silent.local_addr().unwrap())));
+    let master = tally_platform::redis::master(&settings.redis).unwrap();
+    for _ in 0..2 {
+        let asked = tokio::time::timeout(Duration::from_secs(10), master.client()).await;
+        let client = asked.expect("named past the silent sentinel in time").unwrap();
+        assert_eq!(
+            client.get_connection_info().addr.to_string(),
+            format!("127.0.0.1:{}", stores.replica_port)
+        );
+    }
 }
 
 #[tokio::test]

@@ -784,11 +784,16 @@ impl Settings {
                 "needs sslmode=require, verify-ca or verify-full in production",
             ));
         }
-        if self.redis.url.expose().contains("#insecure") {
-            return Err(ConfigError::new(
-                "redis.url",
-                "asks not to verify the server's certificate (#insecure); production verifies it",
-            ));
+        let sentinels = self.redis.sentinel.iter().flat_map(|s| &s.urls);
+        for (setting, url) in std::iter::once(("redis.url", &self.redis.url))
+            .chain(sentinels.map(|url| ("redis.sentinel.urls", url)))
+        {
+            if url.expose().contains("#insecure") {
+                return Err(ConfigError::new(
+                    setting,
+                    "asks not to verify the server's certificate (#insecure); production verifies it",
+                ));
+            }
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! the sentinels name at the moment of asking; and a command connection
 //! that asks again when the master it holds stops answering as one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -15,8 +15,11 @@ use redis::{
 use crate::config::{RedisSettings, SentinelSettings, env_var_for};
 use crate::retry::Backoff;
 
-/// How long asking the sentinels (and checking the master's role) may take.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one sentinel may take to name the master. The crate asks a
+/// sentinel over a cached connection with no timeout of its own, so a
+/// sentinel whose host vanished (no reset, no answer) would otherwise hold
+/// up every later question until TCP gives up, minutes later.
+const ASK_ONE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where connections to the master come from. Cheap to clone.
 #[derive(Clone)]
@@ -24,16 +27,30 @@ pub struct Master(Arc<Source>);
 
 enum Source {
     Fixed(redis::Client),
-    /// The sentinel client caches a connection per sentinel, so it is
-    /// shared, one question at a time.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinels(Sentinels),
+}
+
+/// One client per sentinel, each asked on its own, so one that does not
+/// answer costs a second, not the failover.
+struct Sentinels {
+    settings: RedisSettings,
+    /// Each caches its connection to its sentinel: one question at a time.
+    clients: Vec<tokio::sync::Mutex<SentinelClient>>,
+    /// The sentinel that answered last, asked first next time.
+    answered: AtomicUsize,
 }
 
 impl Master {
     pub(super) fn new(settings: &RedisSettings) -> anyhow::Result<Master> {
         let source = match &settings.sentinel {
             None => Source::Fixed(super::client(settings)?),
-            Some(sentinel) => Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(settings, sentinel)?)),
+            Some(sentinel) => Source::Sentinels(Sentinels {
+                settings: settings.clone(),
+                clients: (0..sentinel.urls.len())
+                    .map(|i| sentinel_client(settings, sentinel, i).map(tokio::sync::Mutex::new))
+                    .collect::<anyhow::Result<_>>()?,
+                answered: AtomicUsize::new(0),
+            }),
         };
         Ok(Master(Arc::new(source)))
     }
@@ -41,23 +58,53 @@ impl Master {
     /// A client for the master as of now: the sentinels are asked each
     /// time, so a subscription made after a failover reaches the new one.
     pub async fn client(&self) -> RedisResult<redis::Client> {
-        let sentinel = match &*self.0 {
-            Source::Fixed(client) => return Ok(client.clone()),
-            Source::Sentinel(sentinel) => sentinel,
-        };
-        let asked = async { sentinel.lock().await.async_get_client().await };
-        tokio::time::timeout(ASK_TIMEOUT, asked).await.unwrap_or_else(|_| {
-            Err(RedisError::from((
-                ErrorKind::MasterNameNotFoundBySentinel,
-                "the sentinels did not answer in time",
-            )))
-        })
+        match &*self.0 {
+            Source::Fixed(client) => Ok(client.clone()),
+            Source::Sentinels(sentinels) => sentinels.ask().await,
+        }
     }
 }
 
-/// Sentinel's client, with `redis.url`'s scheme, user, password and
-/// database (and private CA) for the master it names.
-fn sentinel_client(settings: &RedisSettings, sentinel: &SentinelSettings) -> anyhow::Result<SentinelClient> {
+impl Sentinels {
+    async fn ask(&self) -> RedisResult<redis::Client> {
+        let count = self.clients.len();
+        let first = self.answered.load(Ordering::Relaxed);
+        let mut failure =
+            RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "no sentinel is listed"));
+        for i in (first..first + count).map(|i| i % count) {
+            let mut client = self.clients[i].lock().await;
+            match tokio::time::timeout(ASK_ONE_TIMEOUT, client.async_get_client()).await {
+                Ok(Ok(master)) => {
+                    self.answered.store(i, Ordering::Relaxed);
+                    return Ok(master);
+                }
+                Ok(Err(e)) => failure = e,
+                Err(_) => {
+                    // Its cached connection may lead nowhere: a new client
+                    // connects afresh next time.
+                    if let Some(sentinel) = &self.settings.sentinel
+                        && let Ok(fresh) = sentinel_client(&self.settings, sentinel, i)
+                    {
+                        *client = fresh;
+                    }
+                    failure = RedisError::from((
+                        ErrorKind::MasterNameNotFoundBySentinel,
+                        "a sentinel did not answer in time",
+                    ));
+                }
+            }
+        }
+        Err(failure)
+    }
+}
+
+/// The client of the `index`th sentinel, with `redis.url`'s scheme, user,
+/// password and database (and private CA) for the master it names.
+fn sentinel_client(
+    settings: &RedisSettings,
+    sentinel: &SentinelSettings,
+    index: usize,
+) -> anyhow::Result<SentinelClient> {
     crate::tls::install_crypto_provider();
     let invalid = |setting: &'static str| {
         move |e: RedisError| {
@@ -65,12 +112,11 @@ fn sentinel_client(settings: &RedisSettings, sentinel: &SentinelSettings) -> any
         }
     };
     let node = settings.url.expose().into_connection_info().map_err(invalid("redis.url"))?;
-    let sentinels = (sentinel.urls.iter().map(|url| url.expose().into_connection_info()))
-        .collect::<RedisResult<Vec<_>>>()
-        .map_err(invalid("redis.sentinel.urls"))?;
-    let addresses = sentinels.iter().map(|s| s.addr.clone());
+    let this =
+        sentinel.urls[index].expose().into_connection_info().map_err(invalid("redis.sentinel.urls"))?;
+    let master_name = sentinel.master_name.trim().to_string();
     let mut builder =
-        SentinelClientBuilder::new(addresses, sentinel.master_name.clone(), SentinelServerType::Master)
+        SentinelClientBuilder::new([this.addr.clone()], master_name, SentinelServerType::Master)
             .map_err(invalid("redis.sentinel.urls"))?
             .set_client_to_redis_db(node.redis.db)
             .set_client_to_redis_protocol(node.redis.protocol);
@@ -88,17 +134,15 @@ fn sentinel_client(settings: &RedisSettings, sentinel: &SentinelSettings) -> any
             builder = builder.set_client_to_redis_certificates(certificates);
         }
     }
-    // The sentinels share one password (their `requirepass`): the first given.
-    if let Some(first) = sentinels.iter().find(|s| s.redis.password.is_some()) {
-        if let Some(username) = first.redis.username.clone() {
-            builder = builder.set_client_to_sentinel_username(username);
-        }
-        if let Some(password) = first.redis.password.clone() {
-            builder = builder.set_client_to_sentinel_password(password);
-        }
+    // Each sentinel with the credentials its own URL gives.
+    if let Some(username) = this.redis.username {
+        builder = builder.set_client_to_sentinel_username(username);
     }
-    let all_tls = sentinels.iter().all(|s| matches!(s.addr, ConnectionAddr::TcpTls { .. }));
-    if let Some(certificates) = certificates.filter(|_| all_tls) {
+    if let Some(password) = this.redis.password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    let tls = matches!(this.addr, ConnectionAddr::TcpTls { .. });
+    if let Some(certificates) = certificates.filter(|_| tls) {
         builder = builder.set_client_to_sentinel_certificates(certificates);
     }
     builder.build().map_err(invalid("redis.sentinel.urls"))
