@@ -214,10 +214,10 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     Ok(report)
 }
 
-/// Until development's switch: `TALLY_HA_SINGLE_ADDRESSES=1` points Tally
+/// Until development's switch: `HA_SINGLE_ADDRESSES=1` points Tally
 /// at the first NATS node and the Redis master only.
 fn single_addresses() -> bool {
-    std::env::var("TALLY_HA_SINGLE_ADDRESSES").is_ok_and(|v| v == "1")
+    std::env::var("HA_SINGLE_ADDRESSES").is_ok_and(|v| v == "1")
 }
 
 fn nats_url(nats: &NatsCluster) -> String {
@@ -292,19 +292,20 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        keep_logs(&self.dir, &self.keep);
+        keep_logs(&self.dir, &self.keep, 0);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn keep_logs(from: &std::path::Path, to: &std::path::Path) {
+fn keep_logs(from: &std::path::Path, to: &std::path::Path, depth: usize) {
     let Ok(entries) = std::fs::read_dir(from) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_dir() && !name.ends_with("-store") {
+        // Two levels (stores, then nodes' directories) hold every log.
+        if path.is_dir() && depth < 2 && !name.ends_with("-store") {
             let _ = std::fs::create_dir_all(to.join(&name));
-            keep_logs(&path, &to.join(&name));
+            keep_logs(&path, &to.join(&name), depth + 1);
         } else if name.ends_with(".log") || name.ends_with(".conf") || name.ends_with(".cfg") {
             let _ = std::fs::copy(&path, to.join(&name));
         }

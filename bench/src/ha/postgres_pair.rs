@@ -25,6 +25,8 @@ wal_level = replica
 max_wal_senders = 10
 hot_standby = on
 wal_log_hints = on
+# pg_rewind needs the old primary's WAL back to the last common checkpoint.
+wal_keep_size = 512MB
 synchronous_commit = on
 synchronous_standby_names = '*'
 ";
@@ -98,11 +100,27 @@ impl PostgresPair {
         let data = &self.data[self.primary];
         let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
         let postmaster: u32 = pid_file.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
-        let mut pids = children_of(postmaster);
-        pids.push(postmaster);
-        let mut kill = Command::new("kill");
-        kill.arg("-KILL").args(pids.iter().map(u32::to_string));
-        run(&mut kill, "kill").await
+        let backends = children_of(postmaster);
+        run(Command::new("kill").args(["-KILL", &postmaster.to_string()]), "kill").await?;
+        // Best effort: some backends exit by themselves as the others die.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(backends.iter().map(u32::to_string))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        // Once it is gone (or a zombie not yet reaped), its pid file is
+        // stale, as after a reboot; pg_rewind's crash recovery would
+        // otherwise see a live postmaster in a zombie.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(postmaster) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let socket = format!(".s.PGSQL.{}", self.ports[self.primary]);
+        for stale in ["postmaster.pid".to_owned(), format!("{socket}.lock"), socket] {
+            let _ = std::fs::remove_file(data.join(stale));
+        }
+        Ok(())
     }
 
     /// Promotes the standby; from now on it is the primary. Its commits
@@ -119,6 +137,12 @@ impl PostgresPair {
     /// backup if not; then waits until replication is synchronous again.
     pub async fn rejoin(&mut self) -> anyhow::Result<&'static str> {
         let old = self.standby();
+        // pg_rewind reads the new timeline from the source's control file,
+        // which only the promotion's checkpoint updates; without it, it
+        // sees one timeline and rewinds nothing.
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.primary)).await?;
+        sqlx::query("CHECKPOINT").execute(&mut conn).await.context("checkpoint on the new primary")?;
+        let _ = conn.close().await;
         let source = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.ports[self.primary]);
         let mut rewind = as_postgres(&self.bin.join("pg_rewind"));
         rewind.arg("-D").arg(&self.data[old]).arg(format!("--source-server={source}")).arg("-R");
@@ -176,6 +200,12 @@ impl Drop for PostgresPair {
                 .status();
         }
     }
+}
+
+/// Whether the process exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
 }
 
 /// Processes whose parent is `pid` (a postmaster's backends), from /proc.
