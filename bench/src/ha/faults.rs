@@ -84,7 +84,17 @@ pub async fn inject(fault: Fault, stores: &mut Stores, cluster: &mut Cluster, ro
                 "leader_after": stores.nats.nodes[still].name, "caught_up_after": since(Instant::now()),
             })
         }
-        Fault::NatsPartition => partition(stores, &stream, began).await?,
+        Fault::NatsPartition => {
+            let leader = stores.nats.wait_leader(&stream, None, WITHIN).await?;
+            let net = stores.net.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("the partition needs the NATS nodes in network namespaces (root, `ip netns`)")
+            })?;
+            net.cut(leader).await?;
+            if roles {
+                killed = kill_roles(cluster, round).await;
+            }
+            partition(stores, leader, &stream, began).await?
+        }
         Fault::PostgresPrimary => {
             let old = stores.postgres.primary;
             stores.postgres.kill_primary().await?;
@@ -141,14 +151,10 @@ async fn kill_roles(cluster: &mut Cluster, round: usize) -> Vec<usize> {
     killed
 }
 
-/// Cuts the leader off from its peers for `PARTITION`, watching who each
-/// side names leader meanwhile, then heals and waits until all catch up.
-async fn partition(stores: &mut Stores, stream: &str, began: Instant) -> anyhow::Result<Value> {
-    let net = stores.net.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("the partition needs the NATS nodes in network namespaces (run as root with `ip netns`)")
-    })?;
-    let leader = stores.nats.wait_leader(stream, None, WITHIN).await?;
-    net.cut(leader).await?;
+/// With the old leader cut off from its peers until `PARTITION` has
+/// passed, watches whom each side names leader, then heals and waits until
+/// all catch up.
+async fn partition(stores: &mut Stores, leader: usize, stream: &str, began: Instant) -> anyhow::Result<Value> {
     let mut majority_leader = None;
     let mut isolated_claims_until = 0.0;
     while began.elapsed() < PARTITION {
@@ -167,7 +173,9 @@ async fn partition(stores: &mut Stores, stream: &str, began: Instant) -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    net.heal(leader).await?;
+    if let Some(net) = &stores.net {
+        net.heal(leader).await?;
+    }
     let healed = began.elapsed().as_secs_f64();
     stores.nats.wait_current(stream, WITHIN).await?;
     let after = stores.nats.wait_leader(stream, None, WITHIN).await?;
@@ -176,7 +184,7 @@ async fn partition(stores: &mut Stores, stream: &str, began: Instant) -> anyhow:
         "majority_elected": majority_leader.as_ref().map(|(n, _)| n.clone()),
         "majority_elected_after": majority_leader.map(|(_, t)| (t * 100.0).round() / 100.0),
         "isolated_claimed_leadership_until": (isolated_claims_until * 100.0_f64).round() / 100.0,
-        "healed_at": healed,
+        "healed_at": (healed * 100.0).round() / 100.0,
         "leader_after_heal": stores.nats.nodes[after].name,
         "caught_up_after": (began.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     }))

@@ -35,6 +35,9 @@ pub struct PostgresPair {
     bin: PathBuf,
     pub ports: [u16; 2],
     data: [PathBuf; 2],
+    /// Unix sockets live outside the data directories: pg_rewind would
+    /// try to copy a socket file from the source.
+    sockets: PathBuf,
     pub primary: usize,
 }
 
@@ -45,11 +48,13 @@ impl PostgresPair {
             bin: postgres_bin_dir()?,
             ports: [free_port()?, free_port()?],
             data: [dir.join("pg0"), dir.join("pg1")],
+            sockets: dir.join("sockets"),
             primary: 0,
         };
+        std::fs::create_dir_all(&pair.sockets).context("creating the socket directory")?;
         if running_as_root() {
             // Postgres refuses to run as root; its own account owns the clusters.
-            run(Command::new("chown").arg("postgres:postgres").arg(dir), "chown").await?;
+            run(Command::new("chown").arg("postgres:postgres").arg(dir).arg(&pair.sockets), "chown").await?;
         }
         let mut initdb = as_postgres(&pair.bin.join("initdb"));
         initdb.arg("-D").arg(&pair.data[0]).args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
@@ -75,7 +80,7 @@ impl PostgresPair {
 
     async fn pg_ctl(&self, i: usize, args: &[&str]) -> anyhow::Result<()> {
         let data = &self.data[i];
-        let options = format!("-p {} -k {}", self.ports[i], data.display());
+        let options = format!("-p {} -k {}", self.ports[i], self.sockets.display());
         let log = data.join("server.log");
         let mut command = as_postgres(&self.bin.join("pg_ctl"));
         command.arg("-D").arg(data).args(["-w", "-t", "60", "-o", &options, "-l"]).arg(log).args(args);
@@ -117,8 +122,9 @@ impl PostgresPair {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let socket = format!(".s.PGSQL.{}", self.ports[self.primary]);
-        for stale in ["postmaster.pid".to_owned(), format!("{socket}.lock"), socket] {
-            let _ = std::fs::remove_file(data.join(stale));
+        let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        for stale in [format!("{socket}.lock"), socket] {
+            let _ = std::fs::remove_file(self.sockets.join(stale));
         }
         Ok(())
     }
