@@ -144,7 +144,7 @@ enum Command {
         /// The faults, in order, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
             ha::Fault::NatsLeader, ha::Fault::NatsFollower, ha::Fault::NatsPartition,
-            ha::Fault::PostgresPrimary, ha::Fault::RedisMaster,
+            ha::Fault::PostgresPrimary, ha::Fault::PostgresStandby, ha::Fault::RedisMaster,
         ])]
         faults: Vec<ha::Fault>,
         /// Milliseconds of steady load before each fault.

@@ -27,6 +27,9 @@ pub enum Fault {
     /// kill -9 of the Postgres primary, the standby promoted, the old
     /// primary back as the new standby.
     PostgresPrimary,
+    /// kill -9 of the Postgres standby for 5 s: with synchronous
+    /// replication the primary's commits wait until it is back.
+    PostgresStandby,
     /// kill -9 of the Redis master; Sentinel promotes the replica, the
     /// old master comes back as a replica.
     RedisMaster,
@@ -38,6 +41,8 @@ pub struct Stores {
     pub redis: RedisGroup,
     pub net: Option<Net>,
     pub stream: String,
+    /// Through HAProxy: what is recorded while a store is down.
+    pub db: sqlx::PgPool,
 }
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -110,6 +115,24 @@ pub async fn inject(fault: Fault, stores: &mut Stores, cluster: &mut Cluster, ro
                 "killed": format!("pg{old}"), "promoted": format!("pg{}", stores.postgres.primary),
                 "promoted_after": since(promoted), "old_primary_back_as_sync_standby_after": since(Instant::now()),
                 "rejoined_with": how,
+            })
+        }
+        Fault::PostgresStandby => {
+            let recorded = |db: sqlx::PgPool| async move {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM voter_roll").fetch_one(&db).await
+            };
+            stores.postgres.kill_standby().await?;
+            if roles {
+                killed = kill_roles(cluster, round).await;
+            }
+            let before = recorded(stores.db.clone()).await?;
+            tokio::time::sleep(FOLLOWER_DOWN).await;
+            let during = recorded(stores.db.clone()).await? - before;
+            stores.postgres.restart_standby().await?;
+            json!({
+                "killed": format!("pg{}", stores.postgres.standby()),
+                "recorded_while_standby_down": during,
+                "standby_sync_again_after": since(Instant::now()),
             })
         }
         Fault::RedisMaster => {

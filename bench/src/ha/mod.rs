@@ -97,8 +97,12 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     let postgres = PostgresPair::start(&dir.join("pg")).await.context("starting the Postgres pair")?;
     let haproxy = Haproxy::start(&dir.join("haproxy"), &postgres.ports).await?;
     let redis = RedisGroup::start(&dir.join("redis")).await.context("starting Redis and Sentinel")?;
-    let mut stores = Stores { nats, postgres, redis, net, stream: settings.nats.stream.clone() };
     wait_writable(&haproxy).await?;
+    let mut database = settings.database.clone();
+    database.url = Secret::new(haproxy.database_url());
+    let db = tally_platform::postgres::pool(&database)?;
+    let stream = settings.nats.stream.clone();
+    let mut stores = Stores { nats, postgres, redis, net, stream, db: db.clone() };
 
     let env = stack_env(&stores, &haproxy);
     tally.migrate(&env).await.context("tally migrate on the HA stack")?;
@@ -106,7 +110,6 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     settings.database.url = Secret::new(haproxy.database_url());
     settings.nats.url = Secret::new(nats_url(&stores.nats));
     settings.workers.anonymity_set = ANONYMITY_SET;
-    let db = tally_platform::postgres::pool(&settings.database)?;
 
     let per_phase = u64::from(options.rate) * (options.gap + options.tail + FAULT_BUDGET).as_secs();
     let provisioned = provision(&settings, per_phase * options.faults.len() as u64, FIRST_VOTER).await?;
@@ -152,8 +155,13 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
         report.converged = live.settled_live(&logs, &audience.snapshot(), k);
         report.seconds_to_converge = (stopped.elapsed().as_secs_f64() * 100.0).round() / 100.0;
         eprintln!(
-            "ha: {fault:?} at {:.1}s: {} sent, errors seen for {:.2}s, converged {} in {:.2}s",
-            report.at, report.ballots_sent, report.voter_error_seconds, report.converged, report.seconds_to_converge
+            "ha: {fault:?} at {:.1}s: {} sent, errors seen for {:.2}s (503s for {:.2}s), converged {} in {:.2}s",
+            report.at,
+            report.ballots_sent,
+            report.voter_error_seconds,
+            report.voter_503_seconds,
+            report.converged,
+            report.seconds_to_converge
         );
         phase_ranges.push(first..logs.len());
         reports.push(report);

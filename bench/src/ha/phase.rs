@@ -27,6 +27,10 @@ pub struct FaultReport {
     pub failed_attempts: usize,
     /// From the first failed attempt to the last: how long voters saw it.
     pub voter_error_seconds: f64,
+    /// The same for 503s only: the stores' fault as the API reports it,
+    /// apart from the dropped connections of killed API processes.
+    pub answered_503: usize,
+    pub voter_503_seconds: f64,
     /// Attempts beyond each voter's first.
     pub retries: usize,
     /// From the load stopping until the books agreed.
@@ -73,10 +77,7 @@ pub async fn run(
     let detail = injected?;
     logs.extend(mine.iter().cloned());
     let failed = answers.failed_at.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let voter_error_seconds = match (failed.iter().min(), failed.iter().max()) {
-        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
-        _ => 0.0,
-    };
+    let unavailable: Vec<_> = failed.iter().filter(|(_, status)| *status == 503).cloned().collect();
     Ok(FaultReport {
         fault,
         at,
@@ -84,12 +85,24 @@ pub async fn run(
         ballots_sent: mine.iter().filter(|l| l.outcome() != Outcome::Unsent).count(),
         accepted: mine.iter().filter(|l| l.outcome() == Outcome::Accepted).count(),
         failed_attempts: failed.len(),
-        voter_error_seconds: (voter_error_seconds * 100.0).round() / 100.0,
+        voter_error_seconds: window(&failed),
+        answered_503: unavailable.len(),
+        voter_503_seconds: window(&unavailable),
         retries: mine.iter().map(|l| l.statuses.len().saturating_sub(1)).sum(),
         seconds_to_converge: 0.0,
         converged: false,
         lost: 0,
     })
+}
+
+/// Seconds from the first to the last of these answers, to 10 ms.
+fn window(answers: &[(Instant, u16)]) -> f64 {
+    let first = answers.iter().map(|(t, _)| *t).min();
+    let last = answers.iter().map(|(t, _)| *t).max();
+    match (first, last) {
+        (Some(first), Some(last)) => (last.duration_since(first).as_secs_f64() * 100.0).round() / 100.0,
+        _ => 0.0,
+    }
 }
 
 /// Accepted ballots among `logs` that the final books do not show

@@ -102,7 +102,22 @@ impl PostgresPair {
     /// kill -9 of the primary's postmaster and every backend, as when its
     /// machine dies: no shutdown checkpoint, sessions cut mid-transaction.
     pub async fn kill_primary(&mut self) -> anyhow::Result<()> {
-        let data = &self.data[self.primary];
+        self.kill(self.primary).await
+    }
+
+    /// kill -9 of the standby; the primary's commits wait from now on.
+    pub async fn kill_standby(&mut self) -> anyhow::Result<()> {
+        self.kill(self.standby()).await
+    }
+
+    /// Starts the standby again and waits until it is synchronous.
+    pub async fn restart_standby(&mut self) -> anyhow::Result<()> {
+        self.pg_ctl(self.standby(), &["start"]).await?;
+        self.wait_sync(Duration::from_secs(60)).await
+    }
+
+    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let data = &self.data[i];
         let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
         let postmaster: u32 = pid_file.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
         let backends = children_of(postmaster);
@@ -121,7 +136,7 @@ impl PostgresPair {
         while running(postmaster) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let socket = format!(".s.PGSQL.{}", self.ports[self.primary]);
+        let socket = format!(".s.PGSQL.{}", self.ports[i]);
         let _ = std::fs::remove_file(data.join("postmaster.pid"));
         for stale in [format!("{socket}.lock"), socket] {
             let _ = std::fs::remove_file(self.sockets.join(stale));
