@@ -117,3 +117,42 @@ pub fn lost(books: &Books, logs: &[VoterLog]) -> usize {
         })
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn books(resolved: &[(Uuid, Option<&str>)]) -> Books {
+        Books {
+            roll: Default::default(),
+            ballot_box: Default::default(),
+            ballot_box_rows: 0,
+            receipt_rows: 0,
+            recorded: Default::default(),
+            redis: Default::default(),
+            resolved_receipts: resolved.iter().map(|(r, why)| (*r, why.map(str::to_owned))).collect::<HashMap<_, _>>(),
+            dead_letters: 0,
+        }
+    }
+
+    fn accepted(receipt: Uuid, statuses: &[u16]) -> VoterLog {
+        VoterLog { statuses: statuses.to_vec(), receipt: Some(receipt), ..Default::default() }
+    }
+
+    #[test]
+    fn a_202_is_lost_unless_recorded_or_a_repeat_of_an_uncertain_attempt() {
+        let (recorded, repeat, refused, missing) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let books = books(&[(recorded, None), (repeat, Some("already_voted")), (refused, Some("already_voted"))]);
+        let logs = [
+            accepted(recorded, &[202]),
+            accepted(repeat, &[503, 202]),
+            accepted(refused, &[202]),
+            accepted(missing, &[202]),
+        ];
+        assert_eq!(lost(&books, &logs), 2);
+    }
+}
