@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use sqlx::PgPool;
 use tally_domain::election::Election;
 use tally_platform::elections;
+use tally_platform::redis::Master;
 use tally_platform::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -110,14 +111,15 @@ impl ElectionCache {
 
     /// Keeps the cache current until shutdown: reloads an election when it
     /// is announced, and everything every 30 s and after a reconnect.
-    pub async fn follow(self, client: redis::Client, channel: String, shutdown: CancellationToken) {
+    pub async fn follow(self, master: Master, channel: String, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             if let Err(e) = self.reload_all().await {
                 tracing::warn!(error = format!("{e:#}"), "reloading elections failed");
             }
+            // The master is asked anew: after a failover it is another node.
             let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = master.client().await?.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

@@ -115,7 +115,7 @@ fn register_metrics() {
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
     let state = ApiState::new(deps)?;
-    let redis = tally_platform::redis::client(&state.deps.settings.redis)?;
+    let redis = tally_platform::redis::master(&state.deps.settings.redis)?;
     let follower = tokio::spawn(state.elections.clone().follow(
         redis,
         state.deps.keys.elections_channel(),

@@ -116,9 +116,9 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     }
 
     // Every tally event: when, and how many ballots it counts.
-    let client = tally_platform::redis::client(&settings.redis)?;
+    let master = tally_platform::redis::master(&settings.redis)?;
     let redis = tally_platform::redis::connect(&settings.redis).await?;
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = master.client().await?.get_async_pubsub().await?;
     let keys = tally_platform::redis::Keys::new(&settings.redis.key_prefix);
     pubsub.subscribe(keys.tally_channel(election)).await?;
     // Every ballot counts until the senders are done; then every accepted one.

@@ -78,7 +78,7 @@ fn register_metrics() {
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
     let hub = Hub::new(deps.clone(), shutdown.clone());
-    let redis = tally_platform::redis::client(&deps.settings.redis)?;
+    let redis = tally_platform::redis::master(&deps.settings.redis)?;
     let source = tokio::spawn(source::follow(hub.clone(), redis, shutdown.clone()));
     let tracker = TaskTracker::new();
     let viewers = PerAddress::new(deps.settings.broadcaster.max_viewers_per_ip);

@@ -1,22 +1,26 @@
 //! One Redis subscription per broadcaster process: tally events for every
 //! election (`<prefix>:*`) and election changes. After any reconnect the
 //! watched snapshots are read again, so viewers converge on the current
-//! tally without reconnecting themselves.
+//! tally without reconnecting themselves. Each subscription asks anew
+//! which node is the master, so one lost in a Sentinel failover comes
+//! back on the new master.
 
 use futures_util::StreamExt;
+use tally_platform::redis::Master;
 use tally_platform::retry::Backoff;
 use tally_platform::tallies::TallyEvent;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 
-pub async fn follow(hub: Hub, client: redis::Client, shutdown: CancellationToken) {
+pub async fn follow(hub: Hub, master: Master, shutdown: CancellationToken) {
     let keys = hub.deps().keys.clone();
     let pattern = keys.tally_channel_pattern();
     let control = keys.elections_channel();
     let mut backoff = Backoff::default();
     loop {
         let subscribed = async {
+            let client = master.client().await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.psubscribe(&pattern).await?;
             pubsub.subscribe(&control).await?;

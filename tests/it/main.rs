@@ -9,6 +9,7 @@ mod demo;
 mod elections;
 mod enrollment;
 mod exhaustion;
+mod failover;
 mod foundation;
 mod hardening;
 mod helpers;

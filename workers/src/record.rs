@@ -13,10 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tally_domain::ballot::{VoteCommand, check_selections};
 use tally_domain::election::{Nominee, contested};
 use tally_domain::lifecycle::{Schedule, Status};
+use tally_platform::postgres;
 use tally_platform::tallies::Totals;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -80,10 +81,15 @@ struct ElectionFacts {
 /// `tally_platform::fence`): it is rejected as `election_closed`. A short or
 /// empty `late` means none is.
 pub async fn record(db: &PgPool, commands: &[VoteCommand], late: &[bool]) -> anyhow::Result<BatchOutcome> {
-    let mut tx = db.begin().await.context("starting a batch")?;
-    let outcome = write(&mut tx, commands, late).await?;
-    tx.commit().await.context("committing a batch")?;
-    Ok(outcome)
+    let mut conn = db.acquire().await.context("starting a batch")?;
+    let written = async {
+        let mut tx = conn.begin().await.context("starting a batch")?;
+        let outcome = write(&mut tx, commands, late).await?;
+        tx.commit().await.context("committing a batch")?;
+        Ok(outcome)
+    };
+    let written = written.await;
+    postgres::evict_if_read_only(&mut conn, written)
 }
 
 /// The tables a probe may write; see `probe`.
@@ -115,13 +121,18 @@ pub async fn reject(
     db: &PgPool,
     rejected: &[(&VoteCommand, &'static str)],
 ) -> anyhow::Result<Vec<(i64, i64)>> {
-    let mut tx = db.begin().await.context("starting a rejection")?;
     let commands: Vec<VoteCommand> = rejected.iter().map(|(c, _)| (*c).clone()).collect();
     let fates: Vec<Fate> = rejected.iter().map(|(_, reason)| Fate::Rejected(reason)).collect();
-    insert_rejections(&mut tx, &commands, &fates).await?;
-    let released = released_voters(&mut tx, &commands, &fates).await?;
-    tx.commit().await.context("committing a rejection")?;
-    Ok(released)
+    let mut conn = db.acquire().await.context("starting a rejection")?;
+    let written = async {
+        let mut tx = conn.begin().await.context("starting a rejection")?;
+        insert_rejections(&mut tx, &commands, &fates).await?;
+        let released = released_voters(&mut tx, &commands, &fates).await?;
+        tx.commit().await.context("committing a rejection")?;
+        Ok(released)
+    };
+    let written = written.await;
+    postgres::evict_if_read_only(&mut conn, written)
 }
 
 async fn write(

@@ -288,11 +288,44 @@ pub struct RedisSettings {
     /// A PEM CA certificate to trust for a `rediss://` URL, beside the
     /// public roots (for a private CA).
     pub tls_root_certificate: Option<std::path::PathBuf>,
+    /// Sentinels that say which node is the master now. Unset: `url` is
+    /// the master.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// Redis behind Sentinel. `redis.url` still gives the master's scheme,
+/// password and database; its host is ignored, since the master moves.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master by (`sentinel monitor <name> …`).
+    pub master_name: String,
+    /// `redis://[:password@]host:port` of each sentinel: a TOML array, or
+    /// one string of comma-separated URLs, as an environment variable is
+    /// usually written.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub urls: Vec<Secret>,
+}
+
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        List(Vec<String>),
+        Commas(String),
+    }
+    let urls = match Urls::deserialize(input)? {
+        Urls::List(urls) => urls,
+        Urls::Commas(urls) => urls.split(',').map(|url| url.trim().to_string()).collect(),
+    };
+    Ok(urls.into_iter().filter(|url| !url.is_empty()).map(Secret::new).collect())
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
+    /// One server, or the members of a cluster separated by commas: the
+    /// client connects to any and reconnects to the survivors.
     pub url: Secret,
     pub stream: String,
     /// Ballots go to `<subject_prefix>.<election_id>`.
@@ -440,7 +473,7 @@ pub struct WorkerSettings {
 
 impl NatsSettings {
     fn has_credentials(&self) -> bool {
-        has_password(self.url.expose())
+        crate::nats::split_urls(self.url.expose()).any(has_password)
             || self.token.is_some()
             || self.nkey_seed.is_some()
             || self.credentials.is_some()
@@ -488,6 +521,7 @@ impl Default for Settings {
                 response_timeout_ms: 2_000,
                 settled_election_ttl_secs: 24 * 3600,
                 tls_root_certificate: None,
+                sentinel: None,
             },
             nats: NatsSettings {
                 url: Secret::new("nats://127.0.0.1:4222"),
@@ -588,6 +622,13 @@ fn has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else { return false };
     let Some((credentials, _)) = rest.split_once('@') else { return false };
     credentials.split_once(':').is_some_and(|(_, password)| !password.is_empty())
+}
+
+/// The `host:port` of a `scheme://user:password@host:port/path` URL.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
 /// `auth.signing_key_id` → `TALLY_AUTH__SIGNING_KEY_ID`.
@@ -691,7 +732,6 @@ impl Settings {
         let urls = [
             ("database.url", &self.database.url, &defaults.database.url, true),
             ("redis.url", &self.redis.url, &defaults.redis.url, true),
-            ("nats.url", &self.nats.url, &defaults.nats.url, false),
         ];
         for (setting, url, default, needs_password) in urls {
             if url == default {
@@ -703,6 +743,19 @@ impl Settings {
             if needs_password && !has_password(url.expose()) {
                 return Err(ConfigError::new(setting, "carries no password; production needs credentials"));
             }
+        }
+        // Each member of a NATS cluster list, as if it stood alone.
+        if crate::nats::split_urls(self.nats.url.expose()).any(|url| url == defaults.nats.url.expose()) {
+            return Err(ConfigError::new("nats.url", "is the development default; production needs its own"));
+        }
+        // Sentinels on this machine would fail over to this machine: no
+        // high availability at all, most likely a development list.
+        let mut sentinels = self.redis.sentinel.iter().flat_map(|s| &s.urls);
+        if sentinels.any(|url| names_this_machine(url_host(url.expose()))) {
+            return Err(ConfigError::new(
+                "redis.sentinel.urls",
+                "names this machine; production needs sentinels on their own hosts",
+            ));
         }
         if !self.nats.has_credentials() {
             return Err(ConfigError::new(
@@ -861,13 +914,36 @@ impl Settings {
             // A control frame (a pong, a close) may carry 125 bytes.
             return Err(ConfigError::new("broadcaster.max_frame_bytes", "must be at least 125"));
         }
-        for (setting, url, schemes) in [
-            ("database.url", &self.database.url, &["postgres://", "postgresql://"][..]),
-            ("redis.url", &self.redis.url, &["redis://", "rediss://"][..]),
-            ("nats.url", &self.nats.url, &["nats://", "tls://"][..]),
-        ] {
-            if !schemes.iter().any(|s| url.expose().starts_with(s)) {
-                return Err(ConfigError::new(setting, format!("must start with {}", schemes.join(" or "))));
+        let redis_schemes = &["redis://", "rediss://"][..];
+        let sentinels = self.redis.sentinel.iter().flat_map(|s| &s.urls).map(Secret::expose);
+        let nats = crate::nats::split_urls(self.nats.url.expose());
+        let every_url = [
+            ("database.url", vec![self.database.url.expose()], &["postgres://", "postgresql://"][..]),
+            ("redis.url", vec![self.redis.url.expose()], redis_schemes),
+            ("redis.sentinel.urls", sentinels.collect(), redis_schemes),
+            ("nats.url", nats.collect(), &["nats://", "tls://"][..]),
+        ];
+        for (setting, urls, schemes) in every_url {
+            if urls.iter().any(|url| !schemes.iter().any(|s| url.starts_with(s))) {
+                let each = if urls.len() > 1 { "each address " } else { "" };
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{each}must start with {}", schemes.join(" or ")),
+                ));
+            }
+        }
+        if crate::nats::split_urls(self.nats.url.expose()).next().is_none() {
+            return Err(ConfigError::new("nats.url", "names no server"));
+        }
+        if let Some(sentinel) = &self.redis.sentinel {
+            if sentinel.master_name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "redis.sentinel.master_name",
+                    "is empty; name the monitored master",
+                ));
+            }
+            if sentinel.urls.is_empty() {
+                return Err(ConfigError::new("redis.sentinel.urls", "names no sentinel"));
             }
         }
         Ok(())
@@ -1051,6 +1127,85 @@ mod tests {
             let err = load(bad).unwrap_err();
             assert!(err.to_string().contains(setting), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn nats_takes_a_list_and_production_checks_each_member() {
+        let list = "nats://127.0.0.1:4222,nats://127.0.0.1:4223, nats://127.0.0.1:4224";
+        let s = Settings::load_from(None, vars(&[("TALLY_NATS__URL", list)])).expect("a list loads");
+        assert_eq!(crate::nats::split_urls(s.nats.url.expose()).count(), 3);
+        let err = Settings::load_from(None, vars(&[("TALLY_NATS__URL", "nats://a:4222,http://b:4222")]))
+            .unwrap_err();
+        assert_eq!(err.setting, "nats.url");
+        assert!(err.reason.contains("each address"), "{err}");
+        let key = ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production");
+        let cluster = "tls://api:pw@queue-0:4222,tls://api:pw@queue-1:4222";
+        assert!(Settings::load_from(None, production(&[key, ("TALLY_NATS__URL", cluster)])).is_ok());
+        for bad in
+            ["tls://api:pw@queue-0:4222,nats://127.0.0.1:4222", "tls://queue-0:4222,tls://queue-1:4222"]
+        {
+            let err = Settings::load_from(None, production(&[key, ("TALLY_NATS__URL", bad)])).unwrap_err();
+            assert_eq!(err.setting, "nats.url", "{bad}");
+        }
+        // Credentials in one member count for the whole list.
+        let one = "tls://queue-0:4222,tls://api:pw@queue-1:4222";
+        assert!(Settings::load_from(None, production(&[key, ("TALLY_NATS__URL", one)])).is_ok());
+    }
+
+    #[test]
+    fn sentinels_come_as_an_array_or_commas_and_production_refuses_loopback_ones() {
+        let name = ("TALLY_REDIS__SENTINEL__MASTER_NAME", "tally");
+        let array = r#"["redis://127.0.0.1:26379","redis://127.0.0.1:26380"]"#;
+        let commas = "redis://127.0.0.1:26379, redis://127.0.0.1:26380";
+        for urls in [array, commas] {
+            let s = Settings::load_from(None, vars(&[name, ("TALLY_REDIS__SENTINEL__URLS", urls)])).unwrap();
+            let sentinel = s.redis.sentinel.expect("sentinel set");
+            assert_eq!(sentinel.master_name, "tally");
+            let urls: Vec<&str> = sentinel.urls.iter().map(Secret::expose).collect();
+            assert_eq!(urls, ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"], "{urls:?}");
+        }
+        assert!(Settings::load_from(None, vars(&[])).unwrap().redis.sentinel.is_none());
+        let dir = std::env::temp_dir().join(format!("tally-sentinel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("tally.toml");
+        std::fs::write(&file, "[redis.sentinel]\nmaster_name = \"tally\"\nurls = [\"redis://s1:26379\"]\n")
+            .expect("write");
+        let s = Settings::load_from(Some(&file), vars(&[])).expect("loads from TOML");
+        assert_eq!(s.redis.sentinel.expect("set").urls.len(), 1);
+        std::fs::remove_dir_all(dir).ok();
+
+        for (bad, setting) in [
+            (vec![name], "redis.sentinel"),
+            (vec![name, ("TALLY_REDIS__SENTINEL__URLS", "http://s1:26379")], "redis.sentinel.urls"),
+            (vec![name, ("TALLY_REDIS__SENTINEL__URLS", " , ")], "redis.sentinel.urls"),
+            (
+                vec![
+                    ("TALLY_REDIS__SENTINEL__MASTER_NAME", ""),
+                    ("TALLY_REDIS__SENTINEL__URLS", "redis://s:1"),
+                ],
+                "redis.sentinel.master_name",
+            ),
+        ] {
+            let err = Settings::load_from(None, vars(&bad)).unwrap_err();
+            assert!(err.setting.starts_with(setting), "{bad:?}: {err}");
+        }
+        let key = ("TALLY_AUTH__KEYS__DEV", "a-signing-key-that-is-long-enough-for-production");
+        let own = "redis://:pw@sentinel-0:26379,redis://:pw@sentinel-1:26379";
+        let loaded =
+            Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", own)]));
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+        for local in ["redis://sentinel-0:26379,redis://127.0.0.1:26380", "redis://:pw@localhost:26379"] {
+            let err =
+                Settings::load_from(None, production(&[key, name, ("TALLY_REDIS__SENTINEL__URLS", local)]))
+                    .unwrap_err();
+            assert_eq!(err.env_var, "TALLY_REDIS__SENTINEL__URLS", "{local}");
+        }
+        let shown = format!(
+            "{:?}",
+            Settings::load_from(None, vars(&[name, ("TALLY_REDIS__SENTINEL__URLS", "redis://:hunter2@s:1")]))
+                .unwrap()
+        );
+        assert!(!shown.contains("hunter2"), "Debug never shows a sentinel's password");
     }
 
     #[test]

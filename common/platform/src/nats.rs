@@ -11,11 +11,12 @@ use async_nats::jetstream::{self, stream};
 use crate::config::NatsSettings;
 
 /// Connects in the background: the client returns at once and keeps
-/// reconnecting for as long as the process runs, so a broker restart is
-/// ridden out without restarting us. Credentials go in the CONNECT
-/// message only: the address the client keeps (and may log) has none.
+/// reconnecting for as long as the process runs, to any server of the
+/// list, so a broker restart or a dead cluster node is ridden out without
+/// restarting us. Credentials go in the CONNECT message only: the
+/// addresses the client keeps (and may log) have none.
 pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Client> {
-    let (address, user) = address_and_user(settings.url.expose())?;
+    let (addresses, user) = addresses_and_user(settings.url.expose())?;
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = user {
         options = options.user_and_password(user, password);
@@ -51,14 +52,45 @@ pub async fn connect(settings: &NatsSettings) -> anyhow::Result<async_nats::Clie
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(address)
+        .connect(addresses)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))
 }
 
+/// The servers of `urls` (comma-separated: the members of a cluster),
+/// each without its `user:password@`, and that user and password. One
+/// CONNECT serves every server, so addresses that name a user must agree.
+fn addresses_and_user(urls: &str) -> anyhow::Result<(Vec<ServerAddr>, Option<User>)> {
+    let mut addresses = Vec::new();
+    let mut found: Option<User> = None;
+    for url in split_urls(urls) {
+        let (address, user) = address_and_user(url)?;
+        match (&found, user) {
+            (Some(known), Some(user)) if *known != user => {
+                anyhow::bail!("nats.url names different users in its addresses; one identity connects")
+            }
+            (None, Some(user)) => found = Some(user),
+            _ => {}
+        }
+        addresses.push(address);
+    }
+    if addresses.is_empty() {
+        anyhow::bail!("nats.url names no server");
+    }
+    Ok((addresses, found))
+}
+
+/// The addresses of a comma-separated `nats.url`, blanks dropped.
+pub fn split_urls(urls: &str) -> impl Iterator<Item = &str> {
+    urls.split(',').map(str::trim).filter(|url| !url.is_empty())
+}
+
+/// A user and password, for the CONNECT message only.
+type User = (String, String);
+
 /// The server's address without the `user:password@` of `url`, and that
 /// user and password (percent-decoded). Errors never quote the URL.
-fn address_and_user(url: &str) -> anyhow::Result<(ServerAddr, Option<(String, String)>)> {
+fn address_and_user(url: &str) -> anyhow::Result<(ServerAddr, Option<User>)> {
     let address: ServerAddr =
         url.parse().map_err(|_| anyhow::anyhow!("nats.url is not a nats:// or tls:// address"))?;
     let user = address.username().map(|user| (decode(user), decode(address.password().unwrap_or(""))));
@@ -216,6 +248,27 @@ mod tests {
         assert_eq!(user, Some(("api".to_string(), "p@ss:w".to_string())));
         let (address, user) = address_and_user("nats://queue:4222").expect("parses");
         assert_eq!((address.as_url_str(), user), ("nats://queue:4222", None));
+    }
+
+    #[test]
+    fn a_list_names_every_server_and_one_user() {
+        let (addresses, user) =
+            addresses_and_user("nats://a:4222, tls://api:pw@b:4223,,nats://api:pw@c:4224").expect("parses");
+        let urls: Vec<&str> = addresses.iter().map(ServerAddr::as_url_str).collect();
+        assert_eq!(urls, ["nats://a:4222", "tls://b:4223", "nats://c:4224"]);
+        assert_eq!(user, Some(("api".to_string(), "pw".to_string())));
+        let one = addresses_and_user("nats://queue:4222").expect("parses").0;
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn a_list_refuses_disagreeing_users_and_bad_members_without_quoting_them() {
+        let err = addresses_and_user("nats://api:secret@a:4222,nats://workers:secret@b:4222").unwrap_err();
+        assert!(err.to_string().contains("different users") && !err.to_string().contains("secret"), "{err}");
+        let err = addresses_and_user("nats://a:4222,http://u:secret@[::1").unwrap_err().to_string();
+        assert!(err.contains("nats.url") && !err.contains("secret"), "{err}");
+        let err = addresses_and_user(" , ").unwrap_err().to_string();
+        assert!(err.contains("names no server"), "{err}");
     }
 
     #[test]

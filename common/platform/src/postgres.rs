@@ -1,13 +1,15 @@
-//! Postgres: the pool, the embedded migrations, and creating the database
-//! itself when it is missing (a fresh machine has none).
+//! Postgres: the pool, which keeps connections to the primary only, the
+//! embedded migrations, and creating the database itself when it is
+//! missing (a fresh machine has none).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
@@ -22,12 +24,51 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectO
 }
 
 /// A pool that connects on first use and reconnects by itself, so a process
-/// can start (and report not-ready) while Postgres is still down.
+/// can start (and report not-ready) while Postgres is still down. A new
+/// connection that lands on a read-only node (a standby, while the load
+/// balancer has not yet found the new primary) is refused, and the pool
+/// tries again until `acquire_timeout_ms`.
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .after_connect(|conn, _| Box::pin(refuse_read_only(conn)))
         .connect_lazy_with(connect_options(settings)?))
+}
+
+async fn refuse_read_only(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let read_only: String = sqlx::query_scalar("SHOW transaction_read_only").fetch_one(conn).await?;
+    if read_only == "on" {
+        return Err(sqlx::Error::Configuration(
+            "database.url leads to a read-only Postgres (a standby?); Tally writes to the primary".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// SQLSTATE 25006, "read-only transaction": the node answering is not
+/// the primary, or no longer is (a failover demoted it while this
+/// connection was open).
+pub fn is_read_only(error: &anyhow::Error) -> bool {
+    let mut errors = error.chain().filter_map(|e| e.downcast_ref::<sqlx::Error>());
+    errors.any(|e| e.as_database_error().and_then(|e| e.code()).as_deref() == Some("25006"))
+}
+
+/// Passes a write's outcome through; if it failed because the node is
+/// read-only, `conn` is closed instead of pooled. Retried on it, the write
+/// would fail for ever; the next acquire connects afresh, through the
+/// load balancer, to the primary.
+pub fn evict_if_read_only<T>(
+    conn: &mut PoolConnection<Postgres>,
+    written: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if let Err(error) = &written
+        && is_read_only(error)
+    {
+        tracing::warn!("Postgres answered read-only (SQLSTATE 25006); closing that connection");
+        conn.close_on_drop();
+    }
+    written
 }
 
 /// Creates the configured database if it does not exist yet.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -57,7 +57,18 @@ pub enum Built {
 /// second builder does not wait for: only one process ever signs a
 /// shuffle, and the primary key stops a second record in any case.
 pub async fn build_once(deps: &Deps, signer: &NoteSigner, election_id: i64) -> anyhow::Result<Built> {
-    let mut tx = deps.db.begin().await.context("connecting to Postgres")?;
+    let mut conn = deps.db.acquire().await.context("connecting to Postgres")?;
+    let built = build_on(&mut conn, deps, signer, election_id).await;
+    crate::postgres::evict_if_read_only(&mut conn, built)
+}
+
+async fn build_on(
+    conn: &mut sqlx::PgConnection,
+    deps: &Deps,
+    signer: &NoteSigner,
+    election_id: i64,
+) -> anyhow::Result<Built> {
+    let mut tx = conn.begin().await.context("connecting to Postgres")?;
     // One snapshot for every read below, so the files agree with each other.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, ($2 % 2147483647)::int)")
