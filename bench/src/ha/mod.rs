@@ -248,10 +248,15 @@ fn stack_env(stores: &Stores, haproxy: &Haproxy) -> Vec<(&'static str, String)> 
     env
 }
 
-/// The harness's own Redis connection, to the master Sentinel names now.
+/// The harness's own Redis connection, through the Sentinels as Tally's.
 async fn bench_redis(group: &RedisGroup, settings: &Settings) -> anyhow::Result<tally_platform::redis::Redis> {
     let mut redis = settings.redis.clone();
     redis.url = Secret::new(group.url(group.master().await?));
+    if !single_addresses() {
+        let urls = group.sentinel_urls().split(',').map(|u| Secret::new(u.to_owned())).collect();
+        let master_name = sentinel::MASTER_NAME.to_owned();
+        redis.sentinel = Some(tally_platform::config::SentinelSettings { master_name, urls });
+    }
     tally_platform::redis::connect(&redis).await
 }
 

@@ -99,18 +99,28 @@ impl RedisGroup {
 
     /// The node the Sentinels name as master (the first that answers).
     pub async fn master(&self) -> anyhow::Result<usize> {
+        let named = self.named().await;
+        named.into_iter().flatten().next().context("no Sentinel named a master")
+    }
+
+    /// The master each Sentinel names (`None`: it did not answer).
+    async fn named(&self) -> Vec<Option<usize>> {
+        let mut named = Vec::new();
         for port in self.sentinels {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { continue };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
-            let answer: redis::RedisResult<(String, u16)> =
-                redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query_async(&mut conn).await;
-            if let Ok((_, master)) = answer
-                && let Some(i) = self.ports.iter().position(|p| *p == master)
+            let mut master = None;
+            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
             {
-                return Ok(i);
+                let answer: redis::RedisResult<(String, u16)> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(MASTER_NAME)
+                    .query_async(&mut conn)
+                    .await;
+                master = answer.ok().and_then(|(_, port)| self.ports.iter().position(|p| *p == port));
             }
+            named.push(master);
         }
-        anyhow::bail!("no Sentinel named a master")
+        named
     }
 
     pub fn url(&self, i: usize) -> String {
@@ -122,11 +132,12 @@ impl RedisGroup {
         end(&mut self.nodes[i], End::Kill).await;
     }
 
-    /// Until the Sentinels name node `i` master and it says so itself.
+    /// Until every Sentinel names node `i` master and it says so itself.
     pub async fn wait_master(&self, i: usize, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if self.master().await.ok() == Some(i) && self.role(i).await.as_deref() == Some("master") {
+            let agreed = self.named().await.iter().all(|named| *named == Some(i));
+            if agreed && self.role(i).await.as_deref() == Some("master") {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < deadline, "Sentinel did not promote node {i} within {within:?}");
@@ -134,11 +145,16 @@ impl RedisGroup {
         }
     }
 
-    /// Starts node `i` again, empty and as a master of its own, as a
-    /// rebooted machine would; Sentinel must turn it into a replica.
+    /// Starts node `i` again, empty, as a replica of the master the
+    /// Sentinels name, as an operator (or Bitnami's chart) does: an empty
+    /// node started as a master could be taken for the master again
+    /// before the Sentinels reconfigure it, and its replica would copy
+    /// its emptiness (seen in an early run of this harness).
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i).await;
-        self.spawn(i, None)?;
+        let master = self.master().await?;
+        anyhow::ensure!(master != i, "the Sentinels still name the dead node {i} master");
+        self.spawn(i, Some(self.ports[master]))?;
         wait_tcp("127.0.0.1", self.ports[i]).await?;
         self.wait_replica(i, Duration::from_secs(60)).await
     }
