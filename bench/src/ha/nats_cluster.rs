@@ -151,6 +151,15 @@ impl NatsCluster {
     /// What node `i`'s monitoring port says about `stream`: its leader and
     /// whether every replica is current. `None` if it does not answer.
     async fn view(&self, i: usize, stream: &str) -> Option<(Option<String>, bool)> {
+        let cluster = self.cluster_info(i, stream).await?;
+        let leader = cluster["leader"].as_str().filter(|l| !l.is_empty()).map(str::to_owned);
+        let replicas = cluster["replicas"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let current = replicas.len() == 2 && replicas.iter().all(|r| r["current"] == true);
+        Some((leader, current))
+    }
+
+    /// The `cluster` part of node `i`'s `/jsz` detail of `stream`.
+    async fn cluster_info(&self, i: usize, stream: &str) -> Option<serde_json::Value> {
         let node = &self.nodes[i];
         let url = format!("http://{}:{}/jsz?accounts=true&streams=true", node.host, node.monitor);
         let jsz: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
@@ -160,11 +169,7 @@ impl NatsCluster {
             .filter_map(|a| a["stream_detail"].as_array())
             .flatten()
             .find(|s| s["name"] == stream)?;
-        let cluster = &detail["cluster"];
-        let leader = cluster["leader"].as_str().filter(|l| !l.is_empty()).map(str::to_owned);
-        let replicas = cluster["replicas"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let current = replicas.len() == 2 && replicas.iter().all(|r| r["current"] == true);
-        Some((leader, current))
+        Some(detail["cluster"].clone())
     }
 
     /// Whom each node names leader of `stream` (`None`: down, or no leader).
@@ -207,7 +212,10 @@ impl NatsCluster {
             if let Some((_, true)) = self.view(leader, stream).await {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "{stream}'s replicas were not current within {within:?}");
+            if Instant::now() > deadline {
+                let seen = self.cluster_info(leader, stream).await.unwrap_or_default();
+                anyhow::bail!("{stream}'s replicas were not current within {within:?}; its leader says {seen}");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
