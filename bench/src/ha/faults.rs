@@ -52,7 +52,13 @@ const PARTITION: Duration = Duration::from_secs(10);
 
 /// Injects and undoes `fault`; what happened, with timings in seconds
 /// from the fault, as JSON.
-pub async fn inject(fault: Fault, stores: &mut Stores, cluster: &mut Cluster, round: usize, roles: bool) -> anyhow::Result<Value> {
+pub async fn inject(
+    fault: Fault,
+    stores: &mut Stores,
+    cluster: &mut Cluster,
+    round: usize,
+    roles: bool,
+) -> anyhow::Result<Value> {
     let began = Instant::now();
     let since = |t: Instant| (t.duration_since(began).as_secs_f64() * 100.0).round() / 100.0;
     let stream = stores.stream.clone();
@@ -177,7 +183,12 @@ async fn kill_roles(cluster: &mut Cluster, round: usize) -> Vec<usize> {
 /// With the old leader cut off from its peers until `PARTITION` has
 /// passed, watches whom each side names leader, then heals and waits until
 /// all catch up.
-async fn partition(stores: &mut Stores, leader: usize, stream: &str, began: Instant) -> anyhow::Result<Value> {
+async fn partition(
+    stores: &mut Stores,
+    leader: usize,
+    stream: &str,
+    began: Instant,
+) -> anyhow::Result<Value> {
     let mut majority_leader = None;
     let mut isolated_claims_until = 0.0;
     while began.elapsed() < PARTITION {

@@ -93,7 +93,8 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     let scratch = Scratch::new(&options.out)?;
     let dir = &scratch.dir;
     let net = if options.faults.contains(&Fault::NatsPartition) { Some(Net::create(3).await?) } else { None };
-    let nats = NatsCluster::start(&dir.join("nats"), net.as_ref()).await.context("starting the NATS cluster")?;
+    let nats =
+        NatsCluster::start(&dir.join("nats"), net.as_ref()).await.context("starting the NATS cluster")?;
     let postgres = PostgresPair::start(&dir.join("pg")).await.context("starting the Postgres pair")?;
     let haproxy = Haproxy::start(&dir.join("haproxy"), &postgres.ports).await?;
     let redis = RedisGroup::start(&dir.join("redis")).await.context("starting Redis and Sentinel")?;
@@ -142,10 +143,19 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     for (round, fault) in options.faults.iter().copied().enumerate() {
         let voters: Vec<_> = cast.drain(..(per_phase as usize).min(cast.len())).collect();
         let first = logs.len();
-        let mut report =
-            phase::run(fault, round, options.roles, &load, voters, &mut stores, &mut cluster, &mut logs, started)
-                .await
-                .with_context(|| format!("fault {fault:?}"))?;
+        let mut report = phase::run(
+            fault,
+            round,
+            options.roles,
+            &load,
+            voters,
+            &mut stores,
+            &mut cluster,
+            &mut logs,
+            started,
+        )
+        .await
+        .with_context(|| format!("fault {fault:?}"))?;
         let stopped = Instant::now();
         let redis = bench_redis(&stores.redis, &settings).await?;
         let live = Books::settle_until(&db, &redis, &keys, election, CONVERGE_WITHIN, |b| {
@@ -180,7 +190,9 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     for (report, range) in reports.iter_mut().zip(&phase_ranges) {
         report.lost = phase::lost(&books, &logs[range.clone()]);
         if !report.converged {
-            votes.violations.push(format!("the books did not agree within {CONVERGE_WITHIN:?} after {:?}", report.fault));
+            votes
+                .violations
+                .push(format!("the books did not agree within {CONVERGE_WITHIN:?} after {:?}", report.fault));
         }
     }
     let lost = phase::lost(&books, &logs);
@@ -249,7 +261,10 @@ fn stack_env(stores: &Stores, haproxy: &Haproxy) -> Vec<(&'static str, String)> 
 }
 
 /// The harness's own Redis connection, through the Sentinels as Tally's.
-async fn bench_redis(group: &RedisGroup, settings: &Settings) -> anyhow::Result<tally_platform::redis::Redis> {
+async fn bench_redis(
+    group: &RedisGroup,
+    settings: &Settings,
+) -> anyhow::Result<tally_platform::redis::Redis> {
     let mut redis = settings.redis.clone();
     redis.url = Secret::new(group.url(group.master().await?));
     if !single_addresses() {
@@ -294,7 +309,8 @@ struct Scratch {
 
 impl Scratch {
     fn new(out: &std::path::Path) -> anyhow::Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("tally-ha-{}-{}", std::process::id(), crate::infra::nonce()));
+        let dir =
+            std::env::temp_dir().join(format!("tally-ha-{}-{}", std::process::id(), crate::infra::nonce()));
         std::fs::create_dir_all(&dir).context("creating the scratch directory")?;
         let keep = out.join("stores");
         let _ = std::fs::remove_dir_all(&keep);

@@ -184,7 +184,12 @@ impl NatsCluster {
 
     /// The node the live nodes agree leads `stream`, once a majority of
     /// all three name the same one, other than `not`.
-    pub async fn wait_leader(&self, stream: &str, not: Option<usize>, within: Duration) -> anyhow::Result<usize> {
+    pub async fn wait_leader(
+        &self,
+        stream: &str,
+        not: Option<usize>,
+        within: Duration,
+    ) -> anyhow::Result<usize> {
         let deadline = Instant::now() + within;
         loop {
             let mut named = Vec::new();
@@ -199,7 +204,10 @@ impl NatsCluster {
                     return Ok(i);
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "no agreed leader for {stream} within {within:?}: {named:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no agreed leader for {stream} within {within:?}: {named:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -214,7 +222,9 @@ impl NatsCluster {
             }
             if Instant::now() > deadline {
                 let seen = self.cluster_info(leader, stream).await.unwrap_or_default();
-                anyhow::bail!("{stream}'s replicas were not current within {within:?}; its leader says {seen}");
+                anyhow::bail!(
+                    "{stream}'s replicas were not current within {within:?}; its leader says {seen}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

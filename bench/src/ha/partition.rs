@@ -64,7 +64,8 @@ impl Net {
             ip(&["link", "set", &veth, "master", &bridge, "up"]).await?;
             let inside = ["netns", "exec", &netns, "ip"];
             ip(&[&inside[..], &["link", "set", "lo", "up"]].concat()).await?;
-            ip(&[&inside[..], &["addr", "add", &format!("{}/24", self.ip(i)), "dev", "eth0"]].concat()).await?;
+            ip(&[&inside[..], &["addr", "add", &format!("{}/24", self.ip(i)), "dev", "eth0"]].concat())
+                .await?;
             ip(&[&inside[..], &["link", "set", "eth0", "up"]].concat()).await?;
         }
         Ok(())
@@ -107,6 +108,11 @@ async fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 async fn output(command: &mut Command) -> anyhow::Result<String> {
     let out = command.stdin(Stdio::null()).output().await.context("running ip (iproute2)")?;
-    anyhow::ensure!(out.status.success(), "{:?}: {}", command.as_std(), String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?}: {}",
+        command.as_std(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

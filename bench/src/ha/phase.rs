@@ -134,7 +134,10 @@ mod tests {
             receipt_rows: 0,
             recorded: Default::default(),
             redis: Default::default(),
-            resolved_receipts: resolved.iter().map(|(r, why)| (*r, why.map(str::to_owned))).collect::<HashMap<_, _>>(),
+            resolved_receipts: resolved
+                .iter()
+                .map(|(r, why)| (*r, why.map(str::to_owned)))
+                .collect::<HashMap<_, _>>(),
             dead_letters: 0,
         }
     }
@@ -145,8 +148,10 @@ mod tests {
 
     #[test]
     fn a_202_is_lost_unless_recorded_or_a_repeat_of_an_uncertain_attempt() {
-        let (recorded, repeat, refused, missing) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let books = books(&[(recorded, None), (repeat, Some("already_voted")), (refused, Some("already_voted"))]);
+        let (recorded, repeat, refused, missing) =
+            (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let books =
+            books(&[(recorded, None), (repeat, Some("already_voted")), (refused, Some("already_voted"))]);
         let logs = [
             accepted(recorded, &[202]),
             accepted(repeat, &[503, 202]),

@@ -57,7 +57,15 @@ impl PostgresPair {
             run(Command::new("chown").arg("postgres:postgres").arg(dir).arg(&pair.sockets), "chown").await?;
         }
         let mut initdb = as_postgres(&pair.bin.join("initdb"));
-        initdb.arg("-D").arg(&pair.data[0]).args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(&pair.data[0]).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         run(&mut initdb, "initdb").await?;
         let conf = pair.data[0].join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).context("reading postgresql.conf")?;
@@ -118,8 +126,10 @@ impl PostgresPair {
 
     async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         let data = &self.data[i];
-        let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
-        let postmaster: u32 = pid_file.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
+        let pid_file =
+            std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
+        let postmaster: u32 =
+            pid_file.lines().next().unwrap_or("").trim().parse().context("postmaster.pid")?;
         let backends = children_of(postmaster);
         run(Command::new("kill").args(["-KILL", &postmaster.to_string()]), "kill").await?;
         // Best effort: some backends exit by themselves as the others die.
@@ -164,7 +174,8 @@ impl PostgresPair {
         let mut conn = sqlx::PgConnection::connect(&self.url(self.primary)).await?;
         sqlx::query("CHECKPOINT").execute(&mut conn).await.context("checkpoint on the new primary")?;
         let _ = conn.close().await;
-        let source = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.ports[self.primary]);
+        let source =
+            format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.ports[self.primary]);
         let mut rewind = as_postgres(&self.bin.join("pg_rewind"));
         rewind.arg("-D").arg(&self.data[old]).arg(format!("--source-server={source}")).arg("-R");
         let how = match run(&mut rewind, "pg_rewind").await {
@@ -226,7 +237,9 @@ impl Drop for PostgresPair {
 /// Whether the process exists and is not a zombie.
 fn running(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z")
 }
 
 /// Processes whose parent is `pid` (a postmaster's backends), from /proc.

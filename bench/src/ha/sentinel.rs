@@ -79,7 +79,10 @@ impl RedisGroup {
 
     fn spawn(&mut self, i: usize, replica_of: Option<u16>) -> anyhow::Result<()> {
         let port = self.ports[i].to_string();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("redis-{i}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("redis-{i}.log")))?;
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "no", "--dir"]);
         command.arg(&self.dir);
@@ -163,10 +166,17 @@ impl RedisGroup {
     async fn wait_replica(&self, i: usize, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if self.info(i).await.is_some_and(|info| info.contains("role:slave") && info.contains("master_link_status:up")) {
+            if self
+                .info(i)
+                .await
+                .is_some_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+            {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "Redis node {i} was not a synced replica within {within:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Redis node {i} was not a synced replica within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
