@@ -109,7 +109,7 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     tally.migrate(&env).await.context("tally migrate on the HA stack")?;
     let mut settings = settings.clone();
     settings.database.url = Secret::new(haproxy.database_url());
-    settings.nats.url = Secret::new(nats_url(&stores.nats));
+    settings.nats.url = Secret::new(stores.nats.urls());
     settings.workers.anonymity_set = ANONYMITY_SET;
 
     let per_phase = u64::from(options.rate) * (options.gap + options.tail + FAULT_BUDGET).as_secs();
@@ -234,29 +234,17 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     Ok(report)
 }
 
-/// Until development's switch: `HA_SINGLE_ADDRESSES=1` points Tally
-/// at the first NATS node and the Redis master only.
-fn single_addresses() -> bool {
-    std::env::var("HA_SINGLE_ADDRESSES").is_ok_and(|v| v == "1")
-}
-
-fn nats_url(nats: &NatsCluster) -> String {
-    if single_addresses() { nats.nodes[0].url() } else { nats.urls() }
-}
-
 /// The settings every `tally` process of the run needs: HAProxy for
 /// Postgres, the NATS list, Sentinel for Redis.
 fn stack_env(stores: &Stores, haproxy: &Haproxy) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("TALLY_DATABASE__URL", haproxy.database_url()),
-        ("TALLY_NATS__URL", nats_url(&stores.nats)),
+        ("TALLY_NATS__URL", stores.nats.urls()),
         ("TALLY_NATS__REPLICAS", "3".to_owned()),
         ("TALLY_REDIS__URL", stores.redis.url(0)),
     ];
-    if !single_addresses() {
-        env.push(("TALLY_REDIS__SENTINEL__MASTER_NAME", sentinel::MASTER_NAME.to_owned()));
-        env.push(("TALLY_REDIS__SENTINEL__URLS", stores.redis.sentinel_urls()));
-    }
+    env.push(("TALLY_REDIS__SENTINEL__MASTER_NAME", sentinel::MASTER_NAME.to_owned()));
+    env.push(("TALLY_REDIS__SENTINEL__URLS", stores.redis.sentinel_urls()));
     env
 }
 
@@ -266,12 +254,11 @@ async fn bench_redis(
     settings: &Settings,
 ) -> anyhow::Result<tally_platform::redis::Redis> {
     let mut redis = settings.redis.clone();
-    redis.url = Secret::new(group.url(group.master().await?));
-    if !single_addresses() {
-        let urls = group.sentinel_urls().split(',').map(|u| Secret::new(u.to_owned())).collect();
-        let master_name = sentinel::MASTER_NAME.to_owned();
-        redis.sentinel = Some(tally_platform::config::SentinelSettings { master_name, urls });
-    }
+    // Its host is ignored: the Sentinels name the master.
+    redis.url = Secret::new(group.url(0));
+    let urls = group.sentinel_urls().split(',').map(|u| Secret::new(u.to_owned())).collect();
+    let master_name = sentinel::MASTER_NAME.to_owned();
+    redis.sentinel = Some(tally_platform::config::SentinelSettings { master_name, urls });
     tally_platform::redis::connect(&redis).await
 }
 
