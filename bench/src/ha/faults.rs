@@ -211,9 +211,12 @@ async fn partition(
         net.heal(leader).await?;
     }
     let healed = began.elapsed().as_secs_f64();
-    stores.nats.wait_current(stream, WITHIN).await?;
+    // A replica that never catches up is a finding, not the end of the
+    // run: the books are still checked, and it is reported as a violation.
+    let problem = stores.nats.wait_current(stream, WITHIN).await.err().map(|e| format!("{e:#}"));
     let after = stores.nats.wait_leader(stream, None, WITHIN).await?;
     Ok(json!({
+        "problem": problem,
         "isolated": stores.nats.nodes[leader].name,
         "majority_elected": majority_leader.as_ref().map(|(n, _)| n.clone()),
         "majority_elected_after": majority_leader.map(|(_, t)| (t * 100.0).round() / 100.0),

@@ -67,6 +67,10 @@ pub struct Report {
     pub viewer_reconnects: u64,
     pub final_tally: Seen,
     pub seconds_close_to_final: f64,
+    /// Only when the run did not reach its final state: what the stream
+    /// and the workers' consumer hold, read at the deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsettled: Option<books::Queue>,
 }
 
 /// Small, so that live tallies move (and are checked) all through the run.
@@ -189,6 +193,9 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     books::note_quarantine(&mut votes, &settings.nats).await?;
     for (report, range) in reports.iter_mut().zip(&phase_ranges) {
         report.lost = phase::lost(&books, &logs[range.clone()]);
+        if let Some(problem) = report.detail.get("problem").and_then(|p| p.as_str()) {
+            votes.violations.push(format!("after {:?}: {problem}", report.fault));
+        }
         if !report.converged {
             votes
                 .violations
@@ -207,8 +214,16 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     if books.redis != books.recorded {
         votes.violations.push(format!("Redis {:?} differs from Postgres {:?}", books.redis, books.recorded));
     }
+    let mut unsettled = None;
     if !books.settled(&logs, &viewers_seen) {
         votes.violations.push(format!("not final within {}s of the close", CONVERGE_WITHIN.as_secs()));
+        unsettled = books::queue(&settings.nats).await.ok();
+        let pending: Vec<String> = logs
+            .iter()
+            .filter(|l| l.receipt.is_some_and(|r| !books.resolved_receipts.contains_key(&r)))
+            .map(|l| format!("{} {:?} {:?}", l.citizen_id, l.statuses, l.receipt))
+            .collect();
+        votes.violations.push(format!("unresolved receipts: {pending:?}"));
     }
     crate::chaos::write_log(&options.out, &logs)?;
     stop_watching.cancel();
@@ -226,6 +241,7 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
         viewer_reconnects,
         final_tally: books.recorded,
         seconds_close_to_final,
+        unsettled,
     };
     std::fs::write(options.out.join("report.json"), serde_json::to_vec_pretty(&report)?)
         .context("writing report.json")?;
