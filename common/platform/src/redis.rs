@@ -59,7 +59,11 @@ pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Redis> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
         .set_response_timeout(Duration::from_millis(settings.response_timeout_ms))
-        .set_number_of_retries(2);
+        .set_number_of_retries(2)
+        // The crate's default grows the wait between reconnects to about
+        // 100 s (1 s times the factor 100): a command caught by a Redis
+        // restart would hang that long. Capped, it fails within seconds.
+        .set_max_delay(1_000);
     let route = match &settings.sentinel {
         None => ConnectionManager::new_with_config(client(settings)?, config).await.map(Route::Direct),
         Some(_) => master::Followed::connect(master(settings)?, config).await.map(Route::Sentinel),

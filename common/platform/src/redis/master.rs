@@ -120,11 +120,6 @@ impl Followed {
         master: Master,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Arc<Followed>> {
-        // The manager's second reconnect waits 100 s by default (backon's
-        // 1 s times the factor 100): a command caught on a dead master
-        // would hang that long. Capped, it fails within seconds, and the
-        // next goes to the master the sentinels name.
-        let config = config.set_max_delay(1_000);
         let client = master.client().await?;
         let db = client.get_connection_info().redis.db;
         let manager = RwLock::new(ConnectionManager::new_with_config(client, config.clone()).await?);
