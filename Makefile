@@ -11,7 +11,7 @@ BENCH_DEBUG := target/debug/tally-bench --tally target/debug/tally
 
 VENV := .venv
 
-.PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke proxy-check deploy-check fuzz profile-build
+.PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke ha ha-smoke proxy-check deploy-check fuzz profile-build
 
 ## up: start the dependencies, migrate, seed the demo and run every role, with
 ## `tally-bench demo` voting in the demo election (DEMO_RATE per second, DEMO_VOTERS in all)
@@ -19,7 +19,7 @@ up: services build
 	scripts/up.sh $(TALLY_RELEASE) target/release/tally-bench
 
 ## test: the dependencies, then formatting, lints and every test
-test: services tools fmt lint supply-chain monitoring deploy-check unit load-smoke chaos-smoke proxy-check
+test: services tools fmt lint supply-chain monitoring deploy-check unit load-smoke chaos-smoke ha-smoke proxy-check
 
 ## tools: test-only helpers from PyPI, in a project-local virtualenv
 tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
@@ -27,7 +27,7 @@ tools: $(VENV)/.installed tests/browser/node_modules/.installed packages
 ## packages: Debian's Chromium, Node, nginx, Prometheus (with promtool) and the Postgres/Redis exporters
 packages:
 	@missing=""; \
-	for pair in curl:curl openssl:openssl nginx:nginx psql:postgresql-client redis-cli:redis-tools chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
+	for pair in curl:curl openssl:openssl nginx:nginx haproxy:haproxy ip:iproute2 psql:postgresql-client redis-cli:redis-tools chromium:chromium node:nodejs npm:npm promtool:prometheus prometheus:prometheus \
 	            prometheus-postgres-exporter:prometheus-postgres-exporter \
 	            prometheus-redis-exporter:prometheus-redis-exporter; do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
@@ -100,6 +100,20 @@ chaos-smoke: services
 	$(CARGO) build --workspace --bin tally --bin tally-bench
 	timeout 600 $(BENCH_DEBUG) chaos --rate 100 --rounds 1 --gap-ms 1500 --viewers 10 --out artifacts/chaos-smoke
 	timeout 600 $(BENCH_DEBUG) overload --seconds 12 --min-offer-ratio 1.5 --out artifacts/overload-smoke
+
+## ha: Tally on clustered engines on this machine (three NATS servers, each in a network namespace
+## of the run's own; a Postgres primary and synchronous standby behind HAProxy; Redis with three
+## Sentinels; two processes of each role), every store fault under load, every ballot accounted
+## for (release build; needs root for the namespaces; report in artifacts/ha/report.json)
+ha: services packages build
+	timeout 900 $(BENCH_RELEASE) ha --rate 100 --viewers 20 --out artifacts/ha
+
+## ha-smoke: one NATS stream-leader kill and one Redis master failover under a few hundred
+## ballots, without the partition (debug build, make test)
+ha-smoke: services packages
+	$(CARGO) build --workspace --bin tally --bin tally-bench
+	timeout 300 $(BENCH_DEBUG) ha --rate 30 --viewers 6 --faults nats-leader,redis-master \
+	  --gap-ms 2000 --tail-ms 2000 --out artifacts/ha-smoke
 
 ## proxy-check: Debian's nginx with deploy/nginx/tally.conf (nginx -t first) in front of two
 ## replicas of each role; ballots and viewers through it while one API replica is killed

@@ -191,7 +191,7 @@ impl Drop for Infra {
     }
 }
 
-fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .context("looking for Postgres's programs under /usr/lib/postgresql")?
         .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -201,11 +201,11 @@ fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     found.pop().context("no initdb under /usr/lib/postgresql/*/bin")
 }
 
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn as_postgres(program: &Path) -> Command {
+pub(crate) fn as_postgres(program: &Path) -> Command {
     if running_as_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -215,7 +215,7 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
-async fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let output = command.stdin(Stdio::null()).output().await.with_context(|| format!("running {what}"))?;
     if !output.status.success() {
         bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
@@ -234,6 +234,6 @@ pub async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nonce() -> u128 {
+pub(crate) fn nonce() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }

@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod e2e;
+pub mod ha;
 pub mod infra;
 pub mod kit;
 pub mod latency;

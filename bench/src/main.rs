@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_bench::process::Tally;
-use tally_bench::{chaos, demo, e2e, provision, viewers};
+use tally_bench::{chaos, demo, e2e, ha, provision, viewers};
 use tally_platform::Settings;
 use tally_platform::config::Environment;
 
@@ -131,6 +131,35 @@ enum Command {
         #[arg(long, default_value = "artifacts/proxy")]
         out: PathBuf,
     },
+    /// Tally on clustered engines (three NATS servers, a Postgres primary
+    /// and synchronous standby behind HAProxy, Redis with Sentinel), all on
+    /// this machine, under store faults with every ballot accounted for.
+    Ha {
+        /// Ballots offered per second, over both API processes.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Live viewers, over both broadcaster processes.
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        /// The faults, in order, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
+            ha::Fault::NatsLeader, ha::Fault::NatsFollower, ha::Fault::NatsPartition,
+            ha::Fault::PostgresPrimary, ha::Fault::PostgresStandby, ha::Fault::RedisMaster,
+        ])]
+        faults: Vec<ha::Fault>,
+        /// Milliseconds of steady load before each fault.
+        #[arg(long, default_value_t = 3000)]
+        gap_ms: u64,
+        /// Milliseconds of load after each fault is undone, before the books are checked.
+        #[arg(long, default_value_t = 3000)]
+        tail_ms: u64,
+        /// Leave Tally's processes alone (by default one of each role is killed -9 during each fault).
+        #[arg(long)]
+        no_role_kills: bool,
+        /// Directory for the report, the per-voter log and every process's log.
+        #[arg(long, default_value = "artifacts/ha")]
+        out: PathBuf,
+    },
     /// K WebSocket viewers on one broadcaster process while tallies change.
     Viewers {
         /// WebSocket viewers to connect.
@@ -206,6 +235,12 @@ async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Re
             let options = chaos::proxy::Options { voters, rate, viewers, nginx_conf, out };
             let report = chaos::proxy::run(settings, tally, options).await?;
             verdict("proxy check", &report, report.passed, report.votes.violations.len())
+        }
+        Command::Ha { rate, viewers, faults, gap_ms, tail_ms, no_role_kills, out } => {
+            let (gap, tail) = (Duration::from_millis(gap_ms), Duration::from_millis(tail_ms));
+            let options = ha::Options { rate, viewers, faults, gap, tail, roles: !no_role_kills, out };
+            let report = ha::run(settings, tally, options).await?;
+            verdict("HA run", &report, report.passed, report.votes.violations.len())
         }
         Command::Viewers { viewers, updates_per_sec, seconds } => {
             let duration = Duration::from_secs(seconds);

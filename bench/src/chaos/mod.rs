@@ -6,15 +6,15 @@
 //! closed, the held ballots are flushed, and every voter's answers are
 //! checked against the books; any violation fails the run.
 
-mod audience;
-mod books;
+pub(crate) mod audience;
+pub(crate) mod books;
 mod cpu;
 mod direct;
 pub mod faults;
 pub mod overload;
 pub mod proxy;
 mod schedule;
-mod voters;
+pub(crate) mod voters;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -253,7 +253,7 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
 }
 
 /// One JSON line per voter: every status it was answered and its receipt.
-fn write_log(out: &Path, logs: &[voters::VoterLog]) -> anyhow::Result<()> {
+pub(crate) fn write_log(out: &Path, logs: &[voters::VoterLog]) -> anyhow::Result<()> {
     use std::io::Write;
     let path = out.join("responses.jsonl");
     let mut file = std::io::BufWriter::new(

@@ -34,6 +34,9 @@ pub struct Answers {
     pub latency: Latencies,
     /// 429 and 503 answers that did not say when to come back.
     pub without_retry_after: AtomicU64,
+    /// When each uncertain answer (no answer, 5xx) came, and its status:
+    /// how long voters saw the system fail, for the HA run's measures.
+    pub failed_at: Mutex<Vec<(Instant, u16)>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -212,6 +215,9 @@ async fn cast(
             }
             Err(_) => (NO_ANSWER, None, None),
         };
+        if uncertain(status) {
+            answers.failed_at.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), status));
+        }
         if matches!(status, 429 | 503) && retry_after.is_none() {
             answers.without_retry_after.fetch_add(1, Ordering::Relaxed);
         }
