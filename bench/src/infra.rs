@@ -172,23 +172,29 @@ impl Infra {
 
 impl Drop for Infra {
     fn drop(&mut self) {
-        let pg_ctl = self.pg_bin.join("pg_ctl");
-        let mut stop = if running_as_root() {
-            let mut command = std::process::Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(pg_ctl);
-            command
-        } else {
-            std::process::Command::new(pg_ctl)
-        };
-        let _ = stop
-            .arg("-D")
-            .arg(self.dir.join("pg"))
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        stop_postgres_now(&self.pg_bin, &self.dir.join("pg"));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `pg_ctl stop -m immediate`, waited for without a runtime: for `Drop`,
+/// which may run while the harness unwinds.
+pub(crate) fn stop_postgres_now(bin: &Path, data: &Path) {
+    let pg_ctl = bin.join("pg_ctl");
+    let mut stop = if running_as_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(pg_ctl);
+        command
+    } else {
+        std::process::Command::new(pg_ctl)
+    };
+    let _ = stop
+        .arg("-D")
+        .arg(data)
+        .args(["-m", "immediate", "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 pub(crate) fn postgres_bin_dir() -> anyhow::Result<PathBuf> {

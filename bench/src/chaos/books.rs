@@ -140,6 +140,30 @@ impl Books {
 
     /// Whether every store and viewer agrees and no accepted ballot waits:
     /// the final state, once the election has ended.
+    /// The checks every harness makes once the election is closed: each
+    /// viewer on the final tally, Redis equal to Postgres, and every
+    /// answer final in time. Returns whether it was final.
+    pub fn check_final(
+        &self,
+        logs: &[VoterLog],
+        viewers: &[Option<Seen>],
+        within: std::time::Duration,
+        violations: &mut Vec<String>,
+    ) -> bool {
+        let behind = viewers.iter().filter(|seen| seen.as_ref() != Some(&self.recorded)).count();
+        if behind > 0 {
+            violations.push(format!("{behind} viewers' last tally differs from the final tally"));
+        }
+        if self.redis != self.recorded {
+            violations.push(format!("Redis {:?} differs from Postgres {:?}", self.redis, self.recorded));
+        }
+        let settled = self.settled(logs, viewers);
+        if !settled {
+            violations.push(format!("not final within {}s of the close", within.as_secs()));
+        }
+        settled
+    }
+
     pub fn settled(&self, logs: &[VoterLog], viewers: &[Option<Seen>]) -> bool {
         let nothing_pending = logs
             .iter()

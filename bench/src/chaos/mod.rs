@@ -201,16 +201,8 @@ pub async fn run(settings: &Settings, tally: &Tally, options: Options) -> anyhow
     votes.violations.extend(direct.check_poison().await?);
     votes.direct_ballots = direct.logs.iter().filter(|l| !l.statuses.is_empty()).count();
     votes.poison_ballots = direct.poison.len();
-    let behind = viewers_seen.iter().filter(|seen| seen.as_ref() != Some(&books.recorded)).count();
-    if behind > 0 {
-        votes.violations.push(format!("{behind} viewers' last tally differs from the final tally"));
-    }
-    if books.redis != books.recorded {
-        votes.violations.push(format!("Redis {:?} differs from Postgres {:?}", books.redis, books.recorded));
-    }
     let mut unsettled = None;
-    if !books.settled(&logs, &viewers_seen) {
-        votes.violations.push(format!("not final within {}s of the close", CONVERGE_WITHIN.as_secs()));
+    if !books.check_final(&logs, &viewers_seen, CONVERGE_WITHIN, &mut votes.violations) {
         let mut held_per_worker = Vec::new();
         for i in cluster.with_role("workers") {
             held_per_worker.push(crate::metric(cluster.nodes[i].admin, "tally_ballots_held").await);

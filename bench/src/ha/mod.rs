@@ -207,16 +207,8 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
         votes.violations.push(format!("{lost} accepted ballots were not recorded"));
     }
     let doubled = books.ballot_box_rows - books.roll.len() as i64;
-    let behind = viewers_seen.iter().filter(|seen| seen.as_ref() != Some(&books.recorded)).count();
-    if behind > 0 {
-        votes.violations.push(format!("{behind} viewers' last tally differs from the final tally"));
-    }
-    if books.redis != books.recorded {
-        votes.violations.push(format!("Redis {:?} differs from Postgres {:?}", books.redis, books.recorded));
-    }
     let mut unsettled = None;
-    if !books.settled(&logs, &viewers_seen) {
-        votes.violations.push(format!("not final within {}s of the close", CONVERGE_WITHIN.as_secs()));
+    if !books.check_final(&logs, &viewers_seen, CONVERGE_WITHIN, &mut votes.violations) {
         unsettled = books::queue(&settings.nats).await.ok();
         let pending: Vec<String> = logs
             .iter()

@@ -215,21 +215,7 @@ impl PostgresPair {
 impl Drop for PostgresPair {
     fn drop(&mut self) {
         for data in &self.data {
-            let pg_ctl = self.bin.join("pg_ctl");
-            let mut stop = if running_as_root() {
-                let mut command = std::process::Command::new("runuser");
-                command.args(["-u", "postgres", "--"]).arg(pg_ctl);
-                command
-            } else {
-                std::process::Command::new(pg_ctl)
-            };
-            let _ = stop
-                .arg("-D")
-                .arg(data)
-                .args(["-m", "immediate", "stop"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            crate::infra::stop_postgres_now(&self.bin, data);
         }
     }
 }
