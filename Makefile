@@ -104,9 +104,9 @@ chaos-smoke: services
 ## ha: Tally on clustered engines on this machine (three NATS servers, each in a network namespace
 ## of the run's own; a Postgres primary and synchronous standby behind HAProxy; Redis with three
 ## Sentinels; two processes of each role), every store fault under load, every ballot accounted
-## for (release build; needs root for the namespaces; report in artifacts/ha/report.json)
+## for (release build; needs root for the namespaces; each run keeps its own artifacts/ha/RUN/report.json)
 ha: services packages build
-	timeout 900 $(BENCH_RELEASE) ha --rate 100 --viewers 20 --out artifacts/ha
+	timeout 900 $(BENCH_RELEASE) ha --rate 100 --viewers 20 --out artifacts/ha/$$(date -u +%Y%m%dT%H%M%S)
 
 ## ha-smoke: one NATS stream-leader kill and one Redis master failover under a few hundred
 ## ballots, without the partition (debug build, make test)
