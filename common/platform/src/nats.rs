@@ -182,7 +182,12 @@ pub async fn publish_acked(
             .await
             .map_err(|e| PublishError::Refused(e.to_string()))?;
         ack_future.await.map_err(|e| match e.kind() {
-            jetstream::context::PublishErrorKind::TimedOut => PublishError::Timeout,
+            // The message was sent; the connection broke before its ack
+            // came back, so it may be stored. Calling that "not stored"
+            // would free the voter's reservation and let a second ballot
+            // through beside a first that counts.
+            jetstream::context::PublishErrorKind::TimedOut
+            | jetstream::context::PublishErrorKind::BrokenPipe => PublishError::Timeout,
             _ => PublishError::Refused(e.to_string()),
         })
     };
