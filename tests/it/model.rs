@@ -15,6 +15,7 @@
 //! commit stages walked one at a time (see `worker`).
 
 mod found;
+mod rewritten;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

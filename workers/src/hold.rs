@@ -126,15 +126,26 @@ impl Holds {
             }
             return;
         }
-        let redelivered = ballot.message.info().is_ok_and(|i| i.delivered > 1);
         let queue = self.held.entry(election).or_default();
         // A redelivery of a ballot we already hold replaces the old handle.
-        if redelivered
-            && let Some(existing) = queue.iter_mut().find(|h| h.stream_sequence == ballot.stream_sequence)
-        {
+        // The same sequence with another receipt is another ballot: a broker
+        // that lost what it stored (a replica that reset its stream after a
+        // partition) numbers new ballots from where its log now ends.
+        // Taken for a redelivery, it would be acked and never recorded.
+        let (sequence, receipt) = (ballot.stream_sequence, ballot.command.receipt);
+        let same = |h: &&mut HeldBallot| h.stream_sequence == sequence && h.command.receipt == receipt;
+        if let Some(existing) = queue.iter_mut().find(same) {
             existing.message = ballot.message;
             existing.kept_alive = Instant::now();
             return;
+        }
+        if queue.iter().any(|h| h.stream_sequence == sequence) {
+            metrics::counter!("tally_worker_sequences_reused_total").increment(1);
+            tracing::warn!(
+                election_id = election,
+                stream_sequence = sequence,
+                "the stream gave a held ballot's sequence to another ballot; both are held"
+            );
         }
         queue.push_back(ballot);
         metrics::gauge!("tally_ballots_held").set(self.count() as f64);

@@ -26,6 +26,7 @@ fn register_metrics() {
         "tally_votes_recorded_total",
         "tally_votes_duplicates_skipped_total",
         "tally_worker_redeliveries_total",
+        "tally_worker_sequences_reused_total",
         "tally_quarantined_ballots_total",
         "tally_reconcile_drift_total",
         "tally_records_built_total",

@@ -297,8 +297,10 @@ pub async fn account(
             }
             Outcome::Unsent => {}
         }
-        if let Some(problem) = problem? {
-            report.violations.push(problem);
+        match problem {
+            Ok(None) => {}
+            Ok(Some(problem)) => report.violations.push(problem),
+            Err(e) => report.violations.push(format!("{}: cannot be checked: {e:#}", log.citizen_id)),
         }
     }
     let turnout = books.recorded.turnout;
@@ -335,12 +337,7 @@ async fn check_voter(
     Ok(match log.outcome() {
         Outcome::Accepted => {
             let Some(receipt) = log.receipt else { return Ok(Some(format!("{who}: 202 without a receipt"))) };
-            let told: serde_json::Value = client
-                .get(format!("http://127.0.0.1:{api}/v1/receipts/{receipt}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let told = ask(client.get(format!("http://127.0.0.1:{api}/v1/receipts/{receipt}"))).await?;
             let status = told["status"].as_str().unwrap_or("missing");
             let earlier_uncertain = log.statuses.len() > 1;
             match (status, on_roll) {
@@ -353,17 +350,34 @@ async fn check_voter(
         Outcome::Refused => on_roll.then(|| format!("{who}: refused ({:?}) yet on the roll", log.statuses)),
         Outcome::StoredEarlier => (!on_roll).then(|| format!("{who}: told already voted, not on the roll")),
         Outcome::Unknown => {
-            let told: serde_json::Value = client
-                .get(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballot"))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let told = ask(
+                client.get(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballot")).bearer_auth(token),
+            )
+            .await?;
             (told["voted"].as_bool() != Some(on_roll)).then(|| {
                 format!("{who}: uncertain; the API says voted={}, on roll: {on_roll}", told["voted"])
             })
         }
         Outcome::Unsent => None,
     })
+}
+
+/// A question the accounting asks the API, asked again after a 429 or a
+/// 503 (stores still settling, or the limit on one client address): only
+/// a 200's answer is evidence about a voter.
+async fn ask(request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let Some(attempt) = request.try_clone() else { anyhow::bail!("a request that cannot be repeated") };
+        match attempt.send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(response.json().await?),
+            Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
+                last = format!("status {}", response.status());
+            }
+            Ok(response) => anyhow::bail!("the API answered {}: {}", response.status(), response.text().await?),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("no answer after 20 attempts: {last}")
 }

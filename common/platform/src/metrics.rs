@@ -105,6 +105,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Worker batches handed back after a failure, by the dependency that failed (stage)",
     ),
     ("tally_worker_redeliveries_total", Counter, "Messages JetStream delivered more than once"),
+    (
+        "tally_worker_sequences_reused_total",
+        Counter,
+        "Held ballots whose stream sequence the broker gave to another ballot (the broker lost messages)",
+    ),
     ("tally_worker_batch_duration_seconds", Histogram(Unit::Seconds), "Time to record one batch"),
     ("tally_worker_batch_size", Histogram(Unit::Count), "Ballots per recorded batch"),
     ("tally_ballots_held", Gauge, "Ballots held back until their election ends (the anonymity set)"),
