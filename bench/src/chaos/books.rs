@@ -350,9 +350,9 @@ async fn check_voter(
         Outcome::Refused => on_roll.then(|| format!("{who}: refused ({:?}) yet on the roll", log.statuses)),
         Outcome::StoredEarlier => (!on_roll).then(|| format!("{who}: told already voted, not on the roll")),
         Outcome::Unknown => {
-            let told = ask(
-                client.get(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballot")).bearer_auth(token),
-            )
+            let told = ask(client
+                .get(format!("http://127.0.0.1:{api}/v1/elections/{election}/ballot"))
+                .bearer_auth(token))
             .await?;
             (told["voted"].as_bool() != Some(on_roll)).then(|| {
                 format!("{who}: uncertain; the API says voted={}, on roll: {on_roll}", told["voted"])
@@ -370,11 +370,15 @@ async fn ask(request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Val
     for _ in 0..20 {
         let Some(attempt) = request.try_clone() else { anyhow::bail!("a request that cannot be repeated") };
         match attempt.send().await {
-            Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(response.json().await?),
+            Ok(response) if response.status() == reqwest::StatusCode::OK => {
+                return Ok(response.json().await?);
+            }
             Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
                 last = format!("status {}", response.status());
             }
-            Ok(response) => anyhow::bail!("the API answered {}: {}", response.status(), response.text().await?),
+            Ok(response) => {
+                anyhow::bail!("the API answered {}: {}", response.status(), response.text().await?)
+            }
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

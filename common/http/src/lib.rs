@@ -9,6 +9,7 @@ pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod client_ip;
+mod edge;
 pub mod error;
 pub mod extract;
 pub mod middleware;

@@ -53,7 +53,9 @@ async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
     // The voter's first ballot, held back by the owner of the election.
     let mut owner = Worker::start(&deps).await;
     let first = ballot(election, 1);
-    let Stored::New(at) = publish(&deps, &sealer, &first, None).await else { panic!("stored as a duplicate") };
+    let Stored::New(at) = publish(&deps, &sealer, &first, None).await else {
+        panic!("stored as a duplicate")
+    };
     owner.step(&deps, &opener, 10).await;
     assert_eq!(owner.holds.count(), 1);
 
