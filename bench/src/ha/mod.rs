@@ -1,5 +1,5 @@
 //! `tally-bench ha`: Tally on clustered engines, all on this machine from
-//! Debian's packages: three NATS servers with `VOTES` replicated three
+//! Debian's packages (and NATS from `--nats-server`): three NATS servers with `VOTES` replicated three
 //! times, a Postgres primary with a synchronous standby behind HAProxy, a
 //! Redis master and replica with three Sentinels, and two processes of
 //! each Tally role. Faults come one at a time under a steady ballot load
@@ -34,7 +34,7 @@ use crate::process::Tally;
 use crate::provision::{FIRST_VOTER, provision};
 use faults::Stores;
 use haproxy::Haproxy;
-use nats_cluster::NatsCluster;
+use nats_cluster::{NatsCluster, NatsServer};
 use partition::Net;
 use phase::{FaultReport, Load};
 use postgres_pair::PostgresPair;
@@ -50,6 +50,8 @@ pub struct Options {
     pub tail: Duration,
     /// Kill -9 one Tally process of each role during each fault.
     pub roles: bool,
+    /// The nats-server binary.
+    pub nats_server: PathBuf,
     pub out: PathBuf,
 }
 
@@ -57,6 +59,8 @@ pub struct Options {
 pub struct Report {
     pub passed: bool,
     pub seconds: f64,
+    /// What `nats-server --version` said.
+    pub nats_server: String,
     pub faults: Vec<FaultReport>,
     pub votes: Accounting,
     /// Accepted ballots not recorded at the end (must be 0).
@@ -97,8 +101,11 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     let scratch = Scratch::new(&options.out)?;
     let dir = &scratch.dir;
     let net = if options.faults.contains(&Fault::NatsPartition) { Some(Net::create(3).await?) } else { None };
-    let nats =
-        NatsCluster::start(&dir.join("nats"), net.as_ref()).await.context("starting the NATS cluster")?;
+    let server = NatsServer::find(&options.nats_server).await?;
+    let nats_server = server.version.clone();
+    let nats = NatsCluster::start(&dir.join("nats"), net.as_ref(), server)
+        .await
+        .context("starting the NATS cluster")?;
     let postgres = PostgresPair::start(&dir.join("pg")).await.context("starting the Postgres pair")?;
     let haproxy = Haproxy::start(&dir.join("haproxy"), &postgres.ports).await?;
     let redis = RedisGroup::start(&dir.join("redis")).await.context("starting Redis and Sentinel")?;
@@ -225,6 +232,7 @@ async fn run_inner(settings: &Settings, tally: &Tally, options: Options) -> anyh
     let report = Report {
         passed: votes.violations.is_empty(),
         seconds: started.elapsed().as_secs_f64(),
+        nats_server,
         faults: reports,
         votes,
         lost,

@@ -37,13 +37,38 @@ impl NatsNode {
 pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
     dir: PathBuf,
+    server: NatsServer,
     http: reqwest::Client,
+}
+
+/// The `nats-server` binary the cluster runs, and its version.
+pub struct NatsServer {
+    path: PathBuf,
+    pub version: String,
+    /// 2.10 or later: `sync_interval` exists.
+    syncs: bool,
+}
+
+impl NatsServer {
+    pub async fn find(path: &Path) -> anyhow::Result<NatsServer> {
+        let out = Command::new(path)
+            .arg("--version")
+            .output()
+            .await
+            .with_context(|| format!("running {} --version", path.display()))?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let version = said.rsplit('v').next().unwrap_or_default().to_owned();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        anyhow::ensure!(major == 2, "{} --version said {said:?}, not a 2.x nats-server", path.display());
+        Ok(NatsServer { path: path.to_owned(), version, syncs: minor >= 10 })
+    }
 }
 
 impl NatsCluster {
     /// Three nodes, started and routed to each other, with a JetStream meta
     /// leader elected (streams with three replicas need all three peers).
-    pub async fn start(dir: &Path, net: Option<&Net>) -> anyhow::Result<NatsCluster> {
+    pub async fn start(dir: &Path, net: Option<&Net>, server: NatsServer) -> anyhow::Result<NatsCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut nodes = Vec::new();
         for i in 0..3 {
@@ -71,7 +96,7 @@ impl NatsCluster {
             nodes.push(node);
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-        let mut cluster = NatsCluster { nodes, dir: dir.to_owned(), http };
+        let mut cluster = NatsCluster { nodes, dir: dir.to_owned(), server, http };
         for i in 0..3 {
             cluster.write_config(i)?;
             cluster.spawn(i)?;
@@ -93,11 +118,12 @@ impl NatsCluster {
         let routes: Vec<String> =
             self.nodes.iter().map(|n| format!("nats-route://{}:{}", n.host, n.route)).collect();
         let store = self.dir.join(format!("{}-store", node.name));
-        // Debian's 2.9 has no `sync_interval`; production runs 2.10+ with
-        // `sync_interval: always` (docs/reliability.md, "High availability").
+        // As production runs them (docs/reliability.md, "High
+        // availability"); Debian's 2.9 has no `sync_interval`.
+        let sync = if self.server.syncs { ", sync_interval: always" } else { "" };
         let config = format!(
             "server_name: {name}\nlisten: {host}:{port}\nhttp: {host}:{monitor}\n\
-             jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB }}\n\
+             jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB{sync} }}\n\
              cluster {{ name: tally-ha, listen: {host}:{route}, routes: [{routes}] }}\n",
             name = node.name,
             host = node.host,
@@ -114,14 +140,18 @@ impl NatsCluster {
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let config = self.dir.join(format!("{}.conf", node.name));
-        let log = std::fs::File::create(self.dir.join(format!("{}.log", node.name)))?;
+        // Appended: a restarted node's log follows its earlier life.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", node.name)))?;
         let mut command = match &node.netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns, "nats-server"]);
+                command.args(["netns", "exec", netns]).arg(&self.server.path);
                 command
             }
-            None => Command::new("nats-server"),
+            None => Command::new(&self.server.path),
         };
         let child = command
             .arg("-c")

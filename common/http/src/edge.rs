@@ -46,6 +46,9 @@ const DEFAULT_HEADERS: [(HeaderName, HeaderValue); 4] = [
     (HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY")),
 ];
 
+/// The longest request id a caller may choose.
+const MAX_GIVEN_ID: usize = 64;
+
 #[derive(Clone)]
 pub struct EdgeLayer {
     edge: Arc<Edge>,
@@ -115,7 +118,11 @@ impl Edge {
         S: Service<Request, Response = Response, Error = Infallible>,
     {
         let started = Instant::now();
-        let id = match request.headers().get(REQUEST_ID) {
+        // A caller's own id is kept when it is short and printable: it is
+        // written into every log line of the request.
+        let given =
+            request.headers().get(REQUEST_ID).filter(|id| id.len() <= MAX_GIVEN_ID && id.to_str().is_ok());
+        let id = match given {
             Some(given) => given.clone(),
             None => {
                 let made = self.ids.next();
@@ -279,6 +286,15 @@ mod tests {
         let shed = get_from(router, "/fine").await;
         assert_eq!((shed.status(), code(&shed)), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
         assert_eq!(code(&slow.await.unwrap()), "timeout");
+    }
+
+    #[tokio::test]
+    async fn a_callers_request_id_is_kept_only_when_short_and_printable() {
+        for (given, kept) in [("req-123", true), (&*"x".repeat(MAX_GIVEN_ID + 1), false)] {
+            let request = Request::get("/fine").header(REQUEST_ID, given).body(Body::empty()).unwrap();
+            let response = routes(8).oneshot(request).await.unwrap();
+            assert_eq!(response.headers()[REQUEST_ID] == given, kept, "{given}");
+        }
     }
 
     #[test]
