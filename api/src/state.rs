@@ -10,6 +10,7 @@ use tally_http::rate_limit::PerClient;
 use tally_platform::Deps;
 use tally_platform::auth::{Passwords, TokenKeys};
 
+use crate::ballots::voter_notes::VoterNotes;
 use crate::election_cache::ElectionCache;
 use crate::fences::Fences;
 use crate::limits::PerAddress;
@@ -43,6 +44,8 @@ pub struct Shared {
     /// Published records' receipt trees, so a proof is not a pass over
     /// every receipt.
     pub receipt_trees: Arc<ReceiptTrees<ReceiptTree>>,
+    /// Voters whose ballot was stored, on their way to the voter set.
+    pub voter_notes: VoterNotes,
 }
 
 impl ApiState {
@@ -58,6 +61,7 @@ impl ApiState {
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
         let record_key = Arc::new(deps.settings.record.verifier()?);
+        let voter_notes = VoterNotes::start(deps.redis.clone(), deps.keys.clone());
         Ok(ApiState(Arc::new(Shared {
             record_key,
             receipt_key,
@@ -72,6 +76,7 @@ impl ApiState {
             receipt_limit,
             fences: Fences::default(),
             receipt_trees: Arc::new(ReceiptTrees::new(receipt_trees::ELECTIONS_KEPT)),
+            voter_notes,
         })))
     }
 }

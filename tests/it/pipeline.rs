@@ -393,6 +393,33 @@ async fn ballots_wait_in_the_stream_while_postgres_is_down() {
     workers.stop().await;
 }
 
+/// The voter set learns of a ballot from the API's notes, long before a
+/// worker records it (here it is held for the anonymity set), so the
+/// voter's own "have I voted?" and the next attempt's check see it.
+#[tokio::test]
+async fn a_stored_ballot_is_noted_in_the_voter_set_before_it_is_recorded() {
+    let app = spawn_app().await;
+    let election =
+        insert_election(&app.db, ElectionSpec { anonymity_set: 50, ..ElectionSpec::default() }).await;
+    let voter = app.voter(410).await;
+    let receipt = receipt_of(app.cast(&voter.access, election, &[RUNNERS[0]]).await).await;
+    eventually("the voter noted in the voter set", || async {
+        let noted: bool = redis::cmd("SISMEMBER")
+            .arg(app.keys().voters(election))
+            .arg(410)
+            .query_async(&mut app.deps().await.redis)
+            .await
+            .unwrap();
+        noted.then_some(())
+    })
+    .await;
+    let mine: serde_json::Value =
+        app.get_as(&format!("/v1/elections/{election}/ballot"), &voter.access).await.json().await.unwrap();
+    assert_eq!(mine["voted"], true);
+    let told = app.get_json(&format!("/v1/receipts/{receipt}")).await;
+    assert_eq!(told["status"], "pending", "held for the anonymity set, not yet recorded");
+}
+
 #[tokio::test]
 async fn the_api_answers_503_quickly_while_nats_is_down() {
     let proxy = Proxy::start("127.0.0.1:4222".parse().unwrap()).await;

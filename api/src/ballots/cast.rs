@@ -174,8 +174,7 @@ pub async fn cast(
         return Err(refused("election_not_open")
             .with_detail("the election closed before your ballot reached the queue; it does not count"));
     }
-    // Before answering, so a second ballot is refused at once.
-    note_pending(&state, &command).await;
+    note_pending(&state, &command);
     metrics::counter!("tally_votes_accepted_total").increment(1);
     Ok(accepted(receipt, &shown))
 }

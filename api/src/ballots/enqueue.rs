@@ -8,7 +8,6 @@ use tally_domain::election::Election;
 use tally_http::ApiError;
 use tally_http::error::Counted;
 use tally_platform::nats::{self, PublishError, Stored};
-use tally_platform::voters;
 
 use crate::ApiState;
 use crate::idempotency;
@@ -62,15 +61,8 @@ pub fn not_confirmed(error: PublishError, keyed: bool) -> ApiError {
     ApiError::unavailable(error, 1).with_detail(detail).counted(Counted::PublishFailed(kind))
 }
 
-/// Marks the voter as having voted, before the 202, so a second ballot is
-/// refused at once. Nothing here names the receipt: a Redis reader must
-/// not pair the two. The ballot is already safe in the stream, so a
-/// failure here is only logged; the workers add the voter when they
-/// record the ballot.
-#[tracing::instrument(level = "debug", skip_all, fields(election_id = command.election_id))]
-pub async fn note_pending(state: &ApiState, command: &VoteCommand) {
-    let keys = &state.deps.keys;
-    if let Err(e) = voters::remember(&state.deps.redis, keys, command.election_id, command.citizen_id).await {
-        tracing::warn!(error = %e, election_id = command.election_id, "could not note a voter in Redis");
-    }
+/// Notes the voter as having voted (see `voter_notes`). Nothing here
+/// names the receipt: a Redis reader must not pair the two.
+pub fn note_pending(state: &ApiState, command: &VoteCommand) {
+    state.voter_notes.note(command.election_id, command.citizen_id);
 }

@@ -6,7 +6,8 @@
 //!
 //! Casting runs in named steps, each in its own file: [`admit`] (the rules,
 //! no I/O), [`preflight`] (one Redis round trip), [`enqueue`] (seal and
-//! publish) and [`enqueue::note_pending`] (the voter set, after the PubAck).
+//! publish) and [`enqueue::note_pending`] (the voter set, after the PubAck,
+//! sent by [`voter_notes`] beside other ballots' notes).
 //! Their spans are at debug level: at info, each cost more than the step's
 //! own work, and the request's span already names the route and request id.
 
@@ -15,6 +16,7 @@ pub mod cast;
 pub mod enqueue;
 pub mod preflight;
 pub mod receipts;
+pub mod voter_notes;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -127,7 +127,7 @@ pub async fn apply(
         }
         pipe.invoke_script(&invocation);
     }
-    crate::voters::queue_recorded(&mut pipe, keys, voters);
+    crate::voters::queue_voted(&mut pipe, keys, voters);
     let mut conn = redis.clone();
     let applied: Vec<i64> =
         pipe.query_async(&mut conn).await.map_err(|e| anyhow::anyhow!("writing tallies to Redis: {e}"))?;

@@ -103,14 +103,10 @@ pub async fn has_voted(redis: &Redis, keys: &Keys, election_id: i64, citizen_id:
         .await
 }
 
-/// Adds one voter whose ballot the queue has stored.
-pub async fn remember(redis: &Redis, keys: &Keys, election_id: i64, citizen_id: i64) -> RedisResult<()> {
-    redis::cmd("SADD").arg(keys.voters(election_id)).arg(citizen_id).query_async(&mut redis.clone()).await
-}
-
-/// Queues adding recorded (election, citizen) pairs to their voter sets,
-/// replies ignored, in a pipeline the caller sends with other work.
-pub fn queue_recorded(pipe: &mut redis::Pipeline, keys: &Keys, voters: &[(i64, i64)]) {
+/// Queues adding (election, citizen) pairs to their voter sets, replies
+/// ignored, in a pipeline the caller sends: voters whose ballot the queue
+/// stored (the API) or Postgres recorded (the workers, with other work).
+pub fn queue_voted(pipe: &mut redis::Pipeline, keys: &Keys, voters: &[(i64, i64)]) {
     for (election_id, citizens) in by_election(voters) {
         pipe.cmd("SADD").arg(keys.voters(election_id)).arg(citizens).ignore();
     }
