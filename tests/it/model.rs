@@ -157,19 +157,9 @@ async fn run_case(k: i32, ops: Vec<Op>) {
     for voter in 1..=VOTERS {
         add_citizen(&db, voter, "Capital", "1990-01-01").await;
     }
-    let mut settings = ns.settings();
-    settings.nats.ack_wait_secs = ACK_WAIT_SECS;
-    crate::helpers::provision_streams(&settings).await;
-    let settings = Arc::new(settings);
+    let deps = workers_deps(&ns).await;
+    let settings = deps.settings.clone();
     let ack_wait = Duration::from_secs(ACK_WAIT_SECS);
-    let deps = Deps::connect(
-        settings.clone(),
-        &tally_platform::readiness::Readiness::default(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
     // One sealing context, as one API process has.
     let sealer = settings.sealing.sealer().unwrap();
     let opener = settings.sealing.opener().unwrap();
@@ -431,6 +421,21 @@ async fn run_case(k: i32, ops: Vec<Op>) {
              groups before the close: {before:?}, after: {after:?})"
         );
     }
+}
+
+/// The namespace's streams and clients, with the model's short ack wait.
+async fn workers_deps(ns: &Namespace) -> Deps {
+    let mut settings = ns.settings();
+    settings.nats.ack_wait_secs = ACK_WAIT_SECS;
+    crate::helpers::provision_streams(&settings).await;
+    Deps::connect(
+        Arc::new(settings),
+        &tally_platform::readiness::Readiness::default(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 /// Seals and publishes as the API does, optionally under another message id.

@@ -35,18 +35,8 @@ async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
     let db = ns.create_database().await;
     let election = insert_election(&db, ElectionSpec { anonymity_set: 2, ..ElectionSpec::default() }).await;
     add_citizen(&db, 1, "Capital", "1990-01-01").await;
-    let mut settings = ns.settings();
-    settings.nats.ack_wait_secs = ACK_WAIT_SECS;
-    crate::helpers::provision_streams(&settings).await;
-    let settings = Arc::new(settings);
-    let deps = Deps::connect(
-        settings.clone(),
-        &tally_platform::readiness::Readiness::default(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let deps = workers_deps(&ns).await;
+    let settings = deps.settings.clone();
     let sealer = settings.sealing.sealer().unwrap();
     let opener = settings.sealing.opener().unwrap();
 
