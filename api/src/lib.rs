@@ -23,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use tally_platform::Deps;
 
+use ballots::voter_notes::VoterNotes;
 pub use state::ApiState;
 
 /// The api role's router. Each route is registered once, with its OpenAPI
@@ -114,7 +115,8 @@ fn register_metrics() {
 
 pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     register_metrics();
-    let state = ApiState::new(deps)?;
+    let (voter_notes, notes_sending) = VoterNotes::start(deps.redis.clone(), deps.keys.clone());
+    let state = ApiState::new(deps, voter_notes)?;
     let redis = tally_platform::redis::master(&state.deps.settings.redis)?;
     let follower = tokio::spawn(state.elections.clone().follow(
         redis,
@@ -136,5 +138,7 @@ pub async fn run(deps: Deps, listener: TcpListener, shutdown: CancellationToken)
     let settings = state.deps.settings.clone();
     let served = tally_http::serve::serve(listener, router(state), &settings.http, shutdown).await;
     follower.abort();
+    // Every request has been answered: the last notes go out now.
+    notes_sending.finish().await;
     served
 }

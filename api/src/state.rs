@@ -49,7 +49,7 @@ pub struct Shared {
 }
 
 impl ApiState {
-    pub fn new(deps: Deps) -> anyhow::Result<ApiState> {
+    pub fn new(deps: Deps, voter_notes: VoterNotes) -> anyhow::Result<ApiState> {
         let auth = &deps.settings.auth;
         let tokens = Arc::new(TokenKeys::from_settings(auth));
         let passwords = Passwords::from_settings(auth)?;
@@ -61,7 +61,6 @@ impl ApiState {
         let receipt_key: Arc<[u8]> = Arc::from(deps.settings.sealing.receipt_key()?);
         let enrollment = EnrollmentKey::new(deps.settings.auth.enrollment_key()?);
         let record_key = Arc::new(deps.settings.record.verifier()?);
-        let voter_notes = VoterNotes::start(deps.redis.clone(), deps.keys.clone());
         Ok(ApiState(Arc::new(Shared {
             record_key,
             receipt_key,

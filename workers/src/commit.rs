@@ -73,7 +73,7 @@ impl Group {
     }
 
     pub fn messages(&self) -> impl Iterator<Item = &Message> {
-        self.ballots.iter().map(|b| &b.message)
+        self.ballots.iter().filter_map(HeldBallot::handle)
     }
 
     /// One Postgres transaction for the whole group (see `record`), each
@@ -135,11 +135,11 @@ impl Group {
         }
         let (refused, rest): (Vec<_>, Vec<_>) =
             self.ballots.into_iter().enumerate().partition(|(i, _)| culprits.iter().any(|(c, _)| c == i));
-        ack(refused.iter().map(|(_, b)| &b.message)).await;
+        ack(refused.iter().filter_map(|(_, b)| b.handle())).await;
         let rest: Vec<HeldBallot> = rest.into_iter().map(|(_, b)| b).collect();
         match self.origin {
             Origin::Hold => holds.restore(rest),
-            Origin::Decided => hand_back(rest.iter().map(|b| &b.message)).await,
+            Origin::Decided => hand_back(rest.iter().filter_map(HeldBallot::handle)).await,
         }
         Halt::Isolated
     }
@@ -284,7 +284,7 @@ async fn ack<'a>(messages: impl Iterator<Item = &'a Message>) {
 
 /// A group that could not be committed goes back to the broker whole.
 async fn give_back(holds: &mut Holds, ballots: &[HeldBallot]) -> Halt {
-    hand_back(ballots.iter().map(|b| &b.message)).await;
+    hand_back(ballots.iter().filter_map(HeldBallot::handle)).await;
     holds.settle().await;
     Halt::Failed
 }

@@ -207,7 +207,7 @@ impl Round {
                     error = format!("{e:#}"),
                     "cannot check ballots against the record; handed back"
                 );
-                hand_back(opened.iter().map(|b| &b.message)).await;
+                hand_back(opened.iter().filter_map(HeldBallot::handle)).await;
                 return None;
             }
         };
@@ -224,7 +224,7 @@ impl Round {
 
     /// Messages the round has taken and not yet given to a group.
     pub fn messages(&self) -> impl Iterator<Item = &Message> {
-        self.decided.iter().map(|b| &b.message)
+        self.decided.iter().filter_map(HeldBallot::handle)
     }
 
     /// The next group to commit; `None` once nothing is due.

@@ -9,7 +9,8 @@
 //! held goes at once (at least K, unless the election had fewer).
 //!
 //! Held ballots stay un-acked in JetStream, kept alive with in-progress
-//! acks, so a crash or restart redelivers them and loses nothing. One
+//! acks, so a crash or restart redelivers them and loses nothing (except
+//! a ballot the broker itself lost while it was held: see `take`). One
 //! worker owns an election's held set at a time (a Postgres advisory lock
 //! on a connection of its own); other workers hand those ballots back, so
 //! two workers cannot each sit on K−1 for ever.
@@ -38,16 +39,26 @@ const STRAGGLER_MARGIN: Duration = Duration::from_secs(3);
 const LOCK_NAMESPACE: i64 = 0x5441_4c4c_0000_0000;
 
 pub struct HeldBallot {
-    pub message: Message,
+    message: Message,
     pub command: VoteCommand,
     stream_sequence: u64,
     kept_alive: Instant,
+    /// The broker gave this ballot's sequence to another ballot: its
+    /// handle now names that one, so it is never used again (an ack
+    /// would settle the other ballot). The ballot is still recorded.
+    detached: bool,
 }
 
 impl HeldBallot {
     pub fn new(message: Message, command: VoteCommand) -> HeldBallot {
         let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        HeldBallot { message, command, stream_sequence, kept_alive: Instant::now() }
+        HeldBallot { message, command, stream_sequence, kept_alive: Instant::now(), detached: false }
+    }
+
+    /// The broker's handle on this ballot, to ack, nak or keep alive;
+    /// `None` once the broker has given its sequence to another ballot.
+    pub fn handle(&self) -> Option<&Message> {
+        (!self.detached).then_some(&self.message)
     }
 
     /// Where the broker first stored it, to compare with its election's
@@ -126,27 +137,38 @@ impl Holds {
             }
             return;
         }
-        let queue = self.held.entry(election).or_default();
         // A redelivery of a ballot we already hold replaces the old handle.
         // The same sequence with another receipt is another ballot: a broker
         // that lost what it stored (a replica that reset its stream after a
         // partition) numbers new ballots from where its log now ends.
-        // Taken for a redelivery, it would be acked and never recorded.
+        // Taken for a redelivery, it would be acked and never recorded; and
+        // the held ballot's handle now names the new one, so it is detached.
         let (sequence, receipt) = (ballot.stream_sequence, ballot.command.receipt);
-        let same = |h: &&mut HeldBallot| h.stream_sequence == sequence && h.command.receipt == receipt;
-        if let Some(existing) = queue.iter_mut().find(same) {
+        let mut redelivery = None;
+        let mut reused = false;
+        for held in self.held.values_mut().flatten().filter(|h| h.stream_sequence == sequence) {
+            if held.command.receipt == receipt {
+                redelivery = Some(held);
+                break;
+            }
+            held.detached = true;
+            reused = true;
+        }
+        if let Some(existing) = redelivery {
             existing.message = ballot.message;
             existing.kept_alive = Instant::now();
             return;
         }
-        if queue.iter().any(|h| h.stream_sequence == sequence) {
+        if reused {
             metrics::counter!("tally_worker_sequences_reused_total").increment(1);
             tracing::warn!(
                 election_id = election,
                 stream_sequence = sequence,
-                "the stream gave a held ballot's sequence to another ballot; both are held"
+                "the stream gave a held ballot's sequence to another ballot; both are held, \
+                 the older only in this worker's memory"
             );
         }
+        let queue = self.held.entry(election).or_default();
         queue.push_back(ballot);
         metrics::gauge!("tally_ballots_held").set(self.count() as f64);
     }
@@ -302,7 +324,9 @@ impl Holds {
         for ballot in self.held.values_mut().flatten() {
             if now.duration_since(ballot.kept_alive) >= every {
                 ballot.kept_alive = now;
-                sends.push(ballot.message.ack_with(AckKind::Progress));
+                if let Some(handle) = ballot.handle() {
+                    sends.push(handle.ack_with(AckKind::Progress));
+                }
             }
         }
         for result in futures_util::future::join_all(sends).await {
@@ -334,8 +358,18 @@ impl Holds {
     /// At shutdown: everything held goes back to the broker at once, for
     /// another worker to hold.
     pub async fn release_all(&mut self) {
-        let naks: Vec<_> =
-            self.held.values().flatten().map(|b| b.message.ack_with(AckKind::Nak(None))).collect();
+        let detached = self.held.values().flatten().filter(|b| b.detached).count();
+        if detached > 0 {
+            // The broker lost them; nothing can hand them back.
+            tracing::error!(ballots = detached, "ballots the broker lost are dropped at shutdown unrecorded");
+        }
+        let naks: Vec<_> = self
+            .held
+            .values()
+            .flatten()
+            .filter_map(HeldBallot::handle)
+            .map(|m| m.ack_with(AckKind::Nak(None)))
+            .collect();
         futures_util::future::join_all(naks).await;
         self.held.clear();
         self.owned.clear();

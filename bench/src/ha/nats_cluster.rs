@@ -57,7 +57,8 @@ impl NatsServer {
             .await
             .with_context(|| format!("running {} --version", path.display()))?;
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let version = said.rsplit('v').next().unwrap_or_default().to_owned();
+        let version =
+            said.split_whitespace().find_map(|t| t.strip_prefix('v')).unwrap_or_default().to_owned();
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         anyhow::ensure!(major == 2, "{} --version said {said:?}, not a 2.x nats-server", path.display());

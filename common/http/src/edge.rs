@@ -5,9 +5,12 @@
 //! One hand-written service instead of a stack of ten: each tower layer
 //! costs a clone, a boxed or wrapped future and a poll on every request,
 //! and at full load the stack cost more CPU than the ballot handler
-//! (docs/performance.md). Its order is what the stack's was, with one
-//! change: answers the edge itself gives (shed, timed out) are counted and
-//! carry the security headers too.
+//! (docs/performance.md). Its order is what the stack's was, with these
+//! changes: answers the edge itself gives (shed, timed out, a panic's 500)
+//! are counted and carry the security headers too (a shed answer is kept
+//! out of the duration histogram); a caller's request id is kept only when
+//! short and plain; with no CORS origins configured, a preflight is
+//! answered 405 like any other unrouted method.
 
 mod counters;
 
@@ -113,15 +116,12 @@ struct Edge {
 }
 
 impl Edge {
-    async fn serve<S>(&self, mut inner: S, mut request: Request) -> Response
+    async fn serve<S>(&self, inner: S, mut request: Request) -> Response
     where
         S: Service<Request, Response = Response, Error = Infallible>,
     {
         let started = Instant::now();
-        // A caller's own id is kept when it is short and printable: it is
-        // written into every log line of the request.
-        let given =
-            request.headers().get(REQUEST_ID).filter(|id| id.len() <= MAX_GIVEN_ID && id.to_str().is_ok());
+        let given = request.headers().get(REQUEST_ID).filter(|id| acceptable_id(id.as_bytes()));
         let id = match given {
             Some(given) => given.clone(),
             None => {
@@ -141,7 +141,7 @@ impl Edge {
             latency_ms = tracing::field::Empty,
         );
         request.extensions_mut().insert(self.proxies.clone());
-        let mut response = self.answer(&mut inner, request).instrument(span.clone()).await;
+        let (mut response, routed) = self.answer(inner, request).instrument(span.clone()).await;
         let latency = started.elapsed();
         let status = response.status();
         {
@@ -155,36 +155,49 @@ impl Edge {
                 tracing::debug!("answered");
             }
         }
-        counted.answered(status, latency);
+        // A shed answer takes no time and says nothing of the route's
+        // latency: counted, but kept out of the duration histogram.
+        counted.answered(status, routed.then_some(latency));
         set_default_headers(response.headers_mut());
         response.headers_mut().insert(REQUEST_ID, id);
         response
     }
 
     /// The route's answer, or the edge's own: 503 beyond the in-flight
-    /// limit or past the deadline, 500 for a panic (its message goes to
-    /// the panic hook's output, never to the client).
-    async fn answer<S>(&self, inner: &mut S, request: Request) -> Response
+    /// limit (then `false`: the route never ran) or past the deadline, 500
+    /// for a panic (its message goes to the panic hook's output, never to
+    /// the client).
+    async fn answer<S>(&self, mut inner: S, request: Request) -> (Response, bool)
     where
         S: Service<Request, Response = Response, Error = Infallible>,
     {
         let Ok(_permit) = self.in_flight.try_acquire() else {
             metrics::counter!("tally_http_shed_total").increment(1);
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            let shed = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
                 .with_detail("too many requests in progress; retry after Retry-After")
-                .with_retry_after(1)
-                .into_response();
+                .with_retry_after(1);
+            return (shed.into_response(), false);
         };
-        let routed = AssertUnwindSafe(inner.call(request)).catch_unwind();
-        match tokio::time::timeout(self.time_limit, routed).await {
+        // `call` inside the future, so a panic in it is caught too.
+        let routed = AssertUnwindSafe(async move { inner.call(request).await }).catch_unwind();
+        let response = match tokio::time::timeout(self.time_limit, routed).await {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(never))) => match never {},
             Ok(Err(_panic)) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal").into_response(),
             Err(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout").with_retry_after(1).into_response()
             }
-        }
+        };
+        (response, true)
     }
+}
+
+/// A caller's own request id, written into every log line of the request:
+/// kept only when short and made of letters, digits and `.-_:`.
+fn acceptable_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_GIVEN_ID
+        && id.iter().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(b))
 }
 
 fn set_default_headers(headers: &mut HeaderMap) {
@@ -289,8 +302,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_callers_request_id_is_kept_only_when_short_and_printable() {
-        for (given, kept) in [("req-123", true), (&*"x".repeat(MAX_GIVEN_ID + 1), false)] {
+    async fn a_callers_request_id_is_kept_only_when_short_and_plain() {
+        let long = "x".repeat(MAX_GIVEN_ID + 1);
+        for (given, kept) in [("req-123", true), ("a\"b c", false), (long.as_str(), false)] {
             let request = Request::get("/fine").header(REQUEST_ID, given).body(Body::empty()).unwrap();
             let response = routes(8).oneshot(request).await.unwrap();
             assert_eq!(response.headers()[REQUEST_ID] == given, kept, "{given}");

@@ -76,3 +76,76 @@ async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
     other.stop(&deps).await;
     owner.stop(&deps).await;
 }
+
+/// Three held ballots lose their sequences to three new voters' ballots.
+/// The held ones' handles now name the new ones, so the group that
+/// records the held ones must not ack through them: the new ballots would
+/// leave the stream while only this worker's memory holds them.
+#[tokio::test]
+async fn a_detached_handle_does_not_settle_the_ballot_that_took_its_sequence() {
+    let ns = Namespace::new();
+    let _cleanup = Cleanup(ns.clone());
+    let db = ns.create_database().await;
+    let election = insert_election(&db, ElectionSpec { anonymity_set: 2, ..ElectionSpec::default() }).await;
+    for voter in 1..=6 {
+        add_citizen(&db, voter, "Capital", "1990-01-01").await;
+    }
+    let deps = workers_deps(&ns).await;
+    let settings = deps.settings.clone();
+    let sealer = settings.sealing.sealer().unwrap();
+    let opener = settings.sealing.opener().unwrap();
+    let subject = nats::ballot_subject(&settings.nats, election);
+    let in_stream = || nats::count_on(&deps.jetstream, &settings.nats.stream, &subject);
+    let roll = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM voter_roll WHERE election_id = $1")
+            .bind(election)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+
+    let mut owner = Worker::start(&deps).await;
+    let held: Vec<VoteCommand> = (1..=3).map(|voter| ballot(election, voter)).collect();
+    for command in &held {
+        publish(&deps, &sealer, command, None).await;
+    }
+    owner.step(&deps, &opener, 10).await;
+    assert_eq!(owner.holds.count(), 3, "2K = 4 voters may wait");
+
+    deps.jetstream.delete_stream(&settings.nats.stream).await.unwrap();
+    crate::helpers::provision_streams(&settings).await;
+    let newer: Vec<VoteCommand> = (4..=6).map(|voter| ballot(election, voter)).collect();
+    for command in &newer {
+        publish(&deps, &sealer, command, None).await;
+    }
+    let mut other = Worker::start(&deps).await;
+    other.step(&deps, &opener, 10).await;
+    // Once all six are taken, those beyond K go in groups of more than K,
+    // oldest first: the held three with some of the newer ones.
+    for _ in 0..20 {
+        if roll().await + owner.holds.count() as i64 == 6 {
+            break;
+        }
+        tokio::time::sleep(HAND_BACK_WAIT / 4).await;
+        owner.step(&deps, &opener, 10).await;
+    }
+    assert_eq!(roll().await + owner.holds.count() as i64, 6);
+    let mut waiting = 0;
+    for command in &newer {
+        waiting += usize::from(settled(&db, command.receipt).await.is_none());
+    }
+    assert!(waiting > 0, "some newer ballots are still held");
+    assert_eq!(
+        in_stream().await.unwrap(),
+        waiting as u64,
+        "every newer ballot still held is still in the stream"
+    );
+
+    close(&deps, election).await;
+    owner.tick(&deps, Duration::from_secs(ACK_WAIT_SECS)).await;
+    for command in held.iter().chain(&newer) {
+        assert_eq!(settled(&db, command.receipt).await.as_deref(), Some("recorded"));
+    }
+    other.stop(&deps).await;
+    owner.stop(&deps).await;
+}

@@ -55,8 +55,11 @@ impl Route {
         Route { template, method, duration, by_status: RwLock::default() }
     }
 
-    pub fn answered(&self, status: StatusCode, took: Duration) {
-        self.duration.record(took.as_secs_f64());
+    /// Counts an answer, and its duration unless the route never ran.
+    pub fn answered(&self, status: StatusCode, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.duration.record(took.as_secs_f64());
+        }
         let known = {
             let by_status = self.by_status.read().unwrap_or_else(|e| e.into_inner());
             by_status.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone())
