@@ -17,6 +17,37 @@ fn ballot(election: i64, voter: i64) -> VoteCommand {
     }
 }
 
+/// An election with K = 2, its first `voters` citizens, and the workers'
+/// clients.
+struct Case {
+    _cleanup: Cleanup,
+    db: PgPool,
+    election: i64,
+    deps: Deps,
+}
+
+impl Case {
+    async fn start(voters: i64) -> Case {
+        let ns = Namespace::new();
+        let _cleanup = Cleanup(ns.clone());
+        let db = ns.create_database().await;
+        let election =
+            insert_election(&db, ElectionSpec { anonymity_set: 2, ..ElectionSpec::default() }).await;
+        for voter in 1..=voters {
+            add_citizen(&db, voter, "Capital", "1990-01-01").await;
+        }
+        let deps = workers_deps(&ns).await;
+        Case { _cleanup, db, election, deps }
+    }
+}
+
+/// The broker loses every ballot it stored and numbers new ones from the
+/// start again.
+async fn lose_the_stream(deps: &Deps) {
+    deps.jetstream.delete_stream(&deps.settings.nats.stream).await.unwrap();
+    crate::helpers::provision_streams(&deps.settings).await;
+}
+
 async fn settled(db: &PgPool, receipt: Uuid) -> Option<String> {
     sqlx::query_scalar(
         "SELECT 'recorded' FROM recorded_receipts WHERE receipt = $1
@@ -30,12 +61,7 @@ async fn settled(db: &PgPool, receipt: Uuid) -> Option<String> {
 
 #[tokio::test]
 async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
-    let ns = Namespace::new();
-    let _cleanup = Cleanup(ns.clone());
-    let db = ns.create_database().await;
-    let election = insert_election(&db, ElectionSpec { anonymity_set: 2, ..ElectionSpec::default() }).await;
-    add_citizen(&db, 1, "Capital", "1990-01-01").await;
-    let deps = workers_deps(&ns).await;
+    let Case { _cleanup, db, election, deps } = Case::start(1).await;
     let settings = deps.settings.clone();
     let sealer = settings.sealing.sealer().unwrap();
     let opener = settings.sealing.opener().unwrap();
@@ -50,8 +76,7 @@ async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
     assert_eq!(owner.holds.count(), 1);
 
     // The broker loses it, and the voter's second ballot gets its number.
-    deps.jetstream.delete_stream(&settings.nats.stream).await.unwrap();
-    crate::helpers::provision_streams(&settings).await;
+    lose_the_stream(&deps).await;
     let second = ballot(election, 1);
     let Stored::New(again) = publish(&deps, &sealer, &second, None).await else { panic!("a duplicate") };
     assert_eq!(again, at, "the recreated stream numbers from the start again");
@@ -83,14 +108,7 @@ async fn a_new_ballot_at_a_held_sequence_is_not_taken_for_a_redelivery() {
 /// leave the stream while only this worker's memory holds them.
 #[tokio::test]
 async fn a_detached_handle_does_not_settle_the_ballot_that_took_its_sequence() {
-    let ns = Namespace::new();
-    let _cleanup = Cleanup(ns.clone());
-    let db = ns.create_database().await;
-    let election = insert_election(&db, ElectionSpec { anonymity_set: 2, ..ElectionSpec::default() }).await;
-    for voter in 1..=6 {
-        add_citizen(&db, voter, "Capital", "1990-01-01").await;
-    }
-    let deps = workers_deps(&ns).await;
+    let Case { _cleanup, db, election, deps } = Case::start(6).await;
     let settings = deps.settings.clone();
     let sealer = settings.sealing.sealer().unwrap();
     let opener = settings.sealing.opener().unwrap();
@@ -112,8 +130,7 @@ async fn a_detached_handle_does_not_settle_the_ballot_that_took_its_sequence() {
     owner.step(&deps, &opener, 10).await;
     assert_eq!(owner.holds.count(), 3, "2K = 4 voters may wait");
 
-    deps.jetstream.delete_stream(&settings.nats.stream).await.unwrap();
-    crate::helpers::provision_streams(&settings).await;
+    lose_the_stream(&deps).await;
     let newer: Vec<VoteCommand> = (4..=6).map(|voter| ballot(election, voter)).collect();
     for command in &newer {
         publish(&deps, &sealer, command, None).await;
